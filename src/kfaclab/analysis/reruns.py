@@ -1,0 +1,132 @@
+"""Reruns of each cell's best configuration over fresh seeds, beside the top-k average.
+
+The best of 300 trials is optimistic twice over: the configuration was chosen on the same seed
+it is scored on. Rerunning it on new seeds shows how much of its loss was luck. Results are
+cached in ``reruns.json`` beside the report, keyed by cell, trial and seeds, so re-running the
+report does not retrain (and a resumed study with a new best trial does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kfaclab.analysis.cells import CellSummary
+from kfaclab.analysis.stats import MeanCI, mean_ci
+from kfaclab.analysis.types import TrialLike
+from kfaclab.trial_types import TrialConfig, TrialResult
+
+DEFAULT_SEEDS = (10_001, 10_002, 10_003)
+Runner = Callable[[TrialConfig], TrialResult]
+
+
+@dataclass
+class RerunRecord:
+    cell: str
+    trial_number: int
+    seeds: list[int]
+    values: list[float]  # final training loss per seed (inf if diverged)
+    test_accuracy: list[float]
+    seconds: list[float]
+
+
+@dataclass
+class RerunSummary:
+    label: str
+    best_value: float  # the selected trial's own loss
+    top_k: MeanCI  # the top-k mean, for comparison
+    rerun: MeanCI  # the same configuration on the new seeds (finite runs only)
+    n_diverged: int
+    seeds: list[int]
+
+
+def rerun_seeds(protocol: Mapping[str, Any]) -> list[int]:
+    report = protocol.get("report", {})
+    seeds = report.get("rerun_seeds") if isinstance(report, Mapping) else None
+    return [int(s) for s in seeds] if isinstance(seeds, list) and seeds else list(DEFAULT_SEEDS)
+
+
+def load_reruns(path: Path) -> dict[str, RerunRecord]:
+    if not path.is_file():
+        return {}
+    raw = json.loads(path.read_text())
+    return {
+        k: RerunRecord(**{**v, "values": [float(x) for x in v["values"]]}) for k, v in raw.items()
+    }
+
+
+def save_reruns(path: Path, records: Mapping[str, RerunRecord]) -> None:
+    data = {
+        k: {
+            **dataclasses.asdict(r),
+            "values": [x if math.isfinite(x) else repr(x) for x in r.values],
+        }
+        for k, r in records.items()
+    }
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)  # atomic: an interrupted report never leaves half a file
+
+
+def ensure_reruns(
+    cells: Sequence[CellSummary],
+    trials_by_cell: Mapping[str, Sequence[TrialLike]],
+    seeds: Sequence[int],
+    path: Path,
+    runner: Runner | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> dict[str, RerunRecord]:
+    """Run (or load from ``path``) the reruns of every cell's best trial; saves after each cell."""
+    records = load_reruns(path)
+    if runner is None:
+        from kfaclab.train import run_trial  # imported here: summaries alone need no torch training
+
+        runner = run_trial
+    for cell in cells:
+        if cell.best is None:
+            continue
+        trial = next(
+            (t for t in trials_by_cell.get(cell.name, []) if t.number == cell.best.number), None
+        )
+        if trial is None or trial.record is None:
+            continue
+        old = records.get(cell.name)
+        if old is not None and old.trial_number == cell.best.number and old.seeds == list(seeds):
+            continue
+        rec = RerunRecord(cell.name, cell.best.number, list(seeds), [], [], [])
+        for seed in seeds:
+            log(f"rerun {cell.label} (trial {cell.best.number}) seed {seed}")
+            result = runner(dataclasses.replace(trial.record.config, seed=int(seed)))
+            rec.values.append(float(result.value))
+            rec.test_accuracy.append(result.final_test_accuracy)
+            rec.seconds.append(float(result.seconds))
+        records[cell.name] = rec
+        save_reruns(path, records)
+    return records
+
+
+def rerun_summaries(
+    cells: Sequence[CellSummary], records: Mapping[str, RerunRecord]
+) -> list[RerunSummary]:
+    out = []
+    for cell in cells:
+        rec = records.get(cell.name)
+        if rec is None or cell.best is None or rec.trial_number != cell.best.number:
+            continue  # stale: the study found a new best after these reruns
+        finite = [v for v in rec.values if math.isfinite(v)]
+        out.append(
+            RerunSummary(
+                cell.label,
+                cell.best.value,
+                cell.final_loss,
+                mean_ci(finite),
+                len(rec.values) - len(finite),
+                rec.seeds,
+            )
+        )
+    return out

@@ -1,0 +1,147 @@
+"""Small statistics the summaries need, in numpy only (scipy is a test tool, not a dependency).
+
+- ``t_quantile``: Student-t quantiles for 95% intervals of a mean (the bands are t-intervals:
+  mean ± t₀.₉₇₅,ₙ₋₁ · sd/√n, i.e. where the mean of the top-k population lies, not where one
+  trial lies).
+- ``best_of_m``: the exact distribution of the best of m trials drawn without replacement from
+  the observed ones (order statistics), for "is 300 trials enough?".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+
+def _t_cdf(t: float, df: int) -> float:
+    """P(T ≤ t) for t ≥ 0 by Simpson integration of the density (smooth: 2000 panels suffice)."""
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    x = np.linspace(0.0, t, 2001)
+    pdf = np.exp(log_c - (df + 1) / 2 * np.log1p(x * x / df))
+    h = t / 2000
+    integral = h / 3 * (pdf[0] + pdf[-1] + 4 * pdf[1:-1:2].sum() + 2 * pdf[2:-1:2].sum())
+    return 0.5 + float(integral)
+
+
+@lru_cache(maxsize=256)
+def t_quantile(p: float, df: int) -> float:
+    """The p-quantile (p > 0.5) of Student's t with ``df`` degrees of freedom, by bisection."""
+    if not 0.5 < p < 1.0:
+        raise ValueError(f"p must be in (0.5, 1), got {p}")
+    if df < 1:
+        raise ValueError(f"df must be >= 1, got {df}")
+    lo, hi = 0.0, 1.0
+    while _t_cdf(hi, df) < p:  # the df=1 tail is heavy: 0.975 sits at 12.7
+        hi *= 2.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if _t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+@dataclass(frozen=True)
+class MeanCI:
+    """Mean, sample sd and 95% t-interval of the mean of ``n`` values (nan where undefined)."""
+
+    n: int
+    mean: float
+    sd: float
+    lo: float
+    hi: float
+
+
+def mean_ci(values: np.ndarray | list[float], level: float = 0.95) -> MeanCI:
+    """Mean ± t-interval; with one value the sd and the interval are nan (not zero: unknown)."""
+    v = np.asarray(values, dtype=float)
+    n = int(v.size)
+    if n == 0:
+        return MeanCI(0, math.nan, math.nan, math.nan, math.nan)
+    mean = float(v.mean())
+    if n == 1:
+        return MeanCI(1, mean, math.nan, math.nan, math.nan)
+    sd = float(v.std(ddof=1))
+    half = t_quantile(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
+    return MeanCI(n, mean, sd, mean - half, mean + half)
+
+
+def curve_band(
+    curves: np.ndarray, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-column mean and t-interval of a (n_trials, n_steps) array; nan bands when n < 2."""
+    n = curves.shape[0]
+    mean = curves.mean(axis=0)
+    if n < 2:
+        nan = np.full_like(mean, np.nan)
+        return mean, nan, nan
+    half = t_quantile(0.5 + level / 2, n - 1) * curves.std(axis=0, ddof=1) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+@dataclass(frozen=True)
+class BestOfM:
+    """Best-of-m statistics for m = 1..n from n observed values (inf = a diverged trial).
+
+    ``mean[m-1]`` is E[min of m] (inf while m ≤ number of diverged trials, since then all m can
+    have diverged); ``median``/``q10``/``q90`` are quantiles of the same distribution, finite as
+    soon as the chance that all m diverged drops below that quantile.
+    """
+
+    m: list[int]
+    mean: list[float]
+    median: list[float]
+    q10: list[float]
+    q90: list[float]
+
+
+def best_of_m(values: list[float]) -> BestOfM:
+    """Exact order statistics: for sorted v₁ ≤ … ≤ vₙ, P(min of m = vᵢ) = C(n−i, m−1)/C(n, m).
+
+    This treats the trials as exchangeable draws, which a Bayesian search's trials are not (its
+    later trials are better on purpose), so it estimates what *random* subsets of these
+    configurations would have found; the running best in trial order is shown beside it.
+    """
+    v = np.sort(np.asarray(values, dtype=float))
+    n = int(v.size)
+    out = BestOfM([], [], [], [], [])
+    for m in range(1, n + 1):
+        # log C(n-i, m-1) - log C(n, m) for i = 1..n (zero probability where n-i < m-1)
+        i = np.arange(1, n + 1)
+        k = n - i
+        ok = k >= m - 1
+        logp = np.full(n, -np.inf)
+        kk = k[ok].astype(float)
+        logp[ok] = (
+            _lgamma(kk + 1)
+            - _lgamma(np.full_like(kk, m))
+            - _lgamma(kk - m + 2)
+            - (math.lgamma(n + 1) - math.lgamma(m + 1) - math.lgamma(n - m + 1))
+        )
+        p = np.exp(logp)
+        p /= p.sum()  # guard against rounding drift
+        finite = np.isfinite(v)
+        p_inf = float(p[~finite].sum())
+        mean = float((p[finite] * v[finite]).sum()) if p_inf < 1e-12 else math.inf
+        cdf = np.cumsum(p)
+        out.m.append(m)
+        out.mean.append(mean)
+        out.median.append(float(v[min(int(np.searchsorted(cdf, 0.5)), n - 1)]))
+        out.q10.append(float(v[min(int(np.searchsorted(cdf, 0.1)), n - 1)]))
+        out.q90.append(float(v[min(int(np.searchsorted(cdf, 0.9)), n - 1)]))
+    return out
+
+
+def _lgamma(x: np.ndarray) -> np.ndarray:
+    return np.array([math.lgamma(float(t)) for t in x])
+
+
+def running_min(values: list[float]) -> list[float]:
+    """Best value so far, in the order the trials were run."""
+    return (
+        [float(x) for x in np.minimum.accumulate(np.asarray(values, dtype=float))] if values else []
+    )

@@ -1,0 +1,101 @@
+"""One look for every figure: print-size fonts, colour-blind-safe colours, PNG + SVG output.
+
+λ values are ordered, so they get a sequential palette (viridis: perceptually uniform and readable
+in grey and by the common colour-vision deficiencies); SGD is always black and dashed; adaptive
+rules take the Okabe–Ito qualitative colours.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window, and safe in worker processes
+
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.colors import to_hex  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from kfaclab.analysis.cells import CellSummary  # noqa: E402
+from kfaclab.analysis.summaries import StudySummary  # noqa: E402
+
+OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#D55E00", "#CC79A7", "#0072B2", "#F0E442")
+SGD_COLOR = "#000000"
+RC = {
+    "font.size": 9,
+    "axes.titlesize": 9,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.25,
+    "grid.linewidth": 0.5,
+    "lines.linewidth": 1.4,
+    "savefig.bbox": "tight",
+    "svg.fonttype": "none",  # text stays text in SVG: searchable, and small
+    "figure.dpi": 100,
+}
+
+
+def lam_colors(lams: Sequence[float]) -> dict[float, str]:
+    """Colours for λ values, by their position on a log axis (same λ → same colour everywhere)."""
+    cmap = plt.get_cmap("viridis")
+    logs = [math.log10(x) for x in lams if x > 0]
+    lo, hi = (min(logs), max(logs)) if logs else (0.0, 1.0)
+    span = (hi - lo) or 1.0
+    # 0.9 cap: viridis's last yellow is too light on white paper
+    return {x: to_hex(cmap(0.9 * (math.log10(x) - lo) / span)) for x in lams if x > 0}
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """Call inside ``plt.rc_context(RC)``: rc settings apply when artists are created."""
+    return plt.figure(figsize=(width, height), layout="constrained")
+
+
+def save(fig: Figure, out_dir: Path, name: str) -> tuple[Path, Path]:
+    """Writes name.png (150 dpi, for the HTML) and name.svg (vector, for print); closes the figure."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png, svg = out_dir / f"{name}.png", out_dir / f"{name}.svg"
+    fig.savefig(png, dpi=150, metadata={"Software": None})
+    fig.savefig(svg, metadata={"Date": None})  # no date: identical inputs, identical files
+    plt.close(fig)
+    return png, svg
+
+
+@dataclass
+class DrawnFigure:
+    key: str
+    title: str
+    png: Path
+    svg: Path
+
+
+def cell_style(summary: StudySummary) -> Callable[[CellSummary], dict[str, object]]:
+    """Line style per cell, the same in every figure."""
+    colors = lam_colors([c.lam for c in summary.fixed if c.lam is not None])
+    strategies = [c.label for c in summary.cells if c.strategy is not None]
+
+    def style(c: CellSummary) -> dict[str, object]:
+        if c.optimizer == "sgd":
+            return {"color": SGD_COLOR, "linestyle": "--"}
+        if c.lam is not None:
+            return {"color": colors.get(c.lam, "grey"), "linestyle": "-"}
+        i = strategies.index(c.label) if c.label in strategies else 0
+        return {"color": OKABE_ITO[i % 7], "linestyle": (0, (4, 1.5, 1, 1.5))}
+
+    return style
+
+
+
+def finish(fig: Figure, out_dir: Path, key: str, title: str) -> DrawnFigure:
+    png, svg = save(fig, out_dir, key)
+    return DrawnFigure(key, title, png, svg)
+
+

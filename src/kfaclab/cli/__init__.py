@@ -1,0 +1,1 @@
+"""The `kfaclab` command line: thin wrappers over the library, one module per subcommand."""

@@ -1,0 +1,58 @@
+"""Eigendecomposition of a factor restricted to its active coordinates.
+
+A coordinate whose diagonal entry is exactly zero has an all-zero row and column (the factor is a
+sum of Gram matrices), so its unit vector is an eigenvector with eigenvalue 0. Such coordinates are
+common and cost real time: MNIST pixels that are zero in every image (67 of 784) make layer 1's
+input factor A partly empty, and dead ReLU units make G partly empty. Decomposing only the active
+block is exact, not an approximation, and saves a cubic amount of work.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from kfaclab.curvature.decompose import FallbackCounter, robust_eigh
+
+
+class FactorEigen(NamedTuple):
+    """Eigen-decomposition of an n×n factor on its k active coordinates.
+
+    ``active``: (k,) int64 indices, or None when every coordinate is active (then k = n);
+    ``values``: (k,) eigenvalues, ascending, ≥ 0; ``vectors``: (k, k), columns are eigenvectors.
+    The n − k inactive coordinates have eigenvalue 0 and unit eigenvectors.
+    """
+
+    active: torch.Tensor | None
+    values: torch.Tensor
+    vectors: torch.Tensor
+
+    def full_values(self, n: int) -> torch.Tensor:
+        """All n eigenvalues (zeros for inactive coordinates), ascending."""
+        if self.active is None:
+            return self.values
+        zeros = self.values.new_zeros(n - self.values.shape[0])
+        return torch.cat([zeros, self.values])
+
+
+def active_coordinates(factor: torch.Tensor) -> torch.Tensor | None:
+    """Indices of the coordinates with a non-zero diagonal, or None when all are non-zero."""
+    nonzero = torch.diagonal(factor) != 0
+    if bool(nonzero.all()):
+        return None
+    return torch.nonzero(nonzero, as_tuple=False).squeeze(1)
+
+
+def eigen_of_factor(factor: torch.Tensor, counter: FallbackCounter) -> FactorEigen | None:
+    """Decompose ``factor`` on its active block; None if even the fallbacks failed."""
+    active = active_coordinates(factor)
+    block = factor if active is None else factor.index_select(0, active).index_select(1, active)
+    if block.shape[0] == 0:
+        empty = factor.new_zeros(0)
+        return FactorEigen(active, empty, factor.new_zeros(0, 0))
+    decomposed = robust_eigh(block, counter)
+    if decomposed is None:
+        return None
+    values, vectors = decomposed
+    return FactorEigen(active, values, vectors)

@@ -1,0 +1,9 @@
+"""Errors that reach users as one line, never as a traceback."""
+
+
+class UsageError(ValueError):
+    """Bad input from a user: the CLI prints the message on one line and exits with code 2.
+
+    Messages name the argument, the rule and the bad value, e.g.
+    "damping must be > 0, got -1.0".
+    """

@@ -1,0 +1,50 @@
+"""The update math of K-FAC as pure functions: no hooks, no optimizer state objects.
+
+Shapes: a preconditioned layer's gradient block is (out, in[+1]) = [∇W | ∇b].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+
+def kl_clip_factor(
+    directions: Sequence[torch.Tensor], gradients: Sequence[torch.Tensor], lr: float, kl_clip: float
+) -> float:
+    """ν = min(1, sqrt(c / (η² Σ dᵀ∇))), the usual K-FAC KL clipping (Ba et al. 2017).
+
+    η² dᵀ∇ estimates the KL divergence between the predictive distributions before and after the
+    step; ν scales the direction so the estimate stays below ``kl_clip``. A non-positive or
+    non-finite estimate (not a descent direction) leaves the step unscaled.
+    """
+    total = sum(float((d * g).sum()) for d, g in zip(directions, gradients, strict=True))
+    estimate = lr * lr * total
+    if not (estimate > 0 and math.isfinite(estimate)):
+        return 1.0
+    return min(1.0, math.sqrt(kl_clip / estimate))
+
+
+def heavy_ball(
+    buffer: torch.Tensor | None, direction: torch.Tensor, momentum: float
+) -> torch.Tensor:
+    """v ← μv + d (the first step sets v = d); returns the (possibly new) buffer."""
+    if buffer is None or momentum == 0.0:
+        return direction.clone() if momentum != 0.0 else direction
+    return buffer.mul_(momentum).add_(direction)
+
+
+def kronecker_quadratic(
+    delta: torch.Tensor, factor_a: torch.Tensor, factor_g: torch.Tensor
+) -> float:
+    """vec(Δ)ᵀ(G⊗A)vec(Δ) = tr(Δᵀ G Δ A) for Δ of shape (out, in[+1])."""
+    return float(((factor_g @ delta) @ factor_a).mul_(delta).sum())
+
+
+def model_reduction(
+    linear_terms: float, curvature_terms: float, damping_terms: float
+) -> float:
+    """M(δ) − M(0) = ∇ᵀδ + ½ δᵀ(F̂ + λI)δ, given the three sums over all parameters."""
+    return linear_terms + 0.5 * (curvature_terms + damping_terms)

@@ -1,0 +1,503 @@
+"""``KFAC``: a torch.optim.Optimizer that preconditions nn.Linear layers with Kronecker factors.
+
+The class gathers state (hooks, running factors, decompositions, counters); the math lives in
+``factors``, ``functional`` and ``kfaclab.curvature``. What λ means is fixed by DESIGN.md:
+
+* per nn.Linear layer, the block of [W | b] has curvature G⊗A with A = (1/N)Σ āᵢāᵢᵀ (ā = [a; 1])
+  and G = (1/N)Σ gᵢgᵢᵀ, gᵢ = ∂ℓᵢ/∂sᵢ the per-example output gradient (independent of the loss's
+  reduction: ``loss_reduction`` tells how to undo it);
+* ``damping_form="exact"``: d = (G⊗A + λI)⁻¹∇ in the eigenbases of A and G;
+  ``"factored"``: d = (G + √λ/π I)⁻¹ ∇ (A + π√λ I)⁻¹, π from the traces (Martens & Grosse);
+* momentum is heavy-ball on the preconditioned direction: v ← μv + d, θ ← θ − ηv;
+* every other parameter (not in an nn.Linear) gets d = ∇ with the same lr and momentum.
+
+Typical loop (empirical Fisher)::
+
+    opt = KFAC(model, lr=0.05, damping=1e-2, momentum=0.9)
+    for x, y in batches:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step(loss=loss)          # `loss=` lets damping strategies see the minibatch loss
+
+Monte-Carlo Fisher (``fisher="mc"``): after the forward pass and before ``loss.backward()`` call
+``opt.sample_fisher(logits)``: it samples ŷ ~ p(y|x) once per example and back-propagates the
+sampled loss to the layer outputs only (one extra partial backward pass, no parameter gradients).
+
+Levenberg–Marquardt damping on the same batch needs the loss after the step: pass an *evaluation*
+closure that returns the current minibatch's loss at the current parameters (no backward; it is
+called under ``torch.no_grad()``, only on the steps where the strategy updates λ)::
+
+    opt.step(lambda: F.cross_entropy(model(x), y), loss=loss)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from kfaclab.curvature.decompose import FallbackCounter
+from kfaclab.curvature.diagnostics import layer_diagnostics
+from kfaclab.curvature.eigen import eigen_of_factor
+from kfaclab.curvature.exact import ExactInverse
+from kfaclab.curvature.factored import FactoredInverse, factored_inverse
+from kfaclab.damping.base import Damping, LayerSpectrum, StepOutcome
+from kfaclab.optim import functional as fn
+from kfaclab.optim.capture import Capture, LayerCapture
+from kfaclab.optim.factors import update_input_factor, update_output_factor
+from kfaclab.optim.layer_state import LayerState
+from kfaclab.optim.validation import as_damping, validate_arguments
+
+DampingForm = Literal["exact", "factored"]
+FisherType = Literal["empirical", "mc"]
+
+
+class KFAC(Optimizer):
+    """K-FAC for the nn.Linear layers of ``model``; see the module docstring for the math.
+
+    Args:
+        model: the network; its nn.Linear layers are preconditioned, all its trainable parameters
+            are optimised.
+        lr: learning rate η > 0 (``param_groups[0]["lr"]``, so torch's lr schedulers work).
+        damping: λ > 0, or a ``kfaclab.damping.Damping`` strategy.
+        momentum: μ in [0, 1), heavy-ball on the preconditioned direction.
+        factor_decay: β in [0, 1) of the factors' moving average.
+        factor_every: update the factors every this many steps (≥ 1).
+        inverse_every: recompute eigenbases / inverses every this many steps (≥ 1).
+        damping_form: "exact" or "factored".
+        fisher: "empirical" (gradients of the training loss) or "mc" (sampled targets).
+        weight_decay: L2 coefficient added to the gradient before preconditioning (≥ 0).
+        kl_clip: None (off) or c > 0: scale the step by ν = min(1, sqrt(c / (η² dᵀ∇))).
+        loss_reduction: "mean" or "sum" — how the training loss combines the examples, so that
+            gᵢ = ∂ℓᵢ/∂sᵢ can be recovered from ∂L/∂s (×N for "mean").
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float,
+        damping: float | Damping = 1e-3,
+        momentum: float = 0.0,
+        factor_decay: float = 0.95,
+        factor_every: int = 1,
+        inverse_every: int = 10,
+        damping_form: DampingForm = "exact",
+        fisher: FisherType = "empirical",
+        weight_decay: float = 0.0,
+        kl_clip: float | None = None,
+        loss_reduction: Literal["mean", "sum"] = "mean",
+    ) -> None:
+        validate_arguments(
+            lr=lr,
+            momentum=momentum,
+            factor_decay=factor_decay,
+            factor_every=factor_every,
+            inverse_every=inverse_every,
+            damping_form=damping_form,
+            fisher=fisher,
+            weight_decay=weight_decay,
+            kl_clip=kl_clip,
+            loss_reduction=loss_reduction,
+        )
+        layers = [
+            LayerState(name, module)
+            for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and module.weight.requires_grad
+        ]
+        if not layers:
+            raise ValueError(
+                f"model must contain at least one trainable nn.Linear layer, "
+                f"got none in {type(model).__name__}"
+            )
+        params = [p for p in model.parameters() if p.requires_grad]
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+        self.damping: Damping = as_damping(damping)
+        self.factor_decay = factor_decay
+        self.factor_every = factor_every
+        self.inverse_every = inverse_every
+        self.damping_form: DampingForm = damping_form
+        self.fisher: FisherType = fisher
+        self.kl_clip = kl_clip
+        self.loss_reduction = loss_reduction
+        self._layers = layers
+        layer_params = set()
+        for layer in layers:
+            layer_params.add(layer.module.weight)
+            if layer.module.bias is not None:
+                layer_params.add(layer.module.bias)
+        self._other_params = [p for p in params if p not in layer_params]
+        self._capture = Capture(
+            [LayerCapture(layer.name, layer.module) for layer in layers],
+            keep_outputs=fisher == "mc",
+        )
+        self._capture.attach()
+        self._step = 0
+        self._fallbacks = FallbackCounter()
+        self._counters: dict[str, float] = {
+            "kl_clip_binds": 0,
+            "kl_clip_last_factor": 1.0,
+            "steps_without_capture": 0,
+            "factor_updates": 0,
+            "inversions": 0,
+        }
+        self._spectrum_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # --- public read-outs ----------------------------------------------------------------------
+
+    @property
+    def steps_done(self) -> int:
+        return self._step
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [layer.name for layer in self._layers]
+
+    @property
+    def counters(self) -> dict[str, float]:
+        """Decomposition fallbacks, KL-clip binds (and the last ν), factor updates, inversions."""
+        return {**self._counters, **self._fallbacks.as_dict()}
+
+    def current_damping(self) -> float:
+        """The damping strategy's global λ (what traces and reports show)."""
+        return self.damping.value()
+
+    def eigenvalues(self, layer_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """All eigenvalues of A and G (ascending) from the last decomposition of that layer.
+
+        The factored form does not decompose; its eigenvalues are computed on first request after
+        each inversion (one eigvalsh per factor) and cached.
+        """
+        layer = next((lay for lay in self._layers if lay.name == layer_name), None)
+        if layer is None:
+            raise ValueError(f"layer_name must be one of {self.layer_names}, got {layer_name!r}")
+        inverse = layer.inverse
+        if inverse is None:
+            raise ValueError(f"layer {layer_name!r} has no decomposition yet: call step() first")
+        if isinstance(inverse, ExactInverse):
+            assert layer.factor_a is not None and layer.factor_g is not None
+            return (
+                inverse.a.full_values(layer.factor_a.shape[0]),
+                inverse.g.full_values(layer.factor_g.shape[0]),
+            )
+        cached = self._spectrum_cache.get(layer_name)
+        if cached is None:
+            assert layer.factor_a is not None and layer.factor_g is not None
+            cached = (
+                torch.linalg.eigvalsh(layer.factor_a.to(torch.float64)).clamp_min(0),
+                torch.linalg.eigvalsh(layer.factor_g.to(torch.float64)).clamp_min(0),
+            )
+            self._spectrum_cache[layer_name] = cached
+        return cached
+
+    def diagnostics(self) -> dict[str, dict[str, Any]]:
+        """Per layer: eigenvalue ranges of A and G, λ relative to the mean eigenvalue of G⊗A, the
+        damped condition number, the fraction of eigenvalues below λ, the effective dimension.
+        Empty before the first step. See ``kfaclab.curvature.layer_diagnostics``."""
+        out: dict[str, dict[str, Any]] = {}
+        for layer in self._layers:
+            if layer.inverse is None or layer.damping is None:
+                continue
+            eig_a, eig_g = self.eigenvalues(layer.name)
+            out[layer.name] = layer_diagnostics(eig_a, eig_g, layer.damping)
+        return out
+
+    # --- Monte-Carlo Fisher ------------------------------------------------------------------
+
+    def sample_fisher(self, logits: torch.Tensor, likelihood: str = "categorical") -> None:
+        """fisher="mc": draw ŷ ~ p(y|x) (one per example) and capture gᵢ = ∂ℓ(ŷᵢ)/∂sᵢ.
+
+        Call after the forward pass that produced ``logits`` (N, C) and before
+        ``loss.backward()``. ``likelihood``: "categorical" (softmax cross-entropy) or
+        "gaussian" (unit-variance regression, ŷ = output + ε).
+        """
+        if self.fisher != "mc":
+            raise ValueError(f"sample_fisher needs fisher='mc', got fisher={self.fisher!r}")
+        if not self._capture.enabled:
+            return  # not a factor step
+        outputs = [c.outputs for c in self._capture.layers]
+        if any(o is None for o in outputs):
+            raise ValueError("sample_fisher must follow a forward pass with gradients enabled")
+        with torch.no_grad():
+            if likelihood == "categorical":
+                sampled: torch.Tensor = torch.multinomial(logits.softmax(-1), 1).squeeze(-1)
+            elif likelihood == "gaussian":
+                sampled = logits + torch.randn_like(logits)
+            else:
+                raise ValueError(
+                    f"likelihood must be 'categorical' or 'gaussian', got {likelihood!r}"
+                )
+        if likelihood == "categorical":
+            sampled_loss = nn.functional.cross_entropy(logits, sampled, reduction="sum")
+        else:
+            sampled_loss = 0.5 * (logits - sampled).pow(2).sum()
+        grads = torch.autograd.grad(sampled_loss, outputs, retain_graph=True)  # type: ignore[arg-type]
+        for capture, grad in zip(self._capture.layers, grads, strict=True):
+            capture.output_grads = grad.detach().reshape(-1, grad.shape[-1])
+            capture.grad_scale = 1.0  # reduction="sum": already per-example gradients
+            capture.outputs = None
+
+    # --- the step ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(  # type: ignore[override]
+        self,
+        closure: Callable[[], torch.Tensor | float] | None = None,
+        *,
+        loss: torch.Tensor | float | None = None,
+    ) -> torch.Tensor | float | None:
+        """One K-FAC step from the gradients in ``.grad``.
+
+        Args:
+            closure: evaluation closure (no backward) returning the minibatch loss at the current
+                parameters; needed only by damping strategies with ``needs_loss_after_step``.
+            loss: the minibatch loss whose gradient is in ``.grad``; passed on to the damping
+                strategy (``StepOutcome.loss_before``).
+        Returns ``loss``.
+        """
+        t = self._step
+        group = self.param_groups[0]
+        lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]
+        if self._capture.enabled:
+            self._update_factors()
+        if t % self.inverse_every == 0 or any(lay.inverse is None for lay in self._layers):
+            self._update_inverses()
+        lambdas = self.damping.layer_values(self._spectra())
+
+        # Preconditioned directions, layer by layer, then the other parameters.
+        grads: list[torch.Tensor] = []
+        directions: list[torch.Tensor] = []
+        for layer, lam in zip(self._layers, lambdas, strict=True):
+            layer.damping = lam
+            block = layer.gradient_block()
+            if block is None:
+                grads.append(torch.zeros(0))
+                directions.append(torch.zeros(0))
+                continue
+            if weight_decay:
+                block = block + weight_decay * self._parameter_block(layer)
+            grads.append(block)
+            directions.append(self._precondition(layer, block, lam))
+        for p in self._other_params:
+            g = torch.zeros_like(p) if p.grad is None else p.grad
+            if weight_decay:
+                g = g + weight_decay * p
+            grads.append(g)
+            directions.append(g)
+
+        if self.kl_clip is not None:
+            nu = fn.kl_clip_factor(directions, grads, lr, self.kl_clip)
+            self._counters["kl_clip_last_factor"] = nu
+            if nu < 1.0:
+                self._counters["kl_clip_binds"] += 1
+                directions = [d * nu for d in directions]
+
+        steps = self._apply(directions, lr, momentum)
+        loss_before = _as_float(loss)
+        outcome = StepOutcome(step=t, loss_before=loss_before)
+        if self.damping.wants_model_reduction(t):
+            outcome = self._with_model_reduction(outcome, steps, lambdas, closure)
+        self.damping.observe(outcome)
+
+        self._capture.clear()
+        self._step += 1
+        self._capture.enabled = self._step % self.factor_every == 0
+        return loss
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _update_factors(self) -> None:
+        updated = False
+        for layer, capture in zip(self._layers, self._capture.layers, strict=True):
+            if capture.inputs is None or capture.output_grads is None:
+                continue
+            # First update sets the factor (β = 0 for that call); see factors.py.
+            layer.factor_a = update_input_factor(
+                layer.factor_a, capture.inputs, layer.has_bias, self.factor_decay
+            )
+            scale = capture.grad_scale
+            if self.fisher == "empirical":
+                scale = float(capture.output_grads.shape[0]) if self.loss_reduction == "mean" else 1.0
+            layer.factor_g = update_output_factor(
+                layer.factor_g, capture.output_grads, scale, self.factor_decay
+            )
+            updated = True
+        if updated:
+            self._counters["factor_updates"] += 1
+        else:
+            self._counters["steps_without_capture"] += 1
+
+    def _update_inverses(self) -> None:
+        self._spectrum_cache.clear()
+        lambdas = (
+            self.damping.layer_values(self._spectra())
+            if self.damping_form == "factored"
+            else None
+        )
+        for i, layer in enumerate(self._layers):
+            if layer.factor_a is None or layer.factor_g is None:
+                continue
+            if self.damping_form == "exact":
+                eig_a = eigen_of_factor(layer.factor_a, self._fallbacks)
+                eig_g = eigen_of_factor(layer.factor_g, self._fallbacks)
+                if eig_a is not None and eig_g is not None:
+                    layer.inverse = ExactInverse(eig_a, eig_g)
+            else:
+                assert lambdas is not None
+                inverse = factored_inverse(
+                    layer.factor_a, layer.factor_g, lambdas[i], self._fallbacks
+                )
+                if inverse is not None:
+                    layer.inverse = inverse
+        self._counters["inversions"] += 1
+
+    def _spectra(self) -> list[LayerSpectrum]:
+        spectra = []
+        for layer in self._layers:
+            mean: float | None = None
+            if isinstance(layer.inverse, ExactInverse) and layer.factor_a is not None:
+                assert layer.factor_g is not None
+                # Inactive coordinates have eigenvalue 0: divide by the full dimension.
+                mean_a = float(layer.inverse.a.values.sum()) / layer.factor_a.shape[0]
+                mean_g = float(layer.inverse.g.values.sum()) / layer.factor_g.shape[0]
+                mean = mean_a * mean_g
+            elif layer.factor_a is not None and layer.factor_g is not None:
+                # The trace gives the mean eigenvalue without a decomposition.
+                mean_a = float(torch.diagonal(layer.factor_a).mean())
+                mean_g = float(torch.diagonal(layer.factor_g).mean())
+                mean = mean_a * mean_g
+            spectra.append(LayerSpectrum(layer.name, mean))
+        return spectra
+
+    def _precondition(self, layer: LayerState, block: torch.Tensor, lam: float) -> torch.Tensor:
+        inverse = layer.inverse
+        if inverse is None:
+            return block / lam  # no curvature yet (no capture so far): F̂ = 0
+        if isinstance(inverse, ExactInverse):
+            return inverse.precondition(block, lam)
+        assert isinstance(inverse, FactoredInverse)
+        return inverse.precondition(block)
+
+    @staticmethod
+    def _parameter_block(layer: LayerState) -> torch.Tensor:
+        weight, bias = layer.module.weight, layer.module.bias
+        if bias is None:
+            return weight.detach()
+        return torch.cat([weight.detach(), bias.detach().unsqueeze(1)], dim=1)
+
+    def _apply(self, directions: list[torch.Tensor], lr: float, momentum: float) -> list[torch.Tensor]:
+        """Momentum and the parameter update; returns the steps δ = −η v actually taken."""
+        steps: list[torch.Tensor] = []
+        for layer, direction in zip(self._layers, directions, strict=False):
+            if direction.numel() == 0:
+                steps.append(direction)
+                continue
+            weight = layer.module.weight
+            state = self.state[weight]
+            buffer = fn.heavy_ball(state.get("momentum_buffer"), direction, momentum)
+            if momentum != 0.0:
+                state["momentum_buffer"] = buffer
+            delta = buffer * (-lr)
+            d_weight, d_bias = layer.split_block(delta)
+            weight.add_(d_weight)
+            if d_bias is not None:
+                assert layer.module.bias is not None
+                layer.module.bias.add_(d_bias)
+            steps.append(delta)
+        for p, direction in zip(self._other_params, directions[len(self._layers) :], strict=True):
+            state = self.state[p]
+            buffer = fn.heavy_ball(state.get("momentum_buffer"), direction, momentum)
+            if momentum != 0.0:
+                state["momentum_buffer"] = buffer
+            delta = buffer * (-lr)
+            p.add_(delta)
+            steps.append(delta)
+        return steps
+
+    def _with_model_reduction(
+        self,
+        outcome: StepOutcome,
+        steps: list[torch.Tensor],
+        lambdas: list[float],
+        closure: Callable[[], torch.Tensor | float] | None,
+    ) -> StepOutcome:
+        """Adds M(δ) − M(0) of the K-FAC quadratic model and, if needed, the loss after the step."""
+        linear = curvature = damping_terms = 0.0
+        global_lam = self.damping.value()
+        for i, delta in enumerate(steps):
+            if delta.numel() == 0:
+                continue
+            if i < len(self._layers):
+                layer = self._layers[i]
+                block = layer.gradient_block()
+                assert block is not None
+                lam = lambdas[i]
+                if layer.factor_a is not None and layer.factor_g is not None:
+                    curvature += fn.kronecker_quadratic(delta, layer.factor_a, layer.factor_g)
+            else:
+                p = self._other_params[i - len(self._layers)]
+                block = torch.zeros_like(p) if p.grad is None else p.grad
+                lam = global_lam
+            linear += float((block * delta).sum())
+            damping_terms += lam * float(delta.pow(2).sum())
+        predicted = fn.model_reduction(linear, curvature, damping_terms)
+        loss_after = None
+        if self.damping.needs_loss_after_step:
+            if closure is None:
+                raise ValueError(
+                    f"closure is required by damping {type(self.damping).__name__} "
+                    "(it needs the minibatch loss after the step), got None"
+                )
+            loss_after = _as_float(closure())
+        return StepOutcome(outcome.step, outcome.loss_before, loss_after, predicted)
+
+    # --- state ------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["kfac"] = {
+            "step": self._step,
+            "capture_enabled": self._capture.enabled,
+            "layers": [layer.to_state() for layer in self._layers],
+            "damping": self.damping.state_dict(),
+            "counters": dict(self._counters),
+            "fallbacks": self._fallbacks.as_dict(),
+        }
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        kfac = state_dict.pop("kfac", None)
+        if kfac is None:
+            raise ValueError("state_dict must come from KFAC.state_dict(), got no 'kfac' entry")
+        if len(kfac["layers"]) != len(self._layers):
+            raise ValueError(
+                f"state_dict must have {len(self._layers)} layers, got {len(kfac['layers'])}"
+            )
+        super().load_state_dict(state_dict)
+        for layer, layer_state in zip(self._layers, kfac["layers"], strict=True):
+            layer.load_state(layer_state)
+        self._step = int(kfac["step"])
+        self._capture.enabled = bool(kfac["capture_enabled"])
+        self.damping.load_state_dict(kfac["damping"])
+        self._counters = dict(kfac["counters"])
+        fallbacks = kfac["fallbacks"]
+        self._fallbacks = FallbackCounter(
+            fallbacks["decomposition_float64_retries"],
+            fallbacks["decomposition_jitter_retries"],
+            fallbacks["decomposition_failures"],
+        )
+        self._spectrum_cache.clear()
+
+    def remove_hooks(self) -> None:
+        """Detach the capture hooks from the model (the optimizer can no longer update factors)."""
+        self._capture.detach()
+
+
+def _as_float(value: torch.Tensor | float | None) -> float | None:
+    if value is None:
+        return None
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)

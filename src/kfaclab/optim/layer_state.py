@@ -1,0 +1,126 @@
+"""Per-layer running state of K-FAC and its (de)serialisation for ``state_dict``.
+
+Kept outside ``Optimizer.state`` on purpose: torch's ``load_state_dict`` casts every tensor in
+per-parameter state to the parameter's dtype, which would turn index tensors into floats. Here each
+tensor keeps its dtype and only moves to the layer's device, so a resumed run is bit-for-bit the
+run that was saved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from kfaclab.curvature.eigen import FactorEigen
+from kfaclab.curvature.exact import ExactInverse
+from kfaclab.curvature.factored import FactoredInverse
+
+
+@dataclass
+class LayerState:
+    name: str
+    module: nn.Linear
+    factor_a: torch.Tensor | None = None  # (in[+1], in[+1])
+    factor_g: torch.Tensor | None = None  # (out, out)
+    inverse: ExactInverse | FactoredInverse | None = None
+    damping: float | None = None  # λ used for this layer at the last step
+
+    @property
+    def has_bias(self) -> bool:
+        return self.module.bias is not None
+
+    def gradient_block(self) -> torch.Tensor | None:
+        """[∇W | ∇b] as one (out, in[+1]) matrix; None if the weight got no gradient."""
+        weight_grad = self.module.weight.grad
+        if weight_grad is None:
+            return None
+        bias = self.module.bias
+        if bias is None:
+            return weight_grad
+        bias_grad = bias.grad if bias.grad is not None else torch.zeros_like(bias)
+        return torch.cat([weight_grad, bias_grad.unsqueeze(1)], dim=1)
+
+    def split_block(self, block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Inverse of ``gradient_block``: (weight part, bias part or None)."""
+        if self.module.bias is None:
+            return block, None
+        return block[:, :-1], block[:, -1]
+
+    # --- serialisation -------------------------------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "name": self.name,
+            "factor_a": _clone(self.factor_a),
+            "factor_g": _clone(self.factor_g),
+            "damping": self.damping,
+        }
+        if isinstance(self.inverse, ExactInverse):
+            state["inverse"] = {
+                "form": "exact",
+                "a": _eigen_to_state(self.inverse.a),
+                "g": _eigen_to_state(self.inverse.g),
+            }
+        elif isinstance(self.inverse, FactoredInverse):
+            state["inverse"] = {
+                "form": "factored",
+                "inv_a": self.inverse.inv_a.clone(),
+                "inv_g": self.inverse.inv_g.clone(),
+                "damping": self.inverse.damping,
+                "pi": self.inverse.pi,
+            }
+        else:
+            state["inverse"] = None
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if state["name"] != self.name:
+            raise ValueError(
+                f"state_dict layer must match the model's, got {state['name']!r} for {self.name!r}"
+            )
+        device = self.module.weight.device
+        self.factor_a = _to(state["factor_a"], device)
+        self.factor_g = _to(state["factor_g"], device)
+        self.damping = state["damping"]
+        inverse = state["inverse"]
+        if inverse is None:
+            self.inverse = None
+        elif inverse["form"] == "exact":
+            self.inverse = ExactInverse(
+                _eigen_from_state(inverse["a"], device), _eigen_from_state(inverse["g"], device)
+            )
+        else:
+            self.inverse = FactoredInverse(
+                inverse["inv_a"].to(device),
+                inverse["inv_g"].to(device),
+                inverse["damping"],
+                inverse["pi"],
+            )
+
+
+def _clone(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.clone()
+
+
+def _to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if t is None else t.to(device).clone()
+
+
+def _eigen_to_state(e: FactorEigen) -> dict[str, Any]:
+    return {
+        "active": None if e.active is None else e.active.clone(),
+        "values": e.values.clone(),
+        "vectors": e.vectors.clone(),
+    }
+
+
+def _eigen_from_state(state: dict[str, Any], device: torch.device) -> FactorEigen:
+    active = state["active"]
+    return FactorEigen(
+        None if active is None else active.to(device),
+        state["values"].to(device).clone(),
+        state["vectors"].to(device).clone(),
+    )

@@ -1,0 +1,325 @@
+"""A study protocol: a TOML file read into validated, frozen dataclasses.
+
+configs/paper.toml documents every key. Reading is strict: an unknown or misspelt key, a value of
+the wrong type or out of range, an empty λ grid, a top-k larger than the trial count are all
+``UsageError`` one-liners, since a silently ignored key would change what the study measures.
+``Protocol.raw`` keeps the dict exactly as loaded; the study stores it and refuses to resume with
+a different one.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kfaclab.errors import UsageError
+from kfaclab.study import _schema as s
+
+SAMPLERS = ("tpe", "gp", "random")
+CONVENTIONS = ("ours", "b2_scaled")
+# Keys of a strategy entry that are not constants of the damping strategy itself.
+_STRATEGY_META = ("name", "kind", "search")
+
+
+@dataclass(frozen=True)
+class Range:
+    """A search range of one hyperparameter (inclusive; ``log`` samples log-uniformly)."""
+
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    dataset: str
+    data_dir: str | None  # absolute, or None: the data module's own search (cache, mirrors)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    depth: int
+    width: int
+    activation: str
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    batch_size: int
+    epochs: int
+    steps: int | None  # overrides epochs when set
+    factor_decay: float
+    inverse_every: int
+    damping_form: str
+    fisher: str
+    kl_clip: float | None
+    divergence_loss: float
+    eval_steps: tuple[int, ...] | None
+    histogram_steps: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """A damping strategy run as a cell. ``constants`` are fixed for every trial of the cell;
+    the constants named in ``search`` are sampled per trial, like the learning rate."""
+
+    name: str
+    kind: str
+    constants: tuple[tuple[str, Any], ...]
+    search: tuple[tuple[str, Range], ...] = ()
+
+
+@dataclass(frozen=True)
+class CellsSpec:
+    sgd: bool
+    lambdas: tuple[float, ...]  # as written in the file
+    lambda_convention: str  # "ours" or "b2_scaled"
+    strategies: tuple[StrategySpec, ...]
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    n_trials: int
+    top_k: int
+    sampler: str
+    seed: int
+    lr: Range
+    lr_decay: Range
+    momentum: Range
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    description: str
+    data: DataSpec
+    model: ModelSpec
+    training: TrainingSpec
+    cells: CellsSpec
+    search: SearchSpec
+    histogram_lambdas: tuple[float, ...]
+    raw: dict[str, Any] = field(compare=False, repr=False)
+
+
+def load_protocol(path: str | Path) -> Protocol:
+    """Read and validate a protocol file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read protocol {path}: {exc.strerror or exc}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"protocol {path} is not valid TOML: {exc}") from None
+    return parse_protocol(raw, base_dir=path.resolve().parent)
+
+
+def parse_protocol(raw: dict[str, Any], base_dir: Path | None = None) -> Protocol:
+    """Validate a loaded TOML dict. Relative ``data.data_dir`` is taken from ``base_dir``."""
+    s.check_keys(raw, "", ("protocol", "data", "model", "training", "cells", "search", "report"))
+    head = s.table(raw, "protocol", "")
+    s.check_keys(head, "protocol", ("name", "description"), required=("name",))
+    name = s.string(head["name"], "protocol.name")
+    if "/" in name:
+        raise UsageError(f"protocol.name must not contain '/', got {name!r}")
+    description = head.get("description", "")
+    if not isinstance(description, str):
+        raise UsageError(f"protocol.description must be a string, got {description!r}")
+    training = _training(s.table(raw, "training", ""))
+    cells = _cells(s.table(raw, "cells", ""))
+    search = _search(s.table(raw, "search", ""))
+    report = s.table(raw, "report", "", required=False)
+    s.check_keys(report, "report", ("histogram_lambdas",))
+    hist = s.float_list(report.get("histogram_lambdas", []), "report.histogram_lambdas")
+    for lam in hist:
+        if lam not in cells.lambdas:
+            raise UsageError(f"report.histogram_lambdas must be values of cells.lambdas, got {lam}")
+    return Protocol(
+        name=name,
+        description=description,
+        data=_data(s.table(raw, "data", ""), base_dir),
+        model=_model(s.table(raw, "model", "")),
+        training=training,
+        cells=cells,
+        search=search,
+        histogram_lambdas=hist,
+        raw=raw,
+    )
+
+
+def _data(t: dict[str, Any], base_dir: Path | None) -> DataSpec:
+    s.check_keys(t, "data", ("dataset", "data_dir"), required=("dataset",))
+    dataset = s.string(t["dataset"], "data.dataset", ("mnist", "fashion-mnist"))
+    data_dir = None
+    if "data_dir" in t:
+        folder = Path(s.string(t["data_dir"], "data.data_dir"))
+        # Relative to the protocol file, so the same file works from any working directory.
+        if not folder.is_absolute() and base_dir is not None:
+            folder = (base_dir / folder).resolve()
+        data_dir = str(folder)
+    return DataSpec(dataset, data_dir)
+
+
+def _model(t: dict[str, Any]) -> ModelSpec:
+    s.check_keys(t, "model", ("depth", "width", "activation"), required=("depth", "width"))
+    return ModelSpec(
+        depth=s.integer(t["depth"], "model.depth", 1),
+        width=s.integer(t["width"], "model.width", 1),
+        activation=s.string(
+            t.get("activation", "relu"), "model.activation", ("relu", "tanh", "identity")
+        ),
+    )
+
+
+_TRAINING_KEYS = (
+    "batch_size", "epochs", "steps", "factor_decay", "inverse_every", "damping_form", "fisher",
+    "kl_clip", "divergence_loss", "eval_steps", "histogram_steps",
+)  # fmt: skip
+
+
+def _training(t: dict[str, Any]) -> TrainingSpec:
+    s.check_keys(t, "training", _TRAINING_KEYS, required=("batch_size",))
+    if "epochs" in t and "steps" in t:
+        raise UsageError("training: give epochs or steps, not both")
+    if "epochs" not in t and "steps" not in t:
+        raise UsageError("training.epochs or training.steps is required")
+    kl_clip = t.get("kl_clip")
+    eval_steps = t.get("eval_steps")
+    return TrainingSpec(
+        batch_size=s.integer(t["batch_size"], "training.batch_size", 1),
+        epochs=s.integer(t.get("epochs", 1), "training.epochs", 1),
+        steps=None if "steps" not in t else s.integer(t["steps"], "training.steps", 1),
+        factor_decay=s.number(
+            t.get("factor_decay", 0.95), "training.factor_decay", minimum=0.0, maximum=1.0
+        ),
+        inverse_every=s.integer(t.get("inverse_every", 10), "training.inverse_every", 1),
+        damping_form=s.string(
+            t.get("damping_form", "exact"), "training.damping_form", ("exact", "factored")
+        ),
+        fisher=s.string(t.get("fisher", "empirical"), "training.fisher", ("empirical", "mc")),
+        kl_clip=None if kl_clip is None else s.number(kl_clip, "training.kl_clip", positive=True),
+        divergence_loss=s.number(
+            t.get("divergence_loss", 1e3), "training.divergence_loss", positive=True
+        ),
+        eval_steps=None if eval_steps is None else s.int_list(eval_steps, "training.eval_steps"),
+        histogram_steps=s.int_list(t.get("histogram_steps", []), "training.histogram_steps", 1),
+    )
+
+
+def _cells(t: dict[str, Any]) -> CellsSpec:
+    s.check_keys(t, "cells", ("sgd", "lambdas", "lambda_convention", "strategies"))
+    lambdas: tuple[float, ...] = ()
+    if "lambdas" in t:
+        lambdas = s.float_list(t["lambdas"], "cells.lambdas", positive=True)
+        if not lambdas:
+            raise UsageError(
+                "cells.lambdas must list at least one λ (omit the key for no fixed-λ cells), "
+                "got []"
+            )
+    raw_strategies = t.get("strategies", [])
+    if not isinstance(raw_strategies, list):
+        raise UsageError(f"cells.strategies must be a list of tables, got {raw_strategies!r}")
+    strategies = tuple(_strategy(x, f"cells.strategies[{i}]") for i, x in enumerate(raw_strategies))
+    names = [st.name for st in strategies]
+    if len(set(names)) != len(names):
+        raise UsageError(f"cells.strategies names must be unique, got {names}")
+    sgd = s.boolean(t.get("sgd", False), "cells.sgd")
+    if not (sgd or lambdas or strategies):
+        raise UsageError("cells must name at least one cell (sgd, lambdas or strategies)")
+    convention = s.string(
+        t.get("lambda_convention", "ours"), "cells.lambda_convention", CONVENTIONS
+    )
+    return CellsSpec(sgd, lambdas, convention, strategies)
+
+
+def _strategy(x: Any, where: str) -> StrategySpec:
+    if not isinstance(x, dict):
+        raise UsageError(f"{where} must be a table, got {x!r}")
+    s.check_keys(x, where, (*_STRATEGY_META, *_strategy_constants(x)), required=("name", "kind"))
+    name = s.string(x["name"], f"{where}.name")
+    if not all(c.isalnum() or c in "-_." for c in name):
+        raise UsageError(f"{where}.name must use letters, digits, '-', '_', '.', got {name!r}")
+    kind = s.string(x["kind"], f"{where}.kind")
+    constants = {k: v for k, v in x.items() if k not in _STRATEGY_META}
+    search_table = x.get("search", {})
+    if not isinstance(search_table, dict):
+        raise UsageError(f"{where}.search must be a table, got {search_table!r}")
+    search = tuple(
+        (key, _range(value, f"{where}.search.{key}")) for key, value in search_table.items()
+    )
+    for key, _ in search:
+        if key in constants:
+            raise UsageError(f"{where}.{key} is both fixed and searched; keep one")
+    _check_damping(kind, constants, search, where)
+    return StrategySpec(name, kind, tuple(sorted(constants.items())), search)
+
+
+def _strategy_constants(x: dict[str, Any]) -> tuple[str, ...]:
+    """The constant names the strategy's kind accepts (from the damping package), so a misspelt
+    constant is caught here with the allowed ones; if the kind is unknown, build_damping says so."""
+    try:
+        from kfaclab.damping.spec import KINDS, allowed_keys
+    except ImportError:  # the damping package is optional for reading a protocol
+        return tuple(k for k in x if k not in _STRATEGY_META)
+    kind = x.get("kind")
+    if isinstance(kind, str) and kind in KINDS:
+        return allowed_keys(kind)
+    return tuple(k for k in x if k not in _STRATEGY_META)
+
+
+def _check_damping(
+    kind: str, constants: dict[str, Any], search: tuple[tuple[str, Range], ...], where: str
+) -> None:
+    """Build the strategy once (searched constants at their low end) so a bad constant is an
+    error now, not in the first trial of a long sweep."""
+    try:
+        from kfaclab.damping import build_damping
+    except ImportError:
+        return
+    spec = {"kind": kind, **constants, **{k: r.low for k, r in search}}
+    try:
+        build_damping(spec)
+    except UsageError as exc:
+        raise UsageError(f"{where}: {exc}") from None
+
+
+def _range(value: Any, where: str) -> Range:
+    if not isinstance(value, dict):
+        raise UsageError(f"{where} must be a table {{low, high, log}}, got {value!r}")
+    s.check_keys(value, where, ("low", "high", "log"), required=("low", "high"))
+    low = s.number(value["low"], f"{where}.low")
+    high = s.number(value["high"], f"{where}.high")
+    log = s.boolean(value.get("log", False), f"{where}.log")
+    if not low < high:
+        raise UsageError(f"{where}.low must be < {where}.high, got low={low}, high={high}")
+    if log and low <= 0:
+        raise UsageError(f"{where}.low must be > 0 when log = true, got {low}")
+    return Range(low, high, log)
+
+
+def _search(t: dict[str, Any]) -> SearchSpec:
+    keys = ("n_trials", "top_k", "sampler", "seed", "lr", "lr_decay", "momentum")
+    s.check_keys(t, "search", keys, required=("n_trials", "lr", "lr_decay", "momentum"))
+    n_trials = s.integer(t["n_trials"], "search.n_trials", 1)
+    lr_decay = _range(t["lr_decay"], "search.lr_decay")
+    if lr_decay.low < 0 or lr_decay.high > 1:
+        # α is the final learning rate as a fraction of the initial one.
+        raise UsageError(f"search.lr_decay must lie within [0, 1], got {lr_decay}")
+    momentum = _range(t["momentum"], "search.momentum")
+    if momentum.low < 0 or momentum.high >= 1:
+        raise UsageError(f"search.momentum must lie within [0, 1), got {momentum}")
+    top_k = s.integer(t.get("top_k", n_trials), "search.top_k", 1)
+    if top_k > n_trials:
+        raise UsageError(f"search.top_k must be <= search.n_trials ({n_trials}), got {top_k}")
+    return SearchSpec(
+        n_trials=n_trials,
+        top_k=top_k,
+        sampler=s.string(t.get("sampler", "tpe"), "search.sampler", SAMPLERS),
+        seed=s.integer(t.get("seed", 0), "search.seed", 0),
+        lr=_range(t["lr"], "search.lr"),
+        lr_decay=lr_decay,
+        momentum=momentum,
+    )

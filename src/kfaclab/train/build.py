@@ -1,0 +1,68 @@
+"""The pieces of a trial built from its config: the seeded model and the optimizer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch._dynamo  # noqa: F401  (see below)
+from torch import nn
+
+from kfaclab.models import build_mlp
+from kfaclab.trial_types import TrialConfig
+
+# torch.optim imports torch._dynamo the first time an optimizer is built (about 2 s); importing it
+# with this module keeps that one-off cost out of the first trial's ``seconds``.
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Run the block with the global RNGs seeded by ``seed`` and restore them afterwards.
+
+    The model's default initialisation and K-FAC's Monte-Carlo label sampling draw from the global
+    generator; forking it keeps a trial reproducible without disturbing the caller's RNG stream.
+    (The data permutation has its own ``torch.Generator``, see ``schedule.batch_indices``.)
+    """
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def build_model(config: TrialConfig, device: torch.device) -> nn.Sequential:
+    # build_mlp initialises on the CPU in float32, so a seed gives the same weights on any device;
+    # a float64 trial starts from those float32 values, converted exactly.
+    model = build_mlp(depth=config.depth, width=config.width, activation=config.activation)
+    return model.to(device=device, dtype=DTYPES[config.dtype])
+
+
+def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
+    """The nn.Linear layers by module name ("fc1" … "fc6" for ``build_mlp``): the same names K-FAC
+    uses for its diagnostics, so histograms and curvature of one layer share a key."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+def build_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        # torch's heavy ball: v ← μv + g, θ ← θ − ηv — the same form as KFAC's momentum, so a
+        # learning rate means the same thing for both optimizers.
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    # Imported here so an SGD trial does not pay for (or depend on) the K-FAC machinery.
+    from kfaclab.damping import build_damping
+    from kfaclab.optim import KFAC
+
+    return KFAC(
+        model,
+        lr=config.lr,
+        damping=build_damping(config.damping),
+        momentum=config.momentum,
+        factor_decay=config.factor_decay,
+        factor_every=config.factor_every,
+        inverse_every=config.inverse_every,
+        damping_form=config.damping_form,
+        fisher=config.fisher,
+        kl_clip=config.kl_clip,
+    )

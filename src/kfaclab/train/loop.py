@@ -1,0 +1,150 @@
+"""``run_trial``: one seeded, fully observed training run (no Optuna here; the study calls this).
+
+One step t = 0 … T−1, with θ_t the parameters after t steps:
+    lr ← η_t;  zero grads;  logits = model(x_t);  ℓ_t = CE(logits, y_t)
+    ℓ_t non-finite or > divergence_loss → stop (status "diverged", diverged_at = t)
+    [K-FAC, fisher="mc": sample_fisher(logits)];  ℓ_t.backward()
+    [t in histogram_steps: histogram of (∂ℓ_t/∂θ_t)²]
+    optimizer step (K-FAC gets loss=ℓ_t, and a closure for loss-after-step strategies)
+    [t in histogram_steps, K-FAC: diagnostics(), i.e. the curvature as used by step t]
+Evaluation at step s (s steps done) runs before step s; the one at T after the loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from kfaclab.data import load_dataset
+from kfaclab.train.build import DTYPES, build_model, build_optimizer, linear_layers, seeded
+from kfaclab.train.observe import GradHistogram, evaluate, forward_plain
+from kfaclab.train.schedule import batch_indices, eval_points, lr_schedule, total_steps
+from kfaclab.train.validate import validate_config
+from kfaclab.trial_types import EvalPoint, TrialConfig, TrialResult
+
+#: progress(steps_done, total_steps, last_minibatch_loss), called after every step.
+Progress = Callable[[int, int, float], None]
+
+
+def run_trial(config: TrialConfig, progress: Progress | None = None) -> TrialResult:
+    """Train one model as ``config`` says and return everything recorded.
+
+    Raises ``UsageError`` for an invalid config; never raises for divergence. Same config and
+    seed on the same machine (and thread count) ⇒ bitwise-identical result, ``seconds`` aside.
+    ``seconds`` is the wall time of building, training and evaluating, not of loading the data
+    (``load_dataset`` caches it per process, so a worker pays for that once).
+    """
+    validate_config(config)
+    device = torch.device(config.device)
+    data = load_dataset(config.dataset, config.data_dir, device=device, dtype=DTYPES[config.dtype])
+    with seeded(config.seed, device):
+        return _Trial(config, data, device).run(progress)
+
+
+class _Trial:
+    """The state of one run; ``run`` is the hot loop, kept free of avoidable per-step work."""
+
+    def __init__(self, config: TrialConfig, data: Any, device: torch.device) -> None:
+        self.start = time.perf_counter()
+        self.config = config
+        self.train = (data.train_x, data.train_y)
+        self.test = (data.test_x, data.test_y)
+        self.total = total_steps(config, len(data.train_y))
+        self.model = build_model(config, device)
+        self.opt = build_optimizer(config, self.model)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.device = device
+        self.histogram = GradHistogram(linear_layers(self.model), config.histogram_bins)
+        self.evals: list[EvalPoint] = []
+        self.histograms: dict[str, dict[str, list[int]]] = {}
+        self.curvature: dict[str, dict[str, dict[str, Any]]] = {}
+        self.losses: list[float] = []
+        self.damping_trace: list[float] = []
+
+    def run(self, progress: Progress | None) -> TrialResult:
+        config, model, opt, total = self.config, self.model, self.opt, self.total
+        X, Y = self.train
+        groups = opt.param_groups
+        lrs = lr_schedule(config.lr, config.lr_decay, total)
+        is_kfac = config.optimizer == "kfac"
+        sample_fisher = is_kfac and config.fisher == "mc"
+        damping = getattr(opt, "damping", None)
+        wants_closure = bool(getattr(damping, "needs_loss_after_step", False))
+        hist_at = {s for s in config.histogram_steps if s < total}
+        evals = eval_points(config.eval_steps, total)
+        eval_at = set(evals[:-1])  # the last one (T) runs after the loop
+        bound = config.divergence_loss
+        losses, trace = self.losses, self.damping_trace
+        diverged_at: int | None = None
+
+        batches = batch_indices(len(Y), config.batch_size, total, self.generator, self.device)
+        for t, idx in enumerate(batches):
+            if t in eval_at:
+                self.evals.append(evaluate(model, t, self.train, self.test))
+            for group in groups:
+                group["lr"] = lrs[t]
+            x, y = X.index_select(0, idx), Y.index_select(0, idx)
+            opt.zero_grad(set_to_none=True)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            # One host sync per step: free on the CPU, and K-FAC's damping wants the float anyway.
+            value = loss.item()
+            losses.append(value)
+            if not value <= bound:  # also catches NaN, for which every comparison is False
+                diverged_at = t
+                break
+            if sample_fisher:
+                opt.sample_fisher(logits)  # type: ignore[attr-defined]
+            loss.backward()
+            if t in hist_at:
+                self.histograms[str(t)] = self.histogram()
+            if is_kfac:
+                trace.append(opt.current_damping())  # type: ignore[attr-defined]
+                closure = _loss_closure(model, x, y) if wants_closure else None
+                opt.step(closure, loss=value)  # type: ignore[call-arg]
+                if t in hist_at:
+                    self.curvature[str(t)] = opt.diagnostics()  # type: ignore[attr-defined]
+            else:
+                opt.step()
+            if progress is not None:
+                progress(t + 1, total, value)
+
+        if diverged_at is None:
+            self.evals.append(evaluate(model, total, self.train, self.test))
+            final = self.evals[-1].train_loss
+            if not final <= bound:  # the last step itself blew up
+                diverged_at = total
+        return self._result(diverged_at)
+
+    def _result(self, diverged_at: int | None) -> TrialResult:
+        counters = getattr(self.opt, "counters", None)
+        return TrialResult(
+            config=self.config,
+            status="ok" if diverged_at is None else "diverged",
+            value=self.evals[-1].train_loss if diverged_at is None else math.inf,
+            steps_done=len(self.losses) if diverged_at is None else diverged_at,
+            seconds=time.perf_counter() - self.start,
+            step_losses=self.losses,
+            evals=self.evals,
+            histograms=self.histograms,
+            curvature=self.curvature,
+            damping_trace=self.damping_trace,
+            counters=dict(counters) if counters is not None else {},
+            diverged_at=diverged_at,
+        )
+
+
+def _loss_closure(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], float]:
+    """The same minibatch's loss at the current parameters, for strategies such as
+    Levenberg–Marquardt that compare it with the loss before the step. No graph, no hooks."""
+
+    def closure() -> float:
+        with torch.no_grad():
+            return F.cross_entropy(forward_plain(model, x), y).item()
+
+    return closure
