@@ -10,9 +10,9 @@ import shutil
 import struct
 import threading
 from collections import Counter
-from typing import ClassVar
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -116,10 +116,13 @@ def test_trailing_bytes_are_rejected(tmp_path: Path) -> None:
     assert "2 unexpected bytes after the data" in one_line_error("unexpected", read_idx, path)
 
 
+TWO_ZEROS = "an IDX file starts with two zero bytes"
+
+
 @pytest.mark.parametrize(
     ("header", "problem"),
     [
-        (b"\x12\x34\x08\x01", "wrong magic number 0x12340801, an IDX file starts with two zero"),
+        (b"\x12\x34\x08\x01", f"wrong magic number 0x12340801, {TWO_ZEROS}"),
         (b"\x00\x00\x07\x01", "wrong magic number 0x00000701, unknown dtype code 0x07"),
         (b"\x00\x00\x08\x00", "wrong magic number 0x00000800, zero dimensions"),
     ],
@@ -127,9 +130,7 @@ def test_trailing_bytes_are_rejected(tmp_path: Path) -> None:
 def test_wrong_magic_number(tmp_path: Path, header: bytes, problem: str) -> None:
     path = tmp_path / "bad-idx1-ubyte.gz"
     path.write_bytes(gzip.compress(header + struct.pack(">I", 3) + b"abc"))
-    assert one_line_error("wrong magic", read_idx, path) == f"{path}: {problem}" + (
-        "" if "dtype" in problem or "zero dim" in problem else " bytes"
-    )
+    assert one_line_error("wrong magic", read_idx, path) == f"{path}: {problem}"
 
 
 def test_parse_idx_names_its_source() -> None:
@@ -263,7 +264,7 @@ class MirrorHandler(http.server.BaseHTTPRequestHandler):
         if mode == "corrupt":
             raw = bytearray(gzip.decompress(body))
             raw[-1] ^= 0x01
-            body = gzip.compress(bytes(raw))
+            body = gzip.compress(bytes(raw), compresslevel=1)  # level 9 takes ~20 s on 47 MB
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -298,9 +299,7 @@ def test_download_falls_back_to_the_next_mirror(mirror: str, _isolated_cache: Pa
     assert torch.bincount(ds.train_y).tolist() == MNIST_TRAIN_COUNTS
     assert hits("missing") == 1  # a 404 is not retried
     cached = _isolated_cache / "kfaclab" / "mnist"
-    assert sorted(p.name for p in cached.iterdir()) == sorted(
-        f"{f}.gz" for f in MirrorHandler.files
-    )
+    assert sorted(p.name for p in cached.iterdir()) == sorted(MirrorHandler.files)
     # The cache now serves, verified, without any network.
     clear_cache()
     assert load_dataset("mnist", download=False).train_x.shape == (60000, 784)
@@ -345,7 +344,12 @@ def test_corrupt_mirror_is_rejected_and_nothing_is_cached(mirror: str, tmp_path:
 
 
 def test_load_fails_cleanly_when_every_mirror_is_bad(mirror: str, _isolated_cache: Path) -> None:
-    msg = one_line_error("download failed", load_dataset, "mnist", mirrors=[f"{mirror}/corrupt/"])
+    msg = one_line_error(
+        "download failed",
+        load_dataset,
+        "mnist",
+        mirrors=[f"{mirror}/missing/", f"{mirror}/corrupt/"],
+    )
     assert (
         msg.startswith("train-images-idx3-ubyte.gz: download failed") and "not found locally" in msg
     )

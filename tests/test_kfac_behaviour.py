@@ -73,8 +73,12 @@ def test_state_dict_round_trip_resumes_bit_for_bit(form: str) -> None:
     twin = _mlp(99, torch.float32)
     twin.load_state_dict(saved_model)
     twin_opt = KFAC(
-        twin, lr=0.05, damping=LevenbergMarquardt(initial=7.0, every=2), momentum=0.9,
-        damping_form=form, inverse_every=3,  # type: ignore[arg-type]
+        twin,
+        lr=0.05,
+        damping=LevenbergMarquardt(initial=7.0, every=2),
+        momentum=0.9,
+        damping_form=form,
+        inverse_every=3,  # type: ignore[arg-type]
     )
     twin_opt.load_state_dict(saved_opt)
     # Stepped in lockstep, original and resumed copy stay identical to the last bit.
@@ -142,7 +146,10 @@ def test_kfac_beats_sgd_on_ill_conditioned_least_squares() -> None:
         ({"damping": 0.0}, "damping must be > 0"),
         ({"momentum": 1.0}, "momentum must be in [0, 1), got 1.0"),
         ({"momentum": -0.1}, "momentum must be in [0, 1), got -0.1"),
-        ({"damping_form": "cholesky"}, "damping_form must be one of 'exact', 'factored', got 'cholesky'"),
+        (
+            {"damping_form": "cholesky"},
+            "damping_form must be one of 'exact', 'factored', got 'cholesky'",
+        ),
         ({"fisher": "true"}, "fisher must be one of 'empirical', 'mc', got 'true'"),
         ({"factor_decay": 1.0}, "factor_decay must be in [0, 1), got 1.0"),
         ({"factor_decay": -0.5}, "factor_decay must be in [0, 1), got -0.5"),
@@ -158,7 +165,9 @@ def test_bad_arguments_name_argument_rule_and_value(kwargs: dict, message: str) 
 
 
 def test_model_without_linear_layers_is_refused() -> None:
-    with pytest.raises(ValueError, match="at least one trainable nn.Linear layer, got none in Conv1d"):
+    with pytest.raises(
+        ValueError, match=r"at least one trainable nn\.Linear layer, got none in Conv1d"
+    ):
         KFAC(nn.Conv1d(1, 1, 3), lr=0.1)
 
 
@@ -219,7 +228,7 @@ def test_kl_clip_scales_the_step_and_is_counted() -> None:
 
 
 def test_failed_float32_eigh_falls_back_to_float64(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Simulates LAPACK's non-convergence for float32 inputs (as seen on this project's machines)."""
+    """Simulates LAPACK's non-convergence for float32 inputs (seen on this project's machines)."""
     real_eigh = torch.linalg.eigh
 
     def flaky_eigh(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,7 +272,9 @@ def test_diagnostics_agree_with_dense_spectrum() -> None:
     eig = torch.linalg.eigvalsh(torch.kron(layer.factor_g, layer.factor_a)).clamp_min(0)
     d = diag[layer.name]
     lam = 0.05
-    assert d["condition_number"] == pytest.approx(float((eig.max() + lam) / (eig.min() + lam)), rel=1e-6)
+    assert d["condition_number"] == pytest.approx(
+        float((eig.max() + lam) / (eig.min() + lam)), rel=1e-6
+    )
     assert d["effective_dim"] == pytest.approx(float((eig / (eig + lam)).sum()), rel=1e-6)
     assert d["frac_below_damping"] == pytest.approx(float((eig < lam).double().mean()))
     assert d["relative_damping"] == pytest.approx(lam / float(eig.mean()), rel=1e-6)

@@ -19,14 +19,14 @@ from kfaclab import KFAC
 
 def _mlp(seed: int, bias: bool = True) -> nn.Sequential:
     torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Linear(5, 4, bias=bias), nn.Tanh(), nn.Linear(4, 3, bias=bias)
-    ).double()
+    return nn.Sequential(nn.Linear(5, 4, bias=bias), nn.Tanh(), nn.Linear(4, 3, bias=bias)).double()
 
 
 def _data(seed: int, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (n,), generator=g)
+    return torch.randn(n, 5, generator=g, dtype=torch.float64), torch.randint(
+        0, 3, (n,), generator=g
+    )
 
 
 def _oracle_factors(
@@ -156,7 +156,9 @@ def test_stale_inverse_uses_last_eigenbasis_and_current_damping() -> None:
     before = [_block_param(m) for m in linears]
     grads = [_block_grad(m) for m in linears]
     opt.step()
-    for module, (a, g), theta0, grad in zip(linears, factors_at_inversion, before, grads, strict=True):
+    for module, (a, g), theta0, grad in zip(
+        linears, factors_at_inversion, before, grads, strict=True
+    ):
         expected = theta0 - 0.1 * _dense_direction(a, g, grad, 0.5, "exact")
         torch.testing.assert_close(_block_param(module), expected, rtol=1e-9, atol=1e-12)
 
@@ -198,7 +200,9 @@ def test_momentum_is_heavy_ball_on_the_preconditioned_direction() -> None:
         t_before = [_block_param(m) for m in lin_twin]
         plain.step()
         d = [b - _block_param(m) for b, m in zip(t_before, lin_twin, strict=True)]
-        velocity = d if velocity is None else [mu * v + di for v, di in zip(velocity, d, strict=True)]
+        velocity = (
+            d if velocity is None else [mu * v + di for v, di in zip(velocity, d, strict=True)]
+        )
         lin = [m for m in model if isinstance(m, nn.Linear)]
         before = [_block_param(m) for m in lin]
         opt.step()

@@ -97,7 +97,7 @@ def cell_label(cell: CellLike) -> str:
     lam = constant_lambda(cell.damping)
     if lam is not None:
         return f"λ={lam:.0e}"
-    return str(strategy_kind(cell.damping) or cell.damping_label)
+    return str(strategy_kind(cell.damping) or cell.damping_label).replace("_", " ")
 
 
 def trial_value(t: TrialLike) -> float:

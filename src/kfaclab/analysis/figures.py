@@ -14,7 +14,15 @@ import numpy as np
 from matplotlib.axes import Axes
 
 from kfaclab.analysis import figures_more
-from kfaclab.analysis.style import RC, DrawnFigure, cell_style, finish, lam_colors, new_figure
+from kfaclab.analysis.style import (
+    DrawnFigure,
+    cell_style,
+    finish,
+    log_axis,
+    new_figure,
+    style_context,
+    summary_lam_colors,
+)
 from kfaclab.analysis.summaries import StudySummary
 
 
@@ -26,6 +34,7 @@ def learning_curves(summary: StudySummary, out_dir: Path) -> DrawnFigure | None:
     style = cell_style(summary)
     fig = new_figure(6.4, 3.6)
     ax = fig.add_subplot()
+    lowest, highest = math.inf, 0.0
     for c in cells:
         assert c.curve is not None
         x, y = np.asarray(c.curve.steps), np.asarray(c.curve.mean)
@@ -34,7 +43,13 @@ def learning_curves(summary: StudySummary, out_dir: Path) -> DrawnFigure | None:
         if c.curve.n > 1:
             lo = np.clip(np.asarray(c.curve.lo), 1e-12, None)  # log axis: keep the band positive
             ax.fill_between(x, lo, np.asarray(c.curve.hi), color=st["color"], alpha=0.15, lw=0)
-    ax.set_yscale("log")
+        finite = y[np.isfinite(y) & (y > 0)]
+        if finite.size:
+            lowest, highest = min(lowest, finite.min()), max(highest, finite.max())
+    if math.isfinite(lowest):
+        # limits from the means: a band whose lower edge crosses zero must not stretch the axis
+        ax.set_ylim(lowest / 1.5, highest * 1.5)
+    log_axis(ax)
     ax.set_xlabel("iteration")
     ax.set_ylabel("training loss (minibatch, cross-entropy)")
     ax.set_title("Mean learning curve of the top-k trials (band: 95% t-interval of the mean)")
@@ -47,37 +62,66 @@ def gradient_histograms(summary: StudySummary, out_dir: Path) -> DrawnFigure | N
     h = summary.histograms
     if h is None:
         return None
-    colors = lam_colors([c.lam for c in summary.fixed if c.lam is not None])
+    colors = summary_lam_colors(summary)
     lam_of = {c.label: c.lam for c in summary.fixed}
     edges = np.asarray(h.edges)
     nrows, ncols = len(h.layers), len(h.steps)
-    fig = new_figure(1.45 * ncols + 1.0, 1.05 * nrows + 0.9)
+    # A fixed grid instead of constrained layout: 36 panels would take it seconds to solve.
+    fig = plt.figure(figsize=(1.45 * ncols + 0.9, 1.0 * nrows + 1.0))
+    fig.subplots_adjust(
+        left=0.09,
+        right=0.99,
+        bottom=0.5 / (nrows + 1),
+        top=1 - 0.75 / (nrows + 1),
+        wspace=0.12,
+        hspace=0.18,
+    )
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
-    for i, layer in enumerate(h.layers):
+    for i in range(nrows):
         for j, step in enumerate(h.steps):
             ax: Axes = axes[i][j]
-            for label in h.labels:
+            for k, label in enumerate(h.labels):
                 frac = np.asarray(h.fractions[label][j][i])
                 if np.isnan(frac).all():
                     continue
                 lam = lam_of.get(label)
                 color = colors.get(lam, "grey") if lam is not None else "grey"
-                ax.stairs(frac, edges, color=color, lw=1.1, label=f"{label} (n={h.n_trials[label]})")
+                # line styles as well as colours: neighbouring λ differ little in hue
+                ax.stairs(
+                    frac,
+                    edges,
+                    color=color,
+                    lw=1.2,
+                    ls=_LINESTYLES[k % 4],
+                    label=f"{label} (n={h.n_trials[label]} trials)",
+                )
             ax.grid(True, alpha=0.2)
             if i == 0:
                 ax.set_title(f"iteration {step}")
             if j == 0:
-                ax.set_ylabel(f"layer {i + 1}\nfraction")
+                ax.set_ylabel(f"layer {i + 1}\nfraction", fontsize=8)
             if i == nrows - 1:
                 ax.set_xlabel("log₁₀ (∂L/∂θ)²")
     _trim_x(axes, h.fractions, edges)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside upper center", ncols=len(labels), frameon=False)
-    fig.suptitle("Squared-gradient histograms, summed over the top-k trials", fontsize=9, y=1.04)
+    fig.legend(
+        handles,
+        labels,
+        loc="upper center",
+        ncols=len(labels),
+        frameon=False,
+        title="(∂L/∂θ)² of all parameters per layer, summed over the top-k trials; "
+        "y: fraction of the layer's parameters per bin",
+    )
     return finish(fig, out_dir, "gradient_histograms", "(∂L/∂θ)² histograms (paper figure b)")
 
 
-def _trim_x(axes: np.ndarray, fractions: dict[str, list[list[list[float]]]], edges: np.ndarray) -> None:
+_LINESTYLES = ("-", "--", ":", "-.")
+
+
+def _trim_x(
+    axes: np.ndarray, fractions: dict[str, list[list[list[float]]]], edges: np.ndarray
+) -> None:
     """Show only the occupied part of the 22-decade bin range."""
     mass = np.zeros(len(edges) - 1)
     for per_label in fractions.values():
@@ -91,12 +135,18 @@ def _trim_x(axes: np.ndarray, fractions: dict[str, list[list[list[float]]]], edg
 
 def draw_all(summary: StudySummary, out_dir: Path) -> list[DrawnFigure]:
     drawers = (
-        learning_curves, gradient_histograms, figures_more.isolation, figures_more.curvature,
-        figures_more.hyperparameters, figures_more.budget, figures_more.reruns,
-        figures_more.adaptive_ranking, figures_more.damping_traces,
+        learning_curves,
+        gradient_histograms,
+        figures_more.isolation,
+        figures_more.curvature,
+        figures_more.hyperparameters,
+        figures_more.budget,
+        figures_more.reruns,
+        figures_more.adaptive_ranking,
+        figures_more.damping_traces,
     )
     out = []
-    with plt.rc_context(RC):
+    with style_context():
         for draw in drawers:
             fig = draw(summary, out_dir)
             if fig is not None:

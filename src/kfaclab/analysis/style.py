@@ -9,23 +9,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never a window, and safe in worker processes
 
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.colors import to_hex  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from kfaclab.analysis.cells import CellSummary  # noqa: E402
-from kfaclab.analysis.summaries import StudySummary  # noqa: E402
+from kfaclab.analysis.cells import CellSummary
+from kfaclab.analysis.summaries import StudySummary
 
 OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#D55E00", "#CC79A7", "#0072B2", "#F0E442")
 SGD_COLOR = "#000000"
-RC = {
+RC: dict[str, Any] = {
     "font.size": 9,
     "axes.titlesize": 9,
     "axes.labelsize": 9,
@@ -50,8 +54,28 @@ def lam_colors(lams: Sequence[float]) -> dict[float, str]:
     logs = [math.log10(x) for x in lams if x > 0]
     lo, hi = (min(logs), max(logs)) if logs else (0.0, 1.0)
     span = (hi - lo) or 1.0
-    # 0.9 cap: viridis's last yellow is too light on white paper
-    return {x: to_hex(cmap(0.9 * (math.log10(x) - lo) / span)) for x in lams if x > 0}
+    # 0.8 cap: viridis's yellow end is too light for thin lines on white paper
+    return {x: to_hex(cmap(0.8 * (math.log10(x) - lo) / span)) for x in lams if x > 0}
+
+
+def log_axis(ax: Axes, which: str = "y") -> None:
+    """Log scale with plain-number labels (0.2, 0.5, 1) instead of 2×10⁻¹; minor labels only
+    while the axis spans under two decades, where major ticks alone would leave it bare."""
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    (ax.set_yscale if which == "y" else ax.set_xscale)("log")
+    lo, hi = ax.get_ylim() if which == "y" else ax.get_xlim()
+    fmt = FuncFormatter(lambda v, _: f"{v:g}")
+    axis.set_major_formatter(fmt)
+    if lo > 0 and hi / lo < 100:
+        axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+        axis.set_minor_formatter(fmt)
+    else:
+        axis.set_minor_formatter(NullFormatter())
+
+
+def style_context() -> AbstractContextManager[None]:
+    """The rc settings, active while figures are built (they apply when artists are created)."""
+    return plt.rc_context(cast(Any, RC))
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -60,7 +84,7 @@ def new_figure(width: float, height: float) -> Figure:
 
 
 def save(fig: Figure, out_dir: Path, name: str) -> tuple[Path, Path]:
-    """Writes name.png (150 dpi, for the HTML) and name.svg (vector, for print); closes the figure."""
+    """Writes name.png (150 dpi, for HTML) and name.svg (vector, for print); closes the figure."""
     out_dir.mkdir(parents=True, exist_ok=True)
     png, svg = out_dir / f"{name}.png", out_dir / f"{name}.svg"
     fig.savefig(png, dpi=150, metadata={"Software": None})
@@ -77,9 +101,14 @@ class DrawnFigure:
     svg: Path
 
 
+def summary_lam_colors(summary: StudySummary) -> dict[float, str]:
+    """λ colours over the study's whole grid, so a λ keeps its colour in every figure."""
+    return lam_colors([c.lam for c in summary.fixed if c.lam is not None])
+
+
 def cell_style(summary: StudySummary) -> Callable[[CellSummary], dict[str, object]]:
     """Line style per cell, the same in every figure."""
-    colors = lam_colors([c.lam for c in summary.fixed if c.lam is not None])
+    colors = summary_lam_colors(summary)
     strategies = [c.label for c in summary.cells if c.strategy is not None]
 
     def style(c: CellSummary) -> dict[str, object]:
@@ -93,9 +122,6 @@ def cell_style(summary: StudySummary) -> Callable[[CellSummary], dict[str, objec
     return style
 
 
-
 def finish(fig: Figure, out_dir: Path, key: str, title: str) -> DrawnFigure:
     png, svg = save(fig, out_dir, key)
     return DrawnFigure(key, title, png, svg)
-
-

@@ -1,4 +1,4 @@
-"""Entry point of `kfaclab`: builds the parser from the subcommand modules and maps errors to exit codes.
+"""Entry point of `kfaclab`: a parser built from the subcommand modules; errors become exit codes.
 
 Each subcommand module exposes ``register(subparsers) -> None``; the parser it adds sets
 ``func=callable(args) -> int``. A ``UsageError`` (or ``ValueError`` raised while validating input)

@@ -59,7 +59,9 @@ def _step_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
 
 
 def register(subparsers: Any) -> None:
@@ -92,9 +94,7 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise UsageError(f"{path}: malformed TOML: {exc}") from None
     for key in data:
         if key not in _FIELDS:
-            raise UsageError(
-                f"{path}: unknown key {key!r} (allowed: {', '.join(sorted(_FIELDS))})"
-            )
+            raise UsageError(f"{path}: unknown key {key!r} (allowed: {', '.join(sorted(_FIELDS))})")
     return data
 
 

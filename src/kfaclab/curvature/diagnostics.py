@@ -11,9 +11,7 @@ from typing import Any
 import torch
 
 
-def layer_diagnostics(
-    eig_a: torch.Tensor, eig_g: torch.Tensor, damping: float
-) -> dict[str, Any]:
+def layer_diagnostics(eig_a: torch.Tensor, eig_g: torch.Tensor, damping: float) -> dict[str, Any]:
     """Numbers a report can plot for one layer; all plain floats.
 
     - ``eig_A_*``/``eig_G_*``: min, max and mean eigenvalue of each factor;

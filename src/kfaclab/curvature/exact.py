@@ -41,9 +41,9 @@ class ExactInverse(NamedTuple):
         # Every coordinate outside the active block has curvature 0: only λ is left.
         result = grad / damping
         if rows is not None and cols is not None:
-            result[rows.unsqueeze(1), cols.unsqueeze(0)] = result_block
-        elif rows is not None:
-            result[rows] = result_block
-        else:
-            result[:, cols] = result_block
-        return result
+            inner = result.index_select(0, rows).index_copy_(1, cols, result_block)
+            return result.index_copy_(0, rows, inner)
+        if rows is not None:
+            return result.index_copy_(0, rows, result_block)
+        assert cols is not None
+        return result.index_copy_(1, cols, result_block)

@@ -12,7 +12,8 @@ Call order inside ``KFAC.step`` (one optimizer step, t = 0, 1, …):
    every layer; per-layer rules (e.g. spectrum-relative damping) override it.
 2. the optimizer updates the parameters.
 3. ``observe(outcome)`` — once per step, with the losses the optimizer knows and the reduction
-   predicted by the K-FAC quadratic model, when the strategy asked for it (``wants_model_reduction``).
+   predicted by the K-FAC quadratic model, when the strategy asked for it
+   (``wants_model_reduction``).
 
 ``state_dict()`` / ``load_state_dict()`` must capture everything that affects future values, so
 that a resumed run continues bit for bit.
@@ -23,7 +24,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,12 @@ class StepOutcome:
 
 
 class Damping(ABC):
-    """Base class of damping strategies. A float passed as ``damping=`` means ``Constant(value)``."""
+    """Base class of damping strategies; a float ``damping=`` means ``Constant(value)``."""
 
     #: True if the strategy needs the loss of the same minibatch after the update, which costs
     #: one extra forward pass on the steps where ``wants_model_reduction`` is true. The optimizer
     #: then requires ``step(closure)`` with a closure that returns that loss.
-    needs_loss_after_step: ClassVar[bool] = False
+    needs_loss_after_step: bool = False
 
     @abstractmethod
     def value(self) -> float:

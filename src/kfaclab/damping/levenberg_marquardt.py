@@ -70,7 +70,7 @@ class LevenbergMarquardt(Strategy):
     KIND: ClassVar[str] = "levenberg_marquardt"
     # Class-level default is the conservative one (a class-level reader would supply a
     # closure); each instance overrides it from ``source``.
-    needs_loss_after_step: ClassVar[bool] = True
+    needs_loss_after_step: bool = True
 
     def __init__(
         self,
@@ -97,8 +97,8 @@ class LevenbergMarquardt(Strategy):
         if source not in _SOURCES:
             raise UsageError(f"{k}.source must be one of {', '.join(_SOURCES)}, got {source!r}")
         self.source: Source = source
-        # The base declares a ClassVar; this rule's need depends on the instance's source.
-        self.needs_loss_after_step = source == "same_batch"  # type: ignore[misc]
+        # This rule's need depends on the instance's source.
+        self.needs_loss_after_step = source == "same_batch"
         self._lam = self.initial
         self._pending: tuple[float, float] | None = None  # next_batch: (h(θ), M(δ) − M(0))
         self.updates = 0

@@ -67,16 +67,12 @@ def download_file(
 def _fetch_from_mirror(
     url: str, file: FileSpec, dest_dir: Path, attempts: int, backoff_s: float, timeout_s: float
 ) -> Path:
-    dest_dir.mkdir(parents=True, exist_ok=True)
     target = dest_dir / f"{file.name}.gz"
     last = ""
     for attempt in range(attempts):
         if attempt:
             time.sleep(backoff_s * 2 ** (attempt - 1))
-        # Same folder as the target, so os.replace is a rename on one filesystem (atomic).
-        fd, tmp_name = tempfile.mkstemp(dir=dest_dir, prefix=f".{file.name}.", suffix=".part")
-        os.close(fd)
-        tmp = Path(tmp_name)
+        tmp = _temp_beside(target)
         try:
             _stream(url, tmp, timeout_s, desc=target.name)
             check_file(tmp, file, label=url)
@@ -95,6 +91,20 @@ def _fetch_from_mirror(
         finally:
             tmp.unlink(missing_ok=True)
     raise _MirrorFailedError(f"{last} (after {attempts} attempts)")
+
+
+def _temp_beside(target: Path) -> Path:
+    """An empty temporary file in the target's folder, so os.replace is an atomic rename."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    except OSError as exc:
+        # Not the mirror's fault: stop at once rather than blame every mirror.
+        raise UsageError(
+            f"{target.parent}: cannot write the download ({exc.strerror or exc})"
+        ) from exc
+    os.close(fd)
+    return Path(name)
 
 
 def _stream(url: str, out_path: Path, timeout_s: float, desc: str) -> None:

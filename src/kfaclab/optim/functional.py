@@ -43,8 +43,6 @@ def kronecker_quadratic(
     return float(((factor_g @ delta) @ factor_a).mul_(delta).sum())
 
 
-def model_reduction(
-    linear_terms: float, curvature_terms: float, damping_terms: float
-) -> float:
+def model_reduction(linear_terms: float, curvature_terms: float, damping_terms: float) -> float:
     """M(δ) − M(0) = ∇ᵀδ + ½ δᵀ(F̂ + λI)δ, given the three sums over all parameters."""
     return linear_terms + 0.5 * (curvature_terms + damping_terms)

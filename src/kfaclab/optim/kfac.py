@@ -320,7 +320,9 @@ class KFAC(Optimizer):
             )
             scale = capture.grad_scale
             if self.fisher == "empirical":
-                scale = float(capture.output_grads.shape[0]) if self.loss_reduction == "mean" else 1.0
+                scale = (
+                    float(capture.output_grads.shape[0]) if self.loss_reduction == "mean" else 1.0
+                )
             layer.factor_g = update_output_factor(
                 layer.factor_g, capture.output_grads, scale, self.factor_decay
             )
@@ -333,9 +335,7 @@ class KFAC(Optimizer):
     def _update_inverses(self) -> None:
         self._spectrum_cache.clear()
         lambdas = (
-            self.damping.layer_values(self._spectra())
-            if self.damping_form == "factored"
-            else None
+            self.damping.layer_values(self._spectra()) if self.damping_form == "factored" else None
         )
         for i, layer in enumerate(self._layers):
             if layer.factor_a is None or layer.factor_g is None:
@@ -388,7 +388,9 @@ class KFAC(Optimizer):
             return weight.detach()
         return torch.cat([weight.detach(), bias.detach().unsqueeze(1)], dim=1)
 
-    def _apply(self, directions: list[torch.Tensor], lr: float, momentum: float) -> list[torch.Tensor]:
+    def _apply(
+        self, directions: list[torch.Tensor], lr: float, momentum: float
+    ) -> list[torch.Tensor]:
         """Momentum and the parameter update; returns the steps δ = −η v actually taken."""
         steps: list[torch.Tensor] = []
         for layer, direction in zip(self._layers, directions, strict=False):

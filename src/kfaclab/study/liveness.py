@@ -98,7 +98,9 @@ def _is_dead(trial: FrozenTrial, here: str, now: float, use_beat: bool) -> bool:
     return now - float(beat) > GRACE_SECONDS
 
 
-def fail_dead_trials(study: optuna.Study, *, journal: bool) -> list[int]:
+def fail_dead_trials(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, *, journal: bool
+) -> list[int]:
     """Fail the dead RUNNING trials of ``study`` and re-queue them; returns their numbers.
 
     Call it under the cell lock (storage.cell_lock) so two workers never retry the same trial.
@@ -107,7 +109,6 @@ def fail_dead_trials(study: optuna.Study, *, journal: bool) -> list[int]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             optuna.storages.fail_stale_trials(study)  # heartbeats of every host
-    storage = study._storage
     here, now, callback = host_id(), time.time(), retry_callback()
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

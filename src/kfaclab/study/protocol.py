@@ -9,6 +9,7 @@ a different one.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from kfaclab.errors import UsageError
 from kfaclab.study import _schema as s
 
 SAMPLERS = ("tpe", "gp", "random")
+TRAIN_EXAMPLES = 60000  # MNIST and Fashion-MNIST alike
 CONVENTIONS = ("ours", "b2_scaled")
 # Keys of a strategy entry that are not constants of the damping strategy itself.
 _STRATEGY_META = ("name", "kind", "search")
@@ -58,6 +60,14 @@ class TrainingSpec:
     divergence_loss: float
     eval_steps: tuple[int, ...] | None
     histogram_steps: tuple[int, ...]
+
+    @property
+    def total_steps(self) -> int:
+        """Steps of one trial; both datasets have 60000 training images, the last partial batch
+        is a step (60000 / 128 → 469), as in kfaclab.train.schedule."""
+        if self.steps is not None:
+            return self.steps
+        return self.epochs * math.ceil(TRAIN_EXAMPLES / self.batch_size)
 
 
 @dataclass(frozen=True)
@@ -188,7 +198,7 @@ def _training(t: dict[str, Any]) -> TrainingSpec:
         raise UsageError("training.epochs or training.steps is required")
     kl_clip = t.get("kl_clip")
     eval_steps = t.get("eval_steps")
-    return TrainingSpec(
+    spec = TrainingSpec(
         batch_size=s.integer(t["batch_size"], "training.batch_size", 1),
         epochs=s.integer(t.get("epochs", 1), "training.epochs", 1),
         steps=None if "steps" not in t else s.integer(t["steps"], "training.steps", 1),
@@ -207,6 +217,13 @@ def _training(t: dict[str, Any]) -> TrainingSpec:
         eval_steps=None if eval_steps is None else s.int_list(eval_steps, "training.eval_steps"),
         histogram_steps=s.int_list(t.get("histogram_steps", []), "training.histogram_steps", 1),
     )
+    total = spec.total_steps
+    for key, steps in (("eval_steps", spec.eval_steps), ("histogram_steps", spec.histogram_steps)):
+        if steps and steps[-1] > total:
+            raise UsageError(
+                f"training.{key} must be <= the number of steps ({total}), got {steps[-1]}"
+            )
+    return spec
 
 
 def _cells(t: dict[str, Any]) -> CellsSpec:
@@ -216,8 +233,7 @@ def _cells(t: dict[str, Any]) -> CellsSpec:
         lambdas = s.float_list(t["lambdas"], "cells.lambdas", positive=True)
         if not lambdas:
             raise UsageError(
-                "cells.lambdas must list at least one λ (omit the key for no fixed-λ cells), "
-                "got []"
+                "cells.lambdas must list at least one λ (omit the key for no fixed-λ cells), got []"
             )
     raw_strategies = t.get("strategies", [])
     if not isinstance(raw_strategies, list):

@@ -55,9 +55,6 @@ def result_attrs(result: TrialResult) -> dict[str, Any]:
 
 def _plain(obj: Any) -> Any:
     """JSON for numpy/torch values a diagnostic may hold: scalars become numbers, arrays lists."""
-    if hasattr(obj, "item"):
-        return obj.item()
-    if hasattr(obj, "tolist"):
+    if hasattr(obj, "tolist"):  # numpy scalars and 0-d tensors give plain numbers
         return obj.tolist()
     raise TypeError(f"cannot store {type(obj).__name__} in a trial record")
-

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-import torch._dynamo  # noqa: F401  (see below)
+import torch._dynamo  # see DTYPES below: imported for its side effect
 from torch import nn
 
 from kfaclab.models import build_mlp

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,9 @@ from kfaclab.train.observe import GradHistogram, evaluate, forward_plain
 from kfaclab.train.schedule import batch_indices, eval_points, lr_schedule, total_steps
 from kfaclab.train.validate import validate_config
 from kfaclab.trial_types import EvalPoint, TrialConfig, TrialResult
+
+if TYPE_CHECKING:
+    from kfaclab.optim import KFAC
 
 #: progress(steps_done, total_steps, last_minibatch_loss), called after every step.
 Progress = Callable[[int, int, float], None]
@@ -72,9 +75,9 @@ class _Trial:
         groups = opt.param_groups
         lrs = lr_schedule(config.lr, config.lr_decay, total)
         is_kfac = config.optimizer == "kfac"
+        kfac = cast("KFAC", opt) if is_kfac else None
         sample_fisher = is_kfac and config.fisher == "mc"
-        damping = getattr(opt, "damping", None)
-        wants_closure = bool(getattr(damping, "needs_loss_after_step", False))
+        wants_closure = kfac is not None and kfac.damping.needs_loss_after_step
         hist_at = {s for s in config.histogram_steps if s < total}
         evals = eval_points(config.eval_steps, total)
         eval_at = set(evals[:-1])  # the last one (T) runs after the loop
@@ -98,17 +101,17 @@ class _Trial:
             if not value <= bound:  # also catches NaN, for which every comparison is False
                 diverged_at = t
                 break
-            if sample_fisher:
-                opt.sample_fisher(logits)  # type: ignore[attr-defined]
+            if sample_fisher and kfac is not None:
+                kfac.sample_fisher(logits)
             loss.backward()
             if t in hist_at:
                 self.histograms[str(t)] = self.histogram()
-            if is_kfac:
-                trace.append(opt.current_damping())  # type: ignore[attr-defined]
+            if kfac is not None:
+                trace.append(kfac.current_damping())
                 closure = _loss_closure(model, x, y) if wants_closure else None
-                opt.step(closure, loss=value)  # type: ignore[call-arg]
+                kfac.step(closure, loss=value)
                 if t in hist_at:
-                    self.curvature[str(t)] = opt.diagnostics()  # type: ignore[attr-defined]
+                    self.curvature[str(t)] = kfac.diagnostics()
             else:
                 opt.step()
             if progress is not None:

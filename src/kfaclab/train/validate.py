@@ -67,7 +67,9 @@ def validate_config(config: TrialConfig) -> None:
     _steps("histogram_steps", config.histogram_steps)
     bins = config.histogram_bins
     if not (bins.n_bins >= 1 and bins.log10_max > bins.log10_min):
-        raise UsageError(f"histogram_bins must have n_bins >= 1 and log10_max > log10_min, got {bins}")
+        raise UsageError(
+            f"histogram_bins must have n_bins >= 1 and log10_max > log10_min, got {bins}"
+        )
     if not _number("divergence_loss", config.divergence_loss) > 0:
         raise UsageError(f"divergence_loss must be > 0, got {config.divergence_loss!r}")
 

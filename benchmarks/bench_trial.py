@@ -1,0 +1,119 @@
+"""One whole trial (one epoch of MNIST, batch 128, one torch thread), ours against the usual way.
+
+    PYTHONPATH=src python benchmarks/bench_trial.py [--repeats 3] [--optimizers sgd,kfac]
+
+Variants, run interleaved within each repeat so that machine drift hits them alike:
+
+* ``usual``:   the textbook loop — DataLoader(TensorDataset, batch_size=128, shuffle=True), per
+               step zero_grad / forward / backward / step and ``losses.append(loss.item())``;
+               no evaluation, no diagnostics. Same model, optimizer and hyperparameters.
+* ``bare``:    ``run_trial`` with no histograms and no curvature diagnostics; it still evaluates
+               the final full-training-set loss (the trial's value) and the test set once.
+* ``default``: ``run_trial`` at default settings (histograms and, for K-FAC, diagnostics at
+               60, 120, …, 360; evaluation at the last step).
+
+Reported: medians over repeats, the ratios ours/usual, the overhead of observation
+(default/bare − 1, the 15 % budget), and the cost of the one final evaluation on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from kfaclab.data import load_dataset
+from kfaclab.train import run_trial
+from kfaclab.train.build import build_model, build_optimizer, seeded
+from kfaclab.train.observe import evaluate
+from kfaclab.trial_types import TrialConfig
+
+MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+CONFIGS = {
+    "sgd": TrialConfig(optimizer="sgd", lr=0.05, momentum=0.9),
+    "kfac": TrialConfig(optimizer="kfac", lr=0.02, momentum=0.9, damping=0.1),
+}
+
+
+def usual_trial(config: TrialConfig) -> float:
+    """The same training written the common way; returns its wall time."""
+    data = load_dataset(config.dataset, config.data_dir)
+    with seeded(config.seed, torch.device("cpu")):
+        start = time.perf_counter()
+        model = build_model(config, torch.device("cpu"))
+        opt = build_optimizer(config, model)
+        loader = DataLoader(
+            TensorDataset(data.train_x, data.train_y), batch_size=config.batch_size, shuffle=True
+        )
+        losses = []
+        for x, y in loader:
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return time.perf_counter() - start
+
+
+def final_eval_seconds(config: TrialConfig) -> float:
+    """The one evaluation every trial needs (full train set + test set), timed alone."""
+    data = load_dataset(config.dataset, config.data_dir)
+    model = build_model(config, torch.device("cpu"))
+    start = time.perf_counter()
+    evaluate(model, 0, (data.train_x, data.train_y), (data.test_x, data.test_y))
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--optimizers", default="sgd,kfac")
+    parser.add_argument("--data-dir", default=str(MNIST))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    rows = []
+    for name in args.optimizers.split(","):
+        default = dataclasses.replace(CONFIGS[name], data_dir=args.data_dir)
+        bare = dataclasses.replace(default, histogram_steps=())
+        load_dataset(default.dataset, default.data_dir)  # cache it: loading is not timed
+        variants: dict[str, Callable[[], float]] = {
+            "usual": lambda c=default: usual_trial(c),
+            "bare": lambda c=bare: run_trial(c).seconds,
+            "default": lambda c=default: run_trial(c).seconds,
+            "eval": lambda c=default: final_eval_seconds(c),
+        }
+        variants["bare"]()  # warm-up (first-touch costs, lazy imports)
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        for _ in range(args.repeats):
+            for key, fn in variants.items():
+                times[key].append(fn())
+        med = {k: statistics.median(v) for k, v in times.items()}
+        value = run_trial(default).value
+        rows.append((name, med, value))
+
+    print(f"\none epoch, batch 128, 1 thread; medians of {args.repeats} repeats (seconds)")
+    head = "opt   usual   ours(bare)  ours(default)  bare/usual  default/usual  observe  final-eval"
+    print(head)
+    for name, m, value in rows:
+        print(
+            f"{name:5} {m['usual']:6.2f}  {m['bare']:10.2f}  {m['default']:13.2f}"
+            f"  {m['bare'] / m['usual']:10.2f}  {m['default'] / m['usual']:13.2f}"
+            f"  {100 * (m['default'] / m['bare'] - 1):+6.1f}%  {100 * m['eval'] / m['bare']:9.1f}%"
+            f"   (final train loss {value:.4f})"
+        )
+    print(
+        "observe = default/bare − 1: histograms + diagnostics (budget 15 %);"
+        " final-eval = the objective's one evaluation, as a share of the bare trial"
+    )
+
+
+if __name__ == "__main__":
+    main()

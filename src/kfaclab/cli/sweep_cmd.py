@@ -1,0 +1,101 @@
+"""`kfaclab sweep`, `kfaclab status`, `kfaclab export`: the damping study from the shell.
+
+    kfaclab sweep CONFIG --out DIR [--storage URL] [--workers N]
+    kfaclab status DIR | --storage URL [--protocol NAME]
+    kfaclab export DIR | --storage URL OUT.csv [--protocol NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from kfaclab.errors import UsageError
+
+
+def register(subparsers: Any) -> None:
+    sweep = subparsers.add_parser(
+        "sweep",
+        help="run a protocol's studies (resumes; safe with many workers and machines)",
+        description="Runs every cell of CONFIG to its trial count. Rerunning the same command "
+        "resumes; several commands (on several machines with --storage) share the work.",
+    )
+    sweep.add_argument("config", help="protocol TOML file (see configs/paper.toml)")
+    sweep.add_argument(
+        "--out", help="output folder; holds the studies (studies.journal) unless --storage"
+    )
+    sweep.add_argument("--storage", help="database URL: postgresql://… or sqlite:///…")
+    sweep.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    sweep.set_defaults(func=run_sweep_cmd)
+
+    for name, helptext in (
+        ("status", "per-cell progress of a sweep, read from its storage"),
+        ("export", "trials and curves of a sweep as CSV"),
+    ):
+        p = subparsers.add_parser(name, help=helptext, description=helptext)
+        p.add_argument("target", nargs="?", help="output folder of the sweep")
+        if name == "export":
+            p.add_argument("out_csv", metavar="OUT.csv", nargs="?", help="trials CSV to write")
+        p.add_argument("--storage", help="database URL instead of an output folder")
+        p.add_argument("--protocol", help="which protocol, when the storage holds several")
+        p.set_defaults(func=run_status if name == "status" else run_export)
+
+
+def run_sweep_cmd(args: argparse.Namespace) -> int:
+    from kfaclab.study.protocol import load_protocol
+    from kfaclab.study.runner import run_sweep
+    from kfaclab.study.storage import resolve
+
+    if args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    protocol = load_protocol(args.config)
+    if args.storage is None and args.out is None:
+        raise UsageError("--out DIR is required (or --storage URL)")
+    spec = resolve(args.out, args.storage)
+    if args.out is not None:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    return run_sweep(protocol, spec, workers=args.workers)
+
+
+def _targets(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(storage target, export path). With --storage the first positional of export is OUT.csv."""
+    out = getattr(args, "out_csv", None)
+    if args.storage is not None:
+        if out is None and args.target is not None and hasattr(args, "out_csv"):
+            out = args.target
+        elif args.target is not None and not hasattr(args, "out_csv"):
+            raise UsageError(f"give DIR or --storage URL, not both (got {args.target!r})")
+        return args.storage, out
+    if args.target is None:
+        raise UsageError("give the sweep's output folder or --storage URL")
+    return args.target, out
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from kfaclab.study.progress import cell_trials, format_table, summarize
+    from kfaclab.study.registry import pick_protocol
+    from kfaclab.study.storage import open_storage, resolve
+
+    target, _ = _targets(args)
+    spec = resolve(target)
+    storage = open_storage(spec, create=False)
+    stored = pick_protocol(storage, spec.describe(), args.protocol)
+    rows = summarize(stored.cells, cell_trials(storage, stored.name, stored.cells))
+    sys.stdout.write(f"protocol {stored.name} in {spec.describe()}\n{format_table(rows)}\n")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from kfaclab.study.export import export_csv
+    from kfaclab.study.reader import read_study_set
+    from kfaclab.study.storage import resolve
+
+    target, out = _targets(args)
+    if out is None:
+        raise UsageError("OUT.csv is required")
+    study_set = read_study_set(resolve(target), protocol=args.protocol)
+    trials, curves = export_csv(study_set, Path(out))
+    sys.stdout.write(f"wrote {trials} ({len(study_set.trials)} trials) and {curves}\n")
+    return 0

@@ -1,0 +1,161 @@
+"""The per-cell progress table (done/total, diverged, running, best loss, ETA), computed from the
+storage alone, so the sweep's live display and ``kfaclab status`` on any machine agree.
+
+ETA comes from the observed completion rate over the last ten minutes (all workers, on all
+machines, whatever their number): total ETA = remaining trials / rate; a cell's ETA assumes the
+open cells share the throughput evenly, which is how workers pick cells (sweep.Worker._choose).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from kfaclab.study import records
+from kfaclab.study.cells import CellInfo
+from kfaclab.study.registry import optuna_quiet, study_name
+
+WINDOW_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class CellProgress:
+    cell: str
+    done: int
+    total: int
+    diverged: int
+    running: int
+    best: float | None  # lowest final training loss of a non-diverged trial
+    eta_seconds: float | None
+
+
+def cell_trials(
+    storage: optuna.storages.BaseStorage, protocol: str, cells: list[CellInfo]
+) -> dict[str, list[FrozenTrial]]:
+    with optuna_quiet():
+        return {
+            c.name: optuna.load_study(
+                study_name=study_name(protocol, c.name), storage=storage
+            ).get_trials(deepcopy=False)
+            for c in cells
+        }
+
+
+def summarize(
+    cells: list[CellInfo], trials: dict[str, list[FrozenTrial]], now: datetime | None = None
+) -> list[CellProgress]:
+    now = now or datetime.now()  # Optuna's trial times are naive local times
+    rate = _rate([t for ts in trials.values() for t in ts], now)
+    rows = []
+    open_cells = sum(
+        1 for c in cells if _done(trials[c.name]) < c.n_trials
+    )  # cells still taking trials
+    for cell in cells:
+        ts = trials[cell.name]
+        complete = [t for t in ts if t.state == TrialState.COMPLETE]
+        ok = [t.value for t in complete if t.value is not None and math.isfinite(t.value)]
+        diverged = sum(t.user_attrs.get(records.STATUS) == "diverged" for t in complete)
+        remaining = max(cell.n_trials - len(complete), 0)
+        eta = None
+        if remaining == 0:
+            eta = 0.0
+        elif rate:
+            eta = remaining * max(open_cells, 1) / rate
+        rows.append(
+            CellProgress(
+                cell=cell.name,
+                done=len(complete),
+                total=cell.n_trials,
+                diverged=diverged,
+                running=sum(t.state == TrialState.RUNNING for t in ts),
+                best=min(ok) if ok else None,
+                eta_seconds=eta,
+            )
+        )
+    return rows
+
+
+def _done(ts: list[FrozenTrial]) -> int:
+    return sum(t.state == TrialState.COMPLETE for t in ts)
+
+
+def _rate(trials: list[FrozenTrial], now: datetime) -> float | None:
+    """Completed trials per second over the recent window; None with too little to go on."""
+    recent = [
+        t
+        for t in trials
+        if t.state == TrialState.COMPLETE
+        and t.datetime_complete is not None
+        and t.datetime_start is not None
+        and (now - t.datetime_complete).total_seconds() <= WINDOW_SECONDS
+    ]
+    if len(recent) < 2:
+        return None
+    start = min(t.datetime_start for t in recent if t.datetime_start is not None)
+    span = (now - start).total_seconds()
+    return len(recent) / span if span > 0 else None
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def format_table(rows: list[CellProgress]) -> str:
+    width = max([len("cell"), *(len(r.cell) for r in rows)])
+    lines = [f"{'cell':<{width}}  {'done/total':>10}  {'diverged':>8}  {'running':>7}  "
+             f"{'best loss':>10}  {'ETA':>7}"]  # fmt: skip
+    for r in rows:
+        best = "-" if r.best is None else f"{r.best:.4g}"
+        lines.append(
+            f"{r.cell:<{width}}  {f'{r.done}/{r.total}':>10}  {r.diverged:>8}  {r.running:>7}  "
+            f"{best:>10}  {format_duration(r.eta_seconds):>7}"
+        )
+    done = sum(r.done for r in rows)
+    total = sum(r.total for r in rows)
+    etas = [r.eta_seconds for r in rows]
+    eta = None if any(e is None for e in etas) else max((e or 0.0) for e in etas)
+    lines.append(f"{'all':<{width}}  {f'{done}/{total}':>10}  {'':>8}  "
+                 f"{sum(r.running for r in rows):>7}  {'':>10}  {format_duration(eta):>7}")  # fmt: skip
+    return "\n".join(lines)
+
+
+class LiveTable:
+    """Redraws the table in place on a terminal; elsewhere (CI logs, pipes) prints a one-line
+    summary at most every ``log_every`` seconds so logs stay readable."""
+
+    def __init__(self, stream: object, log_every: float = 30.0) -> None:
+        import sys
+
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.log_every = log_every
+        self._lines = 0
+        self._last_log = 0.0
+
+    def show(self, rows: list[CellProgress], final: bool = False) -> None:
+        write = self.stream.write  # type: ignore[attr-defined]
+        if self.tty or final:
+            text = format_table(rows)
+            if self.tty and self._lines:
+                write(f"\x1b[{self._lines}F\x1b[J")  # back to the table's first line, clear
+            write(text + "\n")
+            self._lines = text.count("\n") + 1 if self.tty else 0
+        elif time.monotonic() - self._last_log >= self.log_every:
+            self._last_log = time.monotonic()
+            done = sum(r.done for r in rows)
+            total = sum(r.total for r in rows)
+            div = sum(r.diverged for r in rows)
+            write(f"kfaclab sweep: {done}/{total} trials done, {div} diverged\n")
+        self.stream.flush()  # type: ignore[attr-defined]

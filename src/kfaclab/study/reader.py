@@ -1,0 +1,90 @@
+"""Reading a study back: ``load_study_set(target) -> StudySet`` (the report's entry point).
+
+Everything comes from the storage itself (CONTRACTS.md): the protocol dict, the cells, every
+trial with its parameters and its full ``TrialResult`` record.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from kfaclab.study import records
+from kfaclab.study.cells import CellInfo
+from kfaclab.study.progress import cell_trials
+from kfaclab.study.registry import pick_protocol
+from kfaclab.study.storage import StorageSpec, open_storage, resolve
+from kfaclab.trial_types import TrialResult
+
+__all__ = ["CellInfo", "StoredTrial", "StudySet", "load_study_set"]
+
+
+@dataclass
+class StoredTrial:
+    cell: str
+    number: int
+    state: str  # "COMPLETE" | "RUNNING" | "FAIL" | "WAITING"
+    status: str | None  # "ok" | "diverged" | None (not finished)
+    value: float | None  # final full-training-set loss; inf for diverged
+    params: dict[str, Any]  # lr, lr_decay, momentum, damping.<constant> ...
+    seconds: float | None
+    record: TrialResult | None = field(default=None, repr=False)
+
+
+@dataclass
+class StudySet:
+    protocol: dict[str, Any]  # exactly as loaded from the TOML
+    cells: list[CellInfo]
+    trials: list[StoredTrial]
+
+    def cell_trials(self, cell: str, state: str | None = "COMPLETE") -> list[StoredTrial]:
+        return [t for t in self.trials if t.cell == cell and (state is None or t.state == state)]
+
+
+def load_study_set(
+    target: str, *, protocol: str | None = None, with_records: bool = True
+) -> StudySet:
+    """``target``: an output folder (its journal) or a storage URL. ``protocol`` picks one when
+    the storage holds several. ``with_records=False`` skips decoding the trial records."""
+    return read_study_set(resolve(target), protocol=protocol, with_records=with_records)
+
+
+def read_study_set(
+    spec: StorageSpec, *, protocol: str | None = None, with_records: bool = True
+) -> StudySet:
+    storage = open_storage(spec, create=False)
+    stored = pick_protocol(storage, spec.describe(), protocol)
+    by_cell = cell_trials(storage, stored.name, stored.cells)
+    trials = [
+        stored_trial(cell.name, t, with_records)
+        for cell in stored.cells
+        for t in sorted(by_cell[cell.name], key=lambda t: t.number)
+    ]
+    return StudySet(protocol=stored.raw, cells=stored.cells, trials=trials)
+
+
+def stored_trial(cell: str, trial: FrozenTrial, with_record: bool = True) -> StoredTrial:
+    attrs = trial.user_attrs
+    finished = trial.state == TrialState.COMPLETE
+    value = trial.value if finished else None
+    status = attrs.get(records.STATUS) if finished else None
+    if finished and status == "diverged":
+        value = math.inf  # stored as inf already; kept explicit for storages that round it
+    seconds = attrs.get(records.SECONDS)
+    if seconds is None and trial.datetime_start is not None and trial.datetime_complete:
+        seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
+    blob = attrs.get(records.RECORD)
+    record = records.decode_result(blob) if with_record and isinstance(blob, str) else None
+    return StoredTrial(
+        cell=cell,
+        number=trial.number,
+        state=trial.state.name,
+        status=status,
+        value=value,
+        params=dict(trial.params),
+        seconds=seconds,
+        record=record,
+    )

@@ -1,0 +1,113 @@
+"""The studies of a protocol in a storage: created once, checked on every resume.
+
+Layout (all in the one storage):
+- an index study named "<protocol>" with no trials, whose user attrs hold the protocol dict
+  exactly as loaded from the TOML ("kfaclab:protocol") and the cell list ("kfaclab:cells");
+- one study per cell, "<protocol>/<cell>", minimising the final full-training-set loss.
+
+Resuming with a protocol file that differs from the stored dict is refused with the first
+differing key and both values: mixing trials of two protocols in one cell would make its
+top-k meaningless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from kfaclab.errors import UsageError
+from kfaclab.study._schema import first_difference
+from kfaclab.study.cells import CellInfo, build_cells
+from kfaclab.study.protocol import Protocol
+from kfaclab.study.storage import StorageSpec, cell_lock
+
+KIND_ATTR = "kfaclab:kind"
+PROTOCOL_ATTR = "kfaclab:protocol"
+CELLS_ATTR = "kfaclab:cells"
+CELL_ATTR = "kfaclab:cell"
+
+
+@dataclass(frozen=True)
+class StoredProtocol:
+    name: str
+    raw: dict[str, Any]
+    cells: list[CellInfo]
+
+
+def study_name(protocol: str, cell: str) -> str:
+    return f"{protocol}/{cell}"
+
+
+def ensure_studies(
+    protocol: Protocol, storage: optuna.storages.BaseStorage, spec: StorageSpec
+) -> list[CellInfo]:
+    """Create the protocol's studies, or check that the stored ones match ``protocol``."""
+    cells = build_cells(protocol)
+    with optuna_quiet(), cell_lock(spec, protocol.name):
+        index = optuna.create_study(storage=storage, study_name=protocol.name, load_if_exists=True)
+        stored = index.user_attrs.get(PROTOCOL_ATTR)
+        if stored is not None:
+            diff = first_difference(stored, protocol.raw)
+            if diff is not None:
+                key, old, new = diff
+                raise UsageError(
+                    f"protocol {protocol.name!r} in {spec.describe()} differs from CONFIG at "
+                    f"{key}: stored {old!r}, CONFIG {new!r}; use another --out/--storage or "
+                    "protocol.name"
+                )
+        else:
+            index.set_user_attr(KIND_ATTR, "protocol")
+            index.set_user_attr(PROTOCOL_ATTR, protocol.raw)
+            index.set_user_attr(CELLS_ATTR, [c.to_dict() for c in cells])
+        for cell in cells:
+            study = optuna.create_study(
+                storage=storage,
+                study_name=study_name(protocol.name, cell.name),
+                direction="minimize",
+                load_if_exists=True,
+            )
+            if CELL_ATTR not in study.user_attrs:
+                study.set_user_attr(CELL_ATTR, cell.to_dict())
+    return cells
+
+
+def stored_protocols(storage: optuna.storages.BaseStorage) -> list[StoredProtocol]:
+    """Every protocol whose studies are in ``storage``."""
+    found = []
+    for study in storage.get_all_studies():
+        attrs = study.user_attrs
+        if attrs.get(KIND_ATTR) == "protocol" and PROTOCOL_ATTR in attrs:
+            cells = [CellInfo.from_dict(c) for c in attrs.get(CELLS_ATTR, [])]
+            found.append(StoredProtocol(study.study_name, attrs[PROTOCOL_ATTR], cells))
+    return found
+
+
+def pick_protocol(
+    storage: optuna.storages.BaseStorage, where: str, name: str | None = None
+) -> StoredProtocol:
+    """The protocol ``name``, or the only one in the storage."""
+    found = stored_protocols(storage)
+    names = [p.name for p in found]
+    if name is not None:
+        for p in found:
+            if p.name == name:
+                return p
+        raise UsageError(f"--protocol must be one of {names or 'none'} in {where}, got {name!r}")
+    if not found:
+        raise UsageError(f"no kfaclab studies in {where}")
+    if len(found) > 1:
+        raise UsageError(f"{where} holds several protocols ({', '.join(names)}); use --protocol")
+    return found[0]
+
+
+class optuna_quiet:  # noqa: N801 - used like a function: `with optuna_quiet():`
+    """Silence Optuna's INFO lines ("A new study created…") for the duration."""
+
+    def __enter__(self) -> None:
+        self._level = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def __exit__(self, *exc: object) -> None:
+        optuna.logging.set_verbosity(self._level)

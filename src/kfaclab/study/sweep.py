@@ -1,0 +1,228 @@
+"""One sweep worker: picks a cell, asks its study for a trial, runs it, tells the result.
+
+Exactly n finished trials per cell, whatever the number of workers: a worker creates a trial
+only under the cell's lock (storage.cell_lock), after counting the cell's COMPLETE + RUNNING +
+WAITING trials; a re-queued (WAITING) trial is always taken first. Two workers can therefore
+never both create the n-th trial, and a FAILed trial (its worker died) is not counted because
+its WAITING copy is. Without the lock a count-then-create would over-run by up to one trial per
+concurrent worker (and on PostgreSQL, trial numbers themselves can race).
+
+A diverged trial is told as COMPLETE with value +inf (user attr status = "diverged"): it counts
+toward the cell and ranks last. Every storage accepts inf (RDBStorage stores it as a flagged
+value, the journal as JSON Infinity); TPE ranks it last; the GP sampler clips it to the worst
+finite value before fitting, which is the right thing for a regression. So no finite penalty is
+needed and StoredTrial.value is inf for diverged trials with no conversion on read.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import warnings
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
+
+from kfaclab.study import records
+from kfaclab.study.cells import CellInfo, damping_for_trial, search_space
+from kfaclab.study.liveness import Heartbeat, fail_dead_trials, retry_callback, worker_attrs
+from kfaclab.study.protocol import Protocol
+from kfaclab.study.registry import ensure_studies, optuna_quiet, study_name
+from kfaclab.study.storage import StorageSpec, cell_lock, open_storage
+from kfaclab.trial_types import TrialConfig, TrialResult
+
+TrialFn = Callable[[TrialConfig], TrialResult]
+COUNTED = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+
+
+def default_trial_fn() -> TrialFn:
+    from kfaclab.train import run_trial
+
+    return run_trial
+
+
+def trial_config(
+    protocol: Protocol, cell: CellInfo, params: dict[str, Any], seed: int
+) -> TrialConfig:
+    t = protocol.training
+    return TrialConfig(
+        optimizer=cell.optimizer,
+        lr=params["lr"],
+        lr_decay=params["lr_decay"],
+        momentum=params["momentum"],
+        damping=damping_for_trial(cell, params),
+        damping_form=t.damping_form,  # type: ignore[arg-type]
+        fisher=t.fisher,  # type: ignore[arg-type]
+        factor_decay=t.factor_decay,
+        inverse_every=t.inverse_every,
+        kl_clip=t.kl_clip,
+        dataset=protocol.data.dataset,  # type: ignore[arg-type]
+        data_dir=protocol.data.data_dir,
+        depth=protocol.model.depth,
+        width=protocol.model.width,
+        activation=protocol.model.activation,  # type: ignore[arg-type]
+        batch_size=t.batch_size,
+        epochs=t.epochs,
+        steps=t.steps,
+        seed=seed,
+        eval_steps=t.eval_steps,
+        histogram_steps=t.histogram_steps,
+        divergence_loss=t.divergence_loss,
+    )
+
+
+def make_sampler(protocol: Protocol, cell: CellInfo, k: int) -> optuna.samplers.BaseSampler:
+    """The cell's sampler for its k-th trial. Seeded from (protocol seed, cell, k) rather than
+    once per process: two workers (or a resumed run) would otherwise replay the same random
+    stream and propose the same points. TPE/GP keep no state between asks besides their RNG,
+    so a fresh sampler per trial loses nothing."""
+    search = protocol.search
+    seed = zlib.crc32(f"{search.seed}/{cell.name}/{k}".encode())
+    # Random start-up trials: Optuna's 10, but at most a third of a small budget.
+    startup = min(10, max(1, search.n_trials // 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if search.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if search.sampler == "gp":
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
+        # multivariate: lr and momentum interact (the effective step is ~ lr / (1 - momentum)).
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True)
+
+
+def cell_counts(study: optuna.Study) -> tuple[int, int, int]:
+    """(COMPLETE, RUNNING, WAITING) trials of a study."""
+    trials = study.get_trials(deepcopy=False, states=COUNTED)
+    done = sum(t.state == TrialState.COMPLETE for t in trials)
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    return done, running, len(trials) - done - running
+
+
+class Worker:
+    """Runs trials of a protocol's cells until none is left to start."""
+
+    def __init__(
+        self,
+        protocol: Protocol,
+        spec: StorageSpec,
+        *,
+        index: int = 0,
+        count: int = 1,
+        trial_fn: TrialFn | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.protocol = protocol
+        self.spec = spec
+        self.index, self.count = index, count
+        self.trial_fn = trial_fn
+        self.stop = stop or threading.Event()
+        self.storage = open_storage(spec, create=True)
+        self.journal = spec.url is None
+        self.cells = ensure_studies(protocol, self.storage, spec)
+        with optuna_quiet():
+            self.studies = {
+                c.name: optuna.load_study(
+                    study_name=study_name(protocol.name, c.name), storage=self.storage
+                )
+                for c in self.cells
+            }
+
+    def run(self, max_trials: int | None = None) -> int:
+        """Run until every cell has its trials (or ``stop``); returns the number run here."""
+        fn = self.trial_fn or default_trial_fn()
+        for cell in self.cells:
+            self._reap(cell)
+        ran = 0
+        while not self.stop.is_set() and (max_trials is None or ran < max_trials):
+            cell = self._choose()
+            if cell is None:
+                break
+            started = self._start(cell)
+            if started is None:
+                continue  # filled by another worker meanwhile; choose again
+            self._finish(cell, *started, fn)
+            ran += 1
+        return ran
+
+    def _reap(self, cell: CellInfo) -> None:
+        with cell_lock(self.spec, study_name(self.protocol.name, cell.name)):
+            fail_dead_trials(self.studies[cell.name], self.storage, journal=self.journal)
+
+    def _choose(self) -> CellInfo | None:
+        """The open cell with the fewest trials started, so cells advance together and the
+        workers spread over different cells (each cell's search stays nearly sequential);
+        ties go round-robin from this worker's own offset."""
+        best: tuple[int, int] | None = None
+        choice = None
+        n = len(self.cells)
+        for i, cell in enumerate(self.cells):
+            done, running, waiting = cell_counts(self.studies[cell.name])
+            if waiting == 0 and done + running >= cell.n_trials:
+                continue
+            key = (done + running, (i - self.index * n // max(self.count, 1)) % n)
+            if best is None or key < best:
+                best, choice = key, cell
+        return choice
+
+    def _start(self, cell: CellInfo) -> tuple[optuna.Trial, Heartbeat] | None:
+        study = self.studies[cell.name]
+        space = {
+            name: FloatDistribution(r.low, r.high, log=r.log)
+            for name, r in search_space(self.protocol, cell).items()
+        }
+        with cell_lock(self.spec, study.study_name):
+            fail_dead_trials(study, self.storage, journal=self.journal)
+            trials = study.get_trials(deepcopy=False)
+            waiting = any(t.state == TrialState.WAITING for t in trials)
+            counted = sum(t.state in COUNTED for t in trials)
+            if not waiting and counted >= cell.n_trials:
+                return None
+            study.sampler = make_sampler(self.protocol, cell, len(trials))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                trial = study.ask(space)  # a WAITING (retried) trial first, with its params
+            for key, value in worker_attrs().items():
+                self.storage.set_trial_system_attr(trial._trial_id, key, value)
+            if records.SEED not in trial.user_attrs:
+                trial.set_user_attr(records.SEED, self.protocol.search.seed + len(trials))
+            beat = Heartbeat(self.storage, trial._trial_id)
+            beat.__enter__()  # the first beat lands before the lock is released
+        return trial, beat
+
+    def _finish(self, cell: CellInfo, trial: optuna.Trial, beat: Heartbeat, fn: TrialFn) -> None:
+        study = self.studies[cell.name]
+        config = trial_config(self.protocol, cell, trial.params, int(trial.user_attrs["seed"]))
+        try:
+            result = fn(config)
+        except BaseException as exc:
+            beat.__exit__()
+            self._abandon(study, trial, exc)
+            raise
+        beat.__exit__()
+        value = result.value
+        if result.status == "diverged" or not math.isfinite(value):
+            value = math.inf
+        try:
+            for key, attr in records.result_attrs(result).items():
+                trial.set_user_attr(key, attr)
+            study.tell(trial, value)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Declared dead (heartbeat lost for longer than the grace period) and re-queued;
+            # its retry carries the same parameters, so this result is simply not kept.
+            pass
+
+    def _abandon(self, study: optuna.Study, trial: optuna.Trial, exc: BaseException) -> None:
+        """An exception or Ctrl-C inside a trial: fail it and re-queue the same parameters, so a
+        rerun redoes exactly this trial; the error itself propagates."""
+        try:
+            # Under the lock: between the FAIL and its WAITING copy the cell looks one short.
+            with cell_lock(self.spec, study.study_name):
+                trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
+                study.tell(trial, state=TrialState.FAIL)
+                retry_callback()(study, self.storage.get_trial(trial._trial_id))
+        except Exception:  # the storage is gone too; liveness will catch it on the next run
+            pass
