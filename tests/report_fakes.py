@@ -51,14 +51,22 @@ class FakeStudySet:
 
 PROTOCOL: dict[str, Any] = {
     "name": "fake",
-    "search": {"lr": {"low": 1e-4, "high": 1.0, "log": True}, "momentum": [0.0, 0.99],
-               "lr_decay": [0.0, 1.0]},
+    "search": {
+        "lr": {"low": 1e-4, "high": 1.0, "log": True},
+        "momentum": [0.0, 0.99],
+        "lr_decay": [0.0, 1.0],
+    },
     "report": {"histogram_lambdas": [1e-4, 1.0, 10.0], "top_k": 4},
 }
 
 
-def _record(rng: np.random.Generator, cfg: TrialConfig, level: float, diverge_at: int | None,
-            lam: float | None) -> TrialResult:
+def _record(
+    rng: np.random.Generator,
+    cfg: TrialConfig,
+    level: float,
+    diverge_at: int | None,
+    lam: float | None,
+) -> TrialResult:
     n = diverge_at if diverge_at is not None else STEPS
     t = np.arange(1, n + 1)
     losses = (2.3 - level) * np.exp(-t / 80) + level + 0.05 * rng.standard_normal(n)
@@ -79,18 +87,32 @@ def _record(rng: np.random.Generator, cfg: TrialConfig, level: float, diverge_at
             np.add.at(counts, idx, 1)
             hists[str(s)][layer] = counts.tolist()
             curv[str(s)][layer] = {
-                "eig_A_min": 1e-6 * (j + 1), "eig_A_max": 10.0 + j, "eig_G_min": 1e-9,
-                "eig_G_max": 1e-2 * (j + 1), "damping": lam, "condition_number": 1e3 / (lam or 1),
+                "eig_A_min": 1e-6 * (j + 1),
+                "eig_A_max": 10.0 + j,
+                "eig_G_min": 1e-9,
+                "eig_G_max": 1e-2 * (j + 1),
+                "damping": lam,
+                "condition_number": 1e3 / (lam or 1),
                 "frac_below_damping": min(1.0, 0.1 + 0.1 * math.log10(1 + (lam or 0) * 1e4)),
-                "effective_dim": 50.0 / (1 + (lam or 0)), "eig_A_hist": [1, 2, 3],  # non-scalar
+                "effective_dim": 50.0 / (1 + (lam or 0)),
+                "eig_A_hist": [1, 2, 3],  # non-scalar
             }
     evals = [EvalPoint(0, 2.3, 2.3, 0.1), EvalPoint(n, level, level + 0.02, 0.9 - level / 10)]
     return TrialResult(
-        config=cfg, status="ok" if diverge_at is None else "diverged",
-        value=level if diverge_at is None else math.inf, steps_done=n, seconds=1.0 + rng.random(),
-        step_losses=losses.tolist(), evals=evals, histograms=hists, curvature=curv,
-        damping_trace=[] if lam is None else (lam * np.exp(-t / 200)).tolist()
-        if cfg.damping != lam else [lam] * n,
+        config=cfg,
+        status="ok" if diverge_at is None else "diverged",
+        value=level if diverge_at is None else math.inf,
+        steps_done=n,
+        seconds=1.0 + rng.random(),
+        step_losses=losses.tolist(),
+        evals=evals,
+        histograms=hists,
+        curvature=curv,
+        damping_trace=[]
+        if lam is None
+        else (lam * np.exp(-t / 200)).tolist()
+        if cfg.damping != lam
+        else [lam] * n,
         diverged_at=diverge_at,
     )
 
@@ -106,8 +128,13 @@ def make_study(n_trials: int = 8, top_k: int = 4) -> FakeStudySet:
         ("kfac-lam1e+00", "kfac", 1.0, "1e+00", 0.1),
         ("kfac-lam1e+01", "kfac", 10.0, "1e+01", 0.2),
         ("kfac-lam1e+02", "kfac", 100.0, "1e+02", math.inf),
-        ("kfac-lm", "kfac", {"kind": "levenberg_marquardt", "initial": 1.0}, "levenberg_marquardt",
-         0.15),
+        (
+            "kfac-lm",
+            "kfac",
+            {"kind": "levenberg_marquardt", "initial": 1.0},
+            "levenberg_marquardt",
+            0.15,
+        ),
     ]
     for name, opt, damping, label, base in specs:
         study.cells.append(FakeCell(name, opt, damping, label, n_trials, top_k))
@@ -117,19 +144,28 @@ def make_study(n_trials: int = 8, top_k: int = 4) -> FakeStudySet:
                 state = "RUNNING" if k == n_trials // 2 else "WAITING"
                 study.trials.append(FakeTrial(name, k, state, None, None, {}, None, None))
                 continue
-            params = {"lr": float(10 ** rng.uniform(-4, 0)), "momentum": float(rng.uniform(0, 0.99)),
-                      "lr_decay": float(rng.uniform(0, 1))}
+            params = {
+                "lr": float(10 ** rng.uniform(-4, 0)),
+                "momentum": float(rng.uniform(0, 0.99)),
+                "lr_decay": float(rng.uniform(0, 1)),
+            }
             if k == 1:
                 params["lr"] = 0.999  # best trials on the edge in some cells
             lam = damping if isinstance(damping, float) else (1.0 if damping else None)
-            cfg = TrialConfig(optimizer=opt, damping=damping if damping is not None else 0.0,  # type: ignore[arg-type]
-                              seed=k, histogram_steps=HIST_STEPS, histogram_bins=HistogramBins(),
-                              **params)
+            cfg = TrialConfig(
+                optimizer=opt,
+                damping=damping if damping is not None else 0.0,  # type: ignore[arg-type]
+                seed=k,
+                histogram_steps=HIST_STEPS,
+                histogram_bins=HistogramBins(),
+                **params,
+            )
             diverge = k % 3 == 2 or math.isinf(base)
             level = (5.0 if math.isinf(base) else base) + 0.02 * k + 0.01 * rng.random()
             if k == 1:
                 level -= 0.05  # the best trial sits on the lr edge: the report must warn
             rec = _record(rng, cfg, level, 100 + 10 * k if diverge else None, lam)
-            study.trials.append(FakeTrial(name, k, "COMPLETE", rec.status, rec.value, params,
-                                          rec.seconds, rec))
+            study.trials.append(
+                FakeTrial(name, k, "COMPLETE", rec.status, rec.value, params, rec.seconds, rec)
+            )
     return study

@@ -208,3 +208,25 @@ def test_momentum_is_heavy_ball_on_the_preconditioned_direction() -> None:
         opt.step()
         for m, b, v in zip(lin, before, velocity, strict=True):
             torch.testing.assert_close(_block_param(m), b - lr * v)
+
+
+@pytest.mark.parametrize("form", ["exact", "factored"])
+def test_wide_sparse_input_layer_equals_dense_damped_inverse(form: str) -> None:
+    """A 300-wide input with blank columns takes the skipping code paths (factor Gram,
+    preconditioning product, inactive coordinates); the result must still be the dense one."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(300, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(16, 300, generator=g, dtype=torch.float64)
+    x[:, torch.randperm(300, generator=g)[:140]] = 0.0
+    y = torch.randint(0, 3, (16,), generator=g)
+    factors = _oracle_factors(model, x, y)
+    opt = KFAC(model, lr=0.3, damping=0.05, damping_form=form)
+    F.cross_entropy(model(x), y).backward()
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    before = [_block_param(m) for m in linears]
+    grads = [_block_grad(m) for m in linears]
+    opt.step()
+    for module, (a, gg), theta0, grad in zip(linears, factors, before, grads, strict=True):
+        expected = theta0 - 0.3 * _dense_direction(a, gg, grad, 0.05, form)
+        torch.testing.assert_close(_block_param(module), expected, rtol=1e-9, atol=1e-12)

@@ -92,12 +92,14 @@ def strategy_kind(damping: Any) -> str | None:
 
 
 def cell_label(cell: CellLike) -> str:
+    """ "SGD", "λ=1e-03" (the λ as the protocol wrote it, convention included) or the strategy's
+    name: the study's own ``damping_label`` wins so tables match ``kfaclab status``."""
     if cell.optimizer == "sgd":
         return "SGD"
     lam = constant_lambda(cell.damping)
     if lam is not None:
-        return f"λ={lam:.0e}"
-    return str(strategy_kind(cell.damping) or cell.damping_label).replace("_", " ")
+        return f"λ={cell.damping_label or format(lam, '.0e')}"
+    return str(cell.damping_label or strategy_kind(cell.damping)).replace("_", " ")
 
 
 def trial_value(t: TrialLike) -> float:

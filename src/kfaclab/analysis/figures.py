@@ -87,9 +87,10 @@ def gradient_histograms(summary: StudySummary, out_dir: Path) -> DrawnFigure | N
                 lam = lam_of.get(label)
                 color = colors.get(lam, "grey") if lam is not None else "grey"
                 # line styles as well as colours: neighbouring λ differ little in hue
-                ax.stairs(
-                    frac,
+                ax.plot(  # a stepped Line2D: far cheaper to draw than 108 stairs patches
                     edges,
+                    np.r_[frac, frac[-1]],
+                    drawstyle="steps-post",
                     color=color,
                     lw=1.2,
                     ls=_LINESTYLES[k % 4],
@@ -113,7 +114,9 @@ def gradient_histograms(summary: StudySummary, out_dir: Path) -> DrawnFigure | N
         title="(∂L/∂θ)² of all parameters per layer, summed over the top-k trials; "
         "y: fraction of the layer's parameters per bin",
     )
-    return finish(fig, out_dir, "gradient_histograms", "(∂L/∂θ)² histograms (paper figure b)")
+    return finish(
+        fig, out_dir, "gradient_histograms", "(∂L/∂θ)² histograms (paper figure b)", tight=False
+    )
 
 
 _LINESTYLES = ("-", "--", ":", "-.")

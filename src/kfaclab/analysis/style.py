@@ -83,12 +83,15 @@ def new_figure(width: float, height: float) -> Figure:
     return plt.figure(figsize=(width, height), layout="constrained")
 
 
-def save(fig: Figure, out_dir: Path, name: str) -> tuple[Path, Path]:
+def save(fig: Figure, out_dir: Path, name: str, tight: bool = True) -> tuple[Path, Path]:
     """Writes name.png (150 dpi, for HTML) and name.svg (vector, for print); closes the figure."""
     out_dir.mkdir(parents=True, exist_ok=True)
     png, svg = out_dir / f"{name}.png", out_dir / f"{name}.svg"
-    fig.savefig(png, dpi=150, metadata={"Software": None})
-    fig.savefig(svg, metadata={"Date": None})  # no date: identical inputs, identical files
+    bbox = "tight" if tight else None  # tight costs a second full draw; grids lay out by hand
+    fig.savefig(png, dpi=150, metadata={"Software": None}, bbox_inches=bbox)
+    fig.savefig(
+        svg, metadata={"Date": None}, bbox_inches=bbox
+    )  # no date: identical inputs, identical files
     plt.close(fig)
     return png, svg
 
@@ -122,6 +125,6 @@ def cell_style(summary: StudySummary) -> Callable[[CellSummary], dict[str, objec
     return style
 
 
-def finish(fig: Figure, out_dir: Path, key: str, title: str) -> DrawnFigure:
-    png, svg = save(fig, out_dir, key)
+def finish(fig: Figure, out_dir: Path, key: str, title: str, tight: bool = True) -> DrawnFigure:
+    png, svg = save(fig, out_dir, key, tight)
     return DrawnFigure(key, title, png, svg)

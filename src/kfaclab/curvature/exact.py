@@ -17,6 +17,7 @@ from typing import NamedTuple
 import torch
 
 from kfaclab.curvature.eigen import FactorEigen
+from kfaclab.curvature.sparse import matmul_skipping_zero_columns
 
 
 class ExactInverse(NamedTuple):
@@ -33,7 +34,8 @@ class ExactInverse(NamedTuple):
             block = block.index_select(0, rows)
         if cols is not None:
             block = block.index_select(1, cols)
-        rotated = self.g.vectors.T @ block @ self.a.vectors  # (k_g, k_a)
+        # Q_Gᵀ first: it keeps the gradient's all-zero columns, which the product with Q_A skips.
+        rotated = matmul_skipping_zero_columns(self.g.vectors.T @ block, self.a.vectors)
         rotated = rotated / (torch.outer(self.g.values, self.a.values) + damping)
         result_block = self.g.vectors @ rotated @ self.a.vectors.T
         if rows is None and cols is None:

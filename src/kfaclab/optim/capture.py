@@ -31,6 +31,7 @@ class LayerCapture:
     output_grads: torch.Tensor | None = None  # (N, out): ∂L/∂s of the loss that was back-propagated
     outputs: torch.Tensor | None = None  # (N, out) with graph, kept only for the MC Fisher
     grad_scale: float = 1.0  # gᵢ = grad_scale · output_grads[i]
+    input_requires_grad: bool = True  # False when the input is data, independent of θ
 
     def clear(self) -> None:
         self.inputs = self.output_grads = self.outputs = None
@@ -66,6 +67,7 @@ class Capture:
                 return
             x = inputs[0]
             layer.inputs = x.detach().reshape(-1, x.shape[-1])
+            layer.input_requires_grad = x.requires_grad
             if self.keep_outputs:
                 layer.outputs = output
             else:

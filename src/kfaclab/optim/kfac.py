@@ -40,9 +40,10 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from kfaclab.curvature.cache import DecompositionCache
 from kfaclab.curvature.decompose import FallbackCounter
 from kfaclab.curvature.diagnostics import layer_diagnostics
-from kfaclab.curvature.eigen import eigen_of_factor
+from kfaclab.curvature.eigen import FactorEigen, eigen_of_factor
 from kfaclab.curvature.exact import ExactInverse
 from kfaclab.curvature.factored import FactoredInverse, factored_inverse
 from kfaclab.damping.base import Damping, LayerSpectrum, StepOutcome
@@ -72,6 +73,9 @@ class KFAC(Optimizer):
         fisher: "empirical" (gradients of the training loss) or "mc" (sampled targets).
         weight_decay: L2 coefficient added to the gradient before preconditioning (≥ 0).
         kl_clip: None (off) or c > 0: scale the step by ν = min(1, sqrt(c / (η² dᵀ∇))).
+        decomposition_cache: optional ``kfaclab.curvature.DecompositionCache`` shared by several
+            optimizers in one process (a sweep's trials): the eigendecompositions of input factors
+            that depend only on the data (layer 1's) are reused when the factor is equal.
         loss_reduction: "mean" or "sum" — how the training loss combines the examples, so that
             gᵢ = ∂ℓᵢ/∂sᵢ can be recovered from ∂L/∂s (×N for "mean").
     """
@@ -90,6 +94,7 @@ class KFAC(Optimizer):
         weight_decay: float = 0.0,
         kl_clip: float | None = None,
         loss_reduction: Literal["mean", "sum"] = "mean",
+        decomposition_cache: DecompositionCache | None = None,
     ) -> None:
         validate_arguments(
             lr=lr,
@@ -123,6 +128,7 @@ class KFAC(Optimizer):
         self.fisher: FisherType = fisher
         self.kl_clip = kl_clip
         self.loss_reduction = loss_reduction
+        self.decomposition_cache = decomposition_cache
         self._layers = layers
         layer_params = set()
         for layer in layers:
@@ -315,6 +321,7 @@ class KFAC(Optimizer):
             if capture.inputs is None or capture.output_grads is None:
                 continue
             # First update sets the factor (β = 0 for that call); see factors.py.
+            layer.input_is_data = layer.input_is_data and not capture.input_requires_grad
             layer.factor_a = update_input_factor(
                 layer.factor_a, capture.inputs, layer.has_bias, self.factor_decay
             )
@@ -341,7 +348,7 @@ class KFAC(Optimizer):
             if layer.factor_a is None or layer.factor_g is None:
                 continue
             if self.damping_form == "exact":
-                eig_a = eigen_of_factor(layer.factor_a, self._fallbacks)
+                eig_a = self._input_factor_eigen(layer)
                 eig_g = eigen_of_factor(layer.factor_g, self._fallbacks)
                 if eig_a is not None and eig_g is not None:
                     layer.inverse = ExactInverse(eig_a, eig_g)
@@ -353,6 +360,18 @@ class KFAC(Optimizer):
                 if inverse is not None:
                     layer.inverse = inverse
         self._counters["inversions"] += 1
+
+    def _input_factor_eigen(self, layer: LayerState) -> FactorEigen | None:
+        assert layer.factor_a is not None
+        cache = self.decomposition_cache if layer.input_is_data else None
+        if cache is not None:
+            cached = cache.lookup(layer.name, self._step, layer.factor_a)
+            if cached is not None:
+                return cached
+        eigen = eigen_of_factor(layer.factor_a, self._fallbacks)
+        if cache is not None and eigen is not None:
+            cache.store(layer.name, self._step, layer.factor_a, eigen)
+        return eigen
 
     def _spectra(self) -> list[LayerSpectrum]:
         spectra = []

@@ -27,6 +27,9 @@ class LayerState:
     factor_g: torch.Tensor | None = None  # (out, out)
     inverse: ExactInverse | FactoredInverse | None = None
     damping: float | None = None  # λ used for this layer at the last step
+    # True while every captured input was independent of θ (raw data): A then depends only on
+    # the data stream and its decompositions may be shared (curvature.cache).
+    input_is_data: bool = True
 
     @property
     def has_bias(self) -> bool:
@@ -57,6 +60,7 @@ class LayerState:
             "factor_a": _clone(self.factor_a),
             "factor_g": _clone(self.factor_g),
             "damping": self.damping,
+            "input_is_data": self.input_is_data,
         }
         if isinstance(self.inverse, ExactInverse):
             state["inverse"] = {
@@ -85,6 +89,7 @@ class LayerState:
         self.factor_a = _to(state["factor_a"], device)
         self.factor_g = _to(state["factor_g"], device)
         self.damping = state["damping"]
+        self.input_is_data = bool(state["input_is_data"])
         inverse = state["inverse"]
         if inverse is None:
             self.inverse = None

@@ -76,7 +76,9 @@ def safe_url(url: str) -> str:
     try:
         from sqlalchemy.engine import make_url
 
-        return make_url(url).set(password=None).render_as_string(hide_password=False)
+        parsed = make_url(url)
+        # URL.set(password=None) means "unchanged"; the NamedTuple _replace really drops it.
+        return parsed._replace(password=None).render_as_string(hide_password=False)
     except Exception:  # a malformed URL: never echo what might be a password
         return url.split("://", 1)[0] + "://…"
 
@@ -97,7 +99,21 @@ def open_storage(spec: StorageSpec, *, create: bool) -> optuna.storages.BaseStor
     return _open_rdb(spec.url)
 
 
+def driver_url(url: str) -> str:
+    """SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; use psycopg2 when that is the
+    driver installed (it is kfaclab's `postgres` extra)."""
+    if not url.startswith("postgresql://"):
+        return url
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "postgresql+psycopg2://" + url[len("postgresql://") :]
+    return url
+
+
 def _open_rdb(url: str) -> optuna.storages.BaseStorage:
+    import inspect
+
     import sqlalchemy.exc
 
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
@@ -109,22 +125,29 @@ def _open_rdb(url: str) -> optuna.storages.BaseStorage:
     with warnings.catch_warnings():
         # RetryFailedTrialCallback and heartbeats are marked experimental/deprecated-alias.
         warnings.simplefilter("ignore")
-        callback = optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRIES)
+        from kfaclab.study.liveness import retry_callback
+
+        # Optuna 4.9 renamed failed_trial_callback (now a deprecated alias).
+        params = inspect.signature(optuna.storages.RDBStorage).parameters
+        name = "heartbeat_stale_trial_callback"
+        if name not in params:
+            name = "failed_trial_callback"
         try:
             return optuna.storages.RDBStorage(
-                url,
+                driver_url(url),
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=HEARTBEAT_SECONDS,
                 grace_period=GRACE_SECONDS,
-                failed_trial_callback=callback,
+                **{name: retry_callback()},
             )
         except sqlalchemy.exc.OperationalError as exc:
             raise UsageError(f"cannot reach storage {safe_url(url)}: {_reason(exc)}") from None
         except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as exc:
             raise UsageError(f"storage URL {safe_url(url)} is not usable: {exc}") from None
-        except ModuleNotFoundError as exc:
+        except ImportError as exc:
+            cause = exc.__cause__ if isinstance(exc.__cause__, ImportError) else exc
             raise UsageError(
-                f"storage {safe_url(url)} needs the Python package {exc.name}"
+                f"storage {safe_url(url)} needs a database driver: {cause}"
             ) from None
 
 
@@ -176,7 +199,7 @@ def _advisory_lock(url: str, study_name: str) -> Iterator[None]:
 
     engine = _ENGINES.get(url)
     if engine is None:
-        engine = sqlalchemy.create_engine(url, pool_size=1, pool_pre_ping=True)
+        engine = sqlalchemy.create_engine(driver_url(url), pool_size=1, pool_pre_ping=True)
         _ENGINES[url] = engine
     # Advisory lock keys are signed 64-bit integers.
     key = zlib.crc32(study_name.encode()) - 2**31

@@ -184,6 +184,8 @@ class Worker:
             study.sampler = make_sampler(self.protocol, cell, len(trials))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                # "Heartbeat … supposed to be used with Study.optimize": Heartbeat does it here.
+                warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
                 trial = study.ask(space)  # a WAITING (retried) trial first, with its params
             for key, value in worker_attrs().items():
                 self.storage.set_trial_system_attr(trial._trial_id, key, value)

@@ -1,0 +1,232 @@
+"""One-paragraph readings of each figure, generated from the summary's numbers (never canned
+claims): which λ was best, where training diverged, how gradients changed early to late."""
+
+from __future__ import annotations
+
+import math
+
+from kfaclab.analysis.cells import CellSummary
+from kfaclab.analysis.summaries import StudySummary
+
+
+def fmt(x: float, digits: int = 3) -> str:
+    if math.isnan(x):
+        return "–"
+    if math.isinf(x):
+        return "∞"
+    return f"{x:.{digits}g}"
+
+
+def loss_pm(c: CellSummary) -> str:
+    f = c.final_loss
+    if f.n == 0:
+        return "no surviving trial"
+    sd = f" ± {fmt(f.sd)}" if f.n > 1 else ""
+    return f"{fmt(f.mean)}{sd} (n={f.n})"
+
+
+def learning_curves(s: StudySummary) -> str:
+    best, sgd = s.best_fixed, s.sgd
+    if best is None:
+        return "No K-FAC cell has a finished, non-diverged trial yet, so no λ can be called best."
+    parts = [
+        f"The lowest top-k mean final training loss among fixed λ is {loss_pm(best)} at "
+        f"{best.label}."
+    ]
+    ranked = sorted((c for c in s.fixed if c.final_loss.n), key=lambda c: c.final_loss.mean)
+    if len(ranked) > 1:
+        parts.append("Order from best to worst: " + ", ".join(c.label for c in ranked) + ".")
+    if sgd is not None and sgd.final_loss.n:
+        better = [c.label for c in ranked if c.final_loss.mean < sgd.final_loss.mean]
+        parts.append(
+            f"SGD reaches {loss_pm(sgd)}; K-FAC is lower at "
+            + (", ".join(better) if better else "no λ")
+            + "."
+        )
+        overlap = [
+            c.label
+            for c in ranked
+            if c.final_loss.n > 1
+            and sgd.final_loss.n > 1
+            and c.final_loss.lo <= sgd.final_loss.hi
+            and sgd.final_loss.lo <= c.final_loss.hi
+        ]
+        if overlap:
+            parts.append("The 95% intervals of " + ", ".join(overlap) + " overlap SGD's.")
+    empty = [c.label for c in s.fixed if c.final_loss.n == 0]
+    if empty:
+        parts.append("No curve is drawn for " + ", ".join(empty) + " (no surviving trial).")
+    return " ".join(parts)
+
+
+def isolation(s: StudySummary) -> str:
+    fixed = [c for c in s.fixed if c.n_ok + c.n_diverged]
+    if not fixed:
+        return "No finished K-FAC trial yet."
+    all_div = [c.label for c in fixed if c.n_ok == 0]
+    some = [f"{c.label} ({c.divergence_rate:.0%})" for c in fixed if c.n_diverged > 0 and c.n_ok]
+    parts = []
+    if all_div:
+        parts.append("Every finished trial diverged at " + ", ".join(all_div) + ".")
+    if some:
+        parts.append("Some trials diverged at " + ", ".join(some) + ".")
+    if not all_div and not some:
+        parts.append("No K-FAC trial diverged.")
+    sgd = s.sgd
+    if sgd is not None and sgd.n_ok + sgd.n_diverged:
+        parts.append(f"SGD diverged in {sgd.divergence_rate:.0%} of its trials.")
+    parts.append(
+        "Divergence counts the search's own proposals, so a high rate partly reflects "
+        "how much of the search space is unstable at that λ, not only the best settings."
+    )
+    return " ".join(parts)
+
+
+def histograms(s: StudySummary) -> str:
+    h = s.histograms
+    if h is None:
+        return "No gradient histograms were recorded."
+    parts = []
+    for label in h.labels:
+        med = h.median_log10[label]
+        first, last = med[0], med[-1]
+        if math.isfinite(first) and math.isfinite(last):
+            change = last - first
+            trend = "smaller" if change < 0 else "larger"
+            parts.append(
+                f"At {label} the median (∂L/∂θ)² over all layers goes from 1e{first:.1f} at "
+                f"iteration {h.steps[0]} to 1e{last:.1f} at iteration {h.steps[-1]} "
+                f"({abs(change):.1f} decades {trend})."
+            )
+        uf = [x for x in h.underflow[label][-1] if math.isfinite(x)]
+        if uf and max(uf) > 0.01:
+            parts.append(
+                f"At {label}, up to {max(uf):.0%} of a layer's gradients are zero or below "
+                f"1e{h.edges[0]:g} at the last iteration (e.g. dead ReLU units); the "
+                "fractions plotted exclude them."
+            )
+    parts.extend(h.notes)
+    return " ".join(parts) or "Histograms recorded, but no finite gradients to describe."
+
+
+def curvature(s: StudySummary) -> str:
+    cs = s.curvature
+    if cs is None or len(cs.lambdas) < 1:
+        return "No curvature diagnostics were recorded."
+    last = len(cs.steps) - 1
+    parts = [f"At iteration {cs.steps[last]}, across {len(cs.layers)} layers:"]
+    for metric, name in (
+        ("frac_below_damping", "the fraction of eigenvalues below λ"),
+        ("condition_number", "the damped condition number (median over layers)"),
+        ("effective_dim", "the effective dimension"),
+    ):
+        if metric not in cs.values:
+            continue
+        vals = [_nanmedian(cs.values[metric][k][last]) for k in range(len(cs.lambdas))]
+        if all(math.isnan(v) for v in vals):
+            continue
+        parts.append(
+            f"{name} is {fmt(vals[0])} at {cs.labels[0]} and {fmt(vals[-1])} at {cs.labels[-1]}."
+        )
+    return " ".join(parts) if len(parts) > 1 else "No curvature metric was recorded."
+
+
+def _nanmedian(xs: list[float]) -> float:
+    ok = sorted(x for x in xs if not math.isnan(x))
+    return ok[len(ok) // 2] if ok else math.nan
+
+
+def hyperparameters(s: StudySummary) -> str:
+    pts = [
+        (c, s.hyperparams[c.label]["lr"])
+        for c in s.fixed
+        if c.label in s.hyperparams and "lr" in s.hyperparams[c.label]
+    ]
+    parts = []
+    if len(pts) >= 2:
+        (c0, p0), (c1, p1) = pts[0], pts[-1]
+        parts.append(
+            f"The best learning rate is {fmt(p0.best)} at {c0.label} and {fmt(p1.best)} at "
+            f"{c1.label}: larger λ shrinks the step (F+λI)⁻¹∇, which the search offsets with "
+            "the learning rate where it can."
+        )
+    if s.edge_warnings:
+        parts.append(
+            f"{len(s.edge_warnings)} best trials sit at an edge of the search space "
+            "(listed under Warnings)."
+        )
+    else:
+        parts.append("No best trial sits at an edge of the search space.")
+    return " ".join(parts)
+
+
+def budget(s: StudySummary) -> str:
+    parts = []
+    for b in s.budgets:
+        n = len(b.running_best)
+        final = b.running_best[-1]
+        if not math.isfinite(final) or n < 2:
+            continue
+        half = b.subsampled.median[max(n // 2 - 1, 0)]
+        gain = (half - final) / final if final > 0 and math.isfinite(half) else math.nan
+        reached = next(i + 1 for i, v in enumerate(b.running_best) if v <= final)
+        parts.append(
+            f"{b.label}: best found at trial {reached} of {n}; random halves of the trials "
+            f"would give a median best {fmt(100 * gain, 2)}% higher."
+        )
+    if not parts:
+        return "Too few finished trials to judge the budget."
+    return (
+        "Is the trial budget enough? A curve still falling at the right edge says no. "
+        + " ".join(parts)
+    )
+
+
+def reruns(s: StudySummary) -> str:
+    parts = []
+    for r in s.reruns:
+        if r.rerun.n:
+            ratio = r.rerun.mean / r.best_value if r.best_value > 0 else math.nan
+            parts.append(
+                f"{r.label}: selected {fmt(r.best_value)}, new seeds {fmt(r.rerun.mean)} "
+                f"({fmt(ratio, 2)}×)" + (f", {r.n_diverged} diverged" if r.n_diverged else "")
+            )
+        else:
+            parts.append(f"{r.label}: every rerun diverged")
+    if not parts:
+        return "No reruns."
+    return (
+        "The best trial was selected on its own seed; rerunning its configuration on "
+        f"{len(s.reruns[0].seeds)} new seeds shows the selection bias. " + "; ".join(parts) + "."
+    )
+
+
+def adaptive(s: StudySummary) -> str:
+    sec = s.adaptive
+    if sec is None or not sec.rows:
+        return ""
+    ranked = [r for r in sec.rows if math.isfinite(r.final_loss.mean)]
+    if not ranked:
+        return "No strategy has a surviving trial yet."
+    top = ranked[0]
+    parts = [f"Best: {top.label} ({top.kind}) at {fmt(top.final_loss.mean)}."]
+    fixed = next((r for r in sec.rows if r.kind == "fixed"), None)
+    if fixed is not None and math.isfinite(fixed.final_loss.hi):
+        match = [
+            r.label
+            for r in ranked
+            if r.kind == "adaptive"
+            and math.isfinite(r.final_loss.lo)
+            and r.final_loss.lo <= fixed.final_loss.hi
+        ]
+        parts.append(
+            ("Within the best fixed λ's 95% interval without a λ grid: " + ", ".join(match) + ".")
+            if match
+            else "No adaptive rule's interval reaches the best fixed λ's."
+        )
+        parts.append(
+            f"The fixed λ needed {fixed.trials_total} trials "
+            f"({fmt(fixed.seconds_total / 60, 2)} min of trial time) across the grid."
+        )
+    parts.extend(sec.notes)
+    return " ".join(parts)

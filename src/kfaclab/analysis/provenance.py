@@ -1,0 +1,79 @@
+"""Where a report's numbers came from: software, code version, machine, seeds, storage.
+
+Read-only: git is only asked (``rev-parse``/``status``), never changed; a storage URL is shown
+without its password.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import sys
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+
+from kfaclab.analysis.types import TrialLike
+
+PACKAGES = ("kfaclab", "torch", "numpy", "optuna", "sqlalchemy", "matplotlib")
+
+
+def strip_password(url: str) -> str:
+    """scheme://user:secret@host → scheme://user@host (also catches ?password=…)."""
+    url = re.sub(r"(://[^/@:]*):[^/@]*@", r"\1@", url)
+    return re.sub(r"(?i)(password=)[^&]*", r"\1***", url)
+
+
+def versions() -> list[tuple[str, str]]:
+    out = [("python", sys.version.split()[0])]
+    for name in PACKAGES:
+        try:
+            out.append((name, metadata.version(name)))
+        except metadata.PackageNotFoundError:
+            out.append((name, "not installed"))
+    return out
+
+
+def git_commit() -> str:
+    """The commit of the kfaclab source tree (with "+ local changes" if dirty), or why none."""
+    here = Path(__file__).resolve().parent
+    try:
+        run = lambda *a: subprocess.run(  # noqa: E731
+            ["git", *a], cwd=here, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        commit = run("rev-parse", "HEAD")
+        dirty = run("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "none (not a git checkout, or no commit yet)"
+    return commit + (" + local changes" if dirty else "")
+
+
+def hardware() -> list[tuple[str, str]]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    out = [("os", platform.platform()), ("cpu", f"{cpu}, {os.cpu_count()} logical cores")]
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            out.append(("gpu", torch.cuda.get_device_name(0)))
+    except ImportError:
+        pass
+    return out
+
+
+def trial_seeds(trials: Sequence[TrialLike]) -> str:
+    seeds = sorted({t.record.config.seed for t in trials if t.record is not None})
+    if not seeds:
+        return "none recorded"
+    if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 3:
+        return f"{seeds[0]}…{seeds[-1]} ({len(seeds)} distinct)"
+    return ", ".join(map(str, seeds[:20])) + (" …" if len(seeds) > 20 else "")

@@ -1,0 +1,329 @@
+"""``build_report``: a stored study → report.md + self-contained report.html + figures/.
+
+The report states what it cannot show (cells still running, cells where every trial diverged)
+instead of failing, so it can be run at any time during a sweep.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kfaclab.analysis import narrative as nv
+from kfaclab.analysis import provenance as pv
+from kfaclab.analysis.blocks import (
+    Block,
+    Bullets,
+    Code,
+    Heading,
+    Image,
+    Para,
+    Table,
+    to_html,
+    to_markdown,
+)
+from kfaclab.analysis.cells import CellSummary
+from kfaclab.analysis.figures import draw_all
+from kfaclab.analysis.narrative import fmt
+from kfaclab.analysis.reruns import Runner, ensure_reruns, rerun_seeds
+from kfaclab.analysis.style import DrawnFigure
+from kfaclab.analysis.summaries import StudySummary, summarize, trials_by_cell
+from kfaclab.analysis.types import StudySetLike
+
+READINGS: dict[str, Callable[[StudySummary], str]] = {
+    "learning_curves": nv.learning_curves,
+    "gradient_histograms": nv.histograms,
+    "isolation": nv.isolation,
+    "curvature": nv.curvature,
+    "hyperparameters": nv.hyperparameters,
+    "budget": nv.budget,
+    "reruns": nv.reruns,
+    "adaptive_ranking": nv.adaptive,
+    "damping_traces": lambda s: (
+        "λ of each adaptive rule over training (geometric mean of the "
+        "top-k trials), beside the fixed values of the grid."
+    ),
+}
+ADAPTIVE_KEYS = ("adaptive_ranking", "damping_traces")
+
+
+@dataclass
+class Report:
+    html: Path
+    markdown: Path
+    figures: list[DrawnFigure]
+    summary: StudySummary
+
+
+def build_report(
+    study: StudySetLike,
+    out_dir: Path,
+    *,
+    storage: str,
+    reruns: bool = True,
+    runner: Runner | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> Report:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = {}
+    first = summarize(study)
+    if reruns:
+        # reruns only for finished cells: a running cell's best trial may still change
+        done = [c for c in first.cells if c.finished and c.best is not None]
+        records = ensure_reruns(
+            done,
+            trials_by_cell(study),
+            rerun_seeds(first.protocol),
+            out_dir / "reruns.json",
+            runner,
+            log,
+        )
+    summary = summarize(study, records) if records else first
+    figures = draw_all(summary, out_dir / "figures")
+    blocks = _blocks(summary, figures, study, storage, reruns)
+    title = f"kfaclab report: {_name(summary.protocol)}"
+    md, page = out_dir / "report.md", out_dir / "report.html"
+    md.write_text(to_markdown([Heading(title, 1), *blocks], out_dir), encoding="utf-8")
+    page.write_text(to_html([Heading(title, 1), *blocks], title), encoding="utf-8")
+    return Report(page, md, figures, summary)
+
+
+def _name(protocol: Mapping[str, Any]) -> str:
+    p = protocol.get("protocol", {})
+    return str(p.get("name", "study")) if isinstance(p, Mapping) else "study"
+
+
+def _blocks(
+    s: StudySummary, figures: list[DrawnFigure], study: StudySetLike, storage: str, reruns: bool
+) -> list[Block]:
+    b: list[Block] = []
+    if not s.complete:
+        running = [c.label for c in s.cells if not c.finished]
+        b.append(
+            Para(
+                "This study is still running (" + ", ".join(running) + "); every number "
+                "below is provisional and will change when it finishes.",
+                "warning",
+            )
+        )
+    b += [Heading("Results"), _overview(s)]
+    warnings = s.notes + [w.sentence() for w in s.edge_warnings]
+    if warnings:
+        b += [Heading("Warnings", 3), Bullets(warnings)]
+    by_key = {f.key: f for f in figures}
+    b.append(Heading("Figures"))
+    for f in figures:
+        if f.key not in ADAPTIVE_KEYS:
+            b.append(Image(f.png, f.svg, f.title, READINGS[f.key](s)))
+    if not reruns:
+        b.append(Para("Reruns of the best configurations were skipped (--no-reruns).", "note"))
+    if s.adaptive is not None:
+        b += [Heading("Adaptive damping against the best fixed λ"), _adaptive_table(s)]
+        b += [
+            Image(by_key[k].png, by_key[k].svg, by_key[k].title, READINGS[k](s))
+            for k in ADAPTIVE_KEYS
+            if k in by_key
+        ]
+    b.append(Heading("Cells"))
+    for c in s.cells:
+        b += _cell_blocks(c, study)
+    b += _protocol_blocks(s.protocol)
+    b += _provenance_blocks(study, storage, s)
+    return b
+
+
+def _overview(s: StudySummary) -> Table:
+    rows = []
+    for c in s.cells:
+        f, best = c.final_loss, c.best
+        p = best.params if best else {}
+        rows.append(
+            [
+                c.label,
+                f"{c.n_complete}/{c.n_target}"
+                + (f" (+{c.n_running} running)" if c.n_running else ""),
+                f"{c.divergence_rate:.0%}" if not math.isnan(c.divergence_rate) else "–",
+                str(f.n),
+                f"{fmt(f.mean)} ± {fmt(f.sd)}" if f.n else "all diverged" if c.n_complete else "–",
+                f"[{fmt(f.lo)}, {fmt(f.hi)}]",
+                fmt(100 * c.test_accuracy.mean, 4),
+                fmt(best.value) if best else "–",
+                fmt(p.get("lr", math.nan)),
+                fmt(p.get("momentum", math.nan)),
+                fmt(p.get("lr_decay", math.nan)),
+                fmt(c.seconds.mean, 2),
+            ]
+        )
+    return Table(
+        [
+            "cell",
+            "trials done",
+            "diverged",
+            "top-k n",
+            "final loss mean ± sd",
+            "95% CI of mean",
+            "test acc. %",
+            "best loss",
+            "best lr",
+            "best momentum",
+            "best lr decay",
+            "s / trial",
+        ],
+        rows,
+        "Final loss: full-training-set cross-entropy after the last step, over the top-k trials "
+        "by that loss (diverged trials excluded and counted under 'diverged'). 95% CI: "
+        "Student-t interval of the top-k mean. Test accuracy: top-k mean.",
+    )
+
+
+def _adaptive_table(s: StudySummary) -> Table:
+    assert s.adaptive is not None
+    rows = [
+        [
+            r.label,
+            r.kind,
+            f"{fmt(r.final_loss.mean)}",
+            f"[{fmt(r.final_loss.lo)}, {fmt(r.final_loss.hi)}]",
+            fmt(r.seconds_per_trial.mean, 2),
+            str(r.trials_total),
+            fmt(r.seconds_total / 60, 3),
+            str(r.trials_to_reach or "–"),
+            r.note,
+        ]
+        for r in s.adaptive.rows
+    ]
+    return Table(
+        [
+            "rank order",
+            "kind",
+            "top-k final loss",
+            "95% CI",
+            "s / trial",
+            "tuning trials",
+            "tuning time (min)",
+            "trials to reach",
+            "note",
+        ],
+        rows,
+        "Tuning trials/time: every finished trial paid for to obtain this row's result "
+        "(for a fixed λ, the whole grid). Trials to reach: search trials until the "
+        "running best reached this row's top-k mean.",
+    )
+
+
+def _cell_blocks(c: CellSummary, study: StudySetLike) -> list[Block]:
+    out: list[Block] = [Heading(c.label, 3)]
+    for note in c.notes:
+        out.append(Para(note, "warning"))
+    top = set(c.top_numbers[:10])
+    rows = []
+    for t in sorted(
+        (t for t in study.trials if t.cell == c.name and t.number in top),
+        key=lambda t: c.top_numbers.index(t.number),
+    ):
+        acc = t.record.final_test_accuracy if t.record is not None else math.nan
+        rows.append(
+            [
+                str(t.number),
+                fmt(t.value if t.value is not None else math.nan, 4),
+                fmt(100 * acc, 4),
+                *(fmt(float(t.params.get(k, math.nan))) for k in ("lr", "momentum", "lr_decay")),
+                fmt(t.seconds if t.seconds is not None else math.nan, 3),
+            ]
+        )
+    if rows:
+        shown = "" if len(c.top_numbers) <= 10 else f" (first 10 of the top {len(c.top_numbers)})"
+        out.append(
+            Table(
+                ["trial", "final loss", "test acc. %", "lr", "momentum", "lr decay", "seconds"],
+                rows,
+                f"Best trials of {c.label}{shown}.",
+            )
+        )
+    elif not c.notes:
+        out.append(Para("No finished trial.", "note"))
+    return out
+
+
+# The choices the paper left open, and where this protocol fixes them.
+OPEN_CHOICES = (
+    ("batch size", ("training", "batch_size")),
+    ("training length (epochs)", ("training", "epochs")),
+    ("training length (steps, overrides epochs)", ("training", "steps")),
+    ("activation between layers", ("model", "activation")),
+    ("Fisher type", ("training", "fisher")),
+    ("how λ enters the inverse", ("training", "damping_form")),
+    ("factor EMA decay", ("training", "factor_decay")),
+    ("inverse/eigendecomposition every", ("training", "inverse_every")),
+    ("λ convention", ("cells", "lambda_convention")),
+    ("learning-rate range", ("search", "lr")),
+    ("linear-decay coefficient range", ("search", "lr_decay")),
+    ("momentum range", ("search", "momentum")),
+    ("trials per cell", ("search", "n_trials")),
+    ("top-k aggregated", ("search", "top_k")),
+    ("sampler", ("search", "sampler")),
+)
+
+
+def _protocol_blocks(protocol: Mapping[str, Any]) -> list[Block]:
+    rows = []
+    for what, (sec, key) in OPEN_CHOICES:
+        table = protocol.get(sec, {})
+        value = table.get(key) if isinstance(table, Mapping) else None
+        rows.append([what, f"[{sec}] {key}", "default" if value is None else _toml_value(value)])
+    rows.append(["linear decay formula", "TrialConfig.lr_decay", "η_t = η₀ (1 − (1 − α) t / T)"])
+    rows.append(["initialisation", "—", "PyTorch default for nn.Linear"])
+    return [
+        Heading("Protocol"),
+        Para(
+            "Choices the paper (Fujimori, Nagase, Naganuma 2022) left open, as this study fixed "
+            "them; the full protocol file follows."
+        ),
+        Table(["choice", "protocol key", "value"], rows),
+        Code(_toml(protocol)),
+    ]
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, Mapping):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def _toml(protocol: Mapping[str, Any]) -> str:
+    """The protocol dict back as TOML (tables of scalars; nested tables as inline tables)."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in protocol.items() if not isinstance(v, Mapping)]
+    for name, table in protocol.items():
+        if isinstance(table, Mapping):
+            lines += ["", f"[{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+    return "\n".join(lines).strip()
+
+
+def _provenance_blocks(study: StudySetLike, storage: str, s: StudySummary) -> list[Block]:
+    search = s.protocol.get("search", {})
+    sampler_seed = search.get("seed") if isinstance(search, Mapping) else None
+    rows = [[k, v] for k, v in pv.versions()]
+    rows += [["git commit", pv.git_commit()], *([k, v] for k, v in pv.hardware())]
+    rows += [
+        ["storage", pv.strip_password(storage)],
+        ["sampler seed", str(sampler_seed) if sampler_seed is not None else "–"],
+        ["trial seeds", pv.trial_seeds(study.trials)],
+        ["rerun seeds", ", ".join(map(str, s.reruns[0].seeds)) if s.reruns else "no reruns"],
+    ]
+    return [
+        Heading("Provenance"),
+        Para(
+            "Software and machine are those that built this report; the trials ran where "
+            "the sweep's workers ran."
+        ),
+        Table(["item", "value"], rows),
+    ]

@@ -1,0 +1,26 @@
+"""Right-multiplication that skips the all-zero columns of a layer's gradient.
+
+A weight gradient ∇W = Σᵢ gᵢaᵢᵀ/N has an all-zero column for every input feature that is zero in
+every example of the batch — on MNIST about a third of the pixels in any batch of 128. Those
+columns contribute exactly nothing to ∇W·M, so leaving them out of the product is exact and cuts
+the largest preconditioning product (layer 1's, by its 785×785 input factor) by about a third.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Mirror the factor update's thresholds (optim.factors): worth it only for wide, sparse inputs.
+MIN_COLUMNS = 256
+MAX_ACTIVE_SHARE = 0.85
+
+
+def matmul_skipping_zero_columns(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """left @ right for left (m, n) and right (n, p), ignoring the all-zero columns of left."""
+    n = left.shape[1]
+    if n < MIN_COLUMNS:
+        return left @ right
+    active = torch.nonzero(left.any(dim=0), as_tuple=False).squeeze(1)
+    if active.numel() > MAX_ACTIVE_SHARE * n:
+        return left @ right
+    return left.index_select(1, active) @ right.index_select(0, active)
