@@ -323,3 +323,20 @@ def test_shared_decomposition_cache_changes_nothing_but_the_cost() -> None:
     for cached, fresh in ((finals[1], finals[0]), (finals[2], finals[3])):
         for p, q in zip(cached, fresh, strict=True):
             assert torch.equal(p, q)
+
+
+def test_spectrum_relative_damping_is_per_layer_and_matches_dense_spectrum() -> None:
+    from kfaclab import SpectrumRelative
+
+    model = _mlp(12)
+    opt = KFAC(model, lr=0.1, damping=SpectrumRelative(0.1))
+    x, y = _batches(1)[0]
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    lams = []
+    for layer in opt._layers:
+        assert layer.factor_a is not None and layer.factor_g is not None
+        dense = torch.linalg.eigvalsh(torch.kron(layer.factor_g, layer.factor_a))
+        assert layer.damping == pytest.approx(0.1 * float(dense.mean()), rel=1e-9)
+        lams.append(layer.damping)
+    assert len(set(lams)) == len(lams)  # genuinely per layer

@@ -65,6 +65,14 @@ def test_seeded_rerun_is_bitwise_equal(mnist_dir: Path, overrides: dict[str, Any
     assert other.step_losses != first.step_losses
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "kfac"])
+def test_observation_does_not_change_the_trajectory(mnist_dir: Path, optimizer: str) -> None:
+    observed = run_trial(_config(mnist_dir, optimizer=optimizer, damping=0.1, inverse_every=5))
+    plain = run_trial(dataclasses.replace(observed.config, histogram_steps=(), eval_steps=None))
+    assert observed.step_losses == plain.step_losses and observed.value == plain.value
+    assert not plain.histograms and not plain.curvature and len(plain.evals) == 1
+
+
 def test_trial_leaves_the_global_rng_alone(mnist_dir: Path) -> None:
     torch.manual_seed(123)
     expected = torch.rand(3)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from kfaclab.curvature.sparse import nonzero_columns
+
 # Below this share of active columns, the gather/scatter of the reduced Gram matrix pays off.
 SPARSE_COLUMNS_THRESHOLD = 0.85
 # Column skipping only matters for wide inputs; small layers take the plain GEMM.
@@ -32,7 +34,7 @@ def _active_columns(inputs: torch.Tensor) -> torch.Tensor | None:
     """Indices of the columns with a non-zero entry, if skipping the others is worth it."""
     if inputs.shape[1] < MIN_COLUMNS_FOR_SKIPPING:
         return None
-    active = torch.nonzero(inputs.any(dim=0), as_tuple=False).squeeze(1)
+    active = nonzero_columns(inputs)
     if active.numel() > SPARSE_COLUMNS_THRESHOLD * inputs.shape[1]:
         return None
     return active

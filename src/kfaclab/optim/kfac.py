@@ -151,6 +151,7 @@ class KFAC(Optimizer):
             "inversions": 0,
         }
         self._spectrum_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._spectra = [LayerSpectrum(layer.name, None) for layer in layers]
 
     # --- public read-outs ----------------------------------------------------------------------
 
@@ -271,7 +272,7 @@ class KFAC(Optimizer):
             self._update_factors()
         if t % self.inverse_every == 0 or any(lay.inverse is None for lay in self._layers):
             self._update_inverses()
-        lambdas = self.damping.layer_values(self._spectra())
+        lambdas = self.damping.layer_values(self._spectra)
 
         # Preconditioned directions, layer by layer, then the other parameters.
         grads: list[torch.Tensor] = []
@@ -341,8 +342,9 @@ class KFAC(Optimizer):
 
     def _update_inverses(self) -> None:
         self._spectrum_cache.clear()
+        self._spectra = self._measure_spectra()
         lambdas = (
-            self.damping.layer_values(self._spectra()) if self.damping_form == "factored" else None
+            self.damping.layer_values(self._spectra) if self.damping_form == "factored" else None
         )
         for i, layer in enumerate(self._layers):
             if layer.factor_a is None or layer.factor_g is None:
@@ -373,18 +375,16 @@ class KFAC(Optimizer):
             cache.store(layer.name, self._step, layer.factor_a, eigen)
         return eigen
 
-    def _spectra(self) -> list[LayerSpectrum]:
+    def _measure_spectra(self) -> list[LayerSpectrum]:
+        """Mean eigenvalue of each G⊗A, = (tr A / dim A)(tr G / dim G): no decomposition needed.
+
+        Measured at every inversion and kept until the next one, so per-layer rules see the
+        spectrum of the curvature that the preconditioner actually uses.
+        """
         spectra = []
         for layer in self._layers:
             mean: float | None = None
-            if isinstance(layer.inverse, ExactInverse) and layer.factor_a is not None:
-                assert layer.factor_g is not None
-                # Inactive coordinates have eigenvalue 0: divide by the full dimension.
-                mean_a = float(layer.inverse.a.values.sum()) / layer.factor_a.shape[0]
-                mean_g = float(layer.inverse.g.values.sum()) / layer.factor_g.shape[0]
-                mean = mean_a * mean_g
-            elif layer.factor_a is not None and layer.factor_g is not None:
-                # The trace gives the mean eigenvalue without a decomposition.
+            if layer.factor_a is not None and layer.factor_g is not None:
                 mean_a = float(torch.diagonal(layer.factor_a).mean())
                 mean_g = float(torch.diagonal(layer.factor_g).mean())
                 mean = mean_a * mean_g
@@ -485,6 +485,7 @@ class KFAC(Optimizer):
             "layers": [layer.to_state() for layer in self._layers],
             "damping": self.damping.state_dict(),
             "counters": dict(self._counters),
+            "spectra": [s.mean_eigenvalue for s in self._spectra],
             "fallbacks": self._fallbacks.as_dict(),
         }
         return state
@@ -505,6 +506,10 @@ class KFAC(Optimizer):
         self._capture.enabled = bool(kfac["capture_enabled"])
         self.damping.load_state_dict(kfac["damping"])
         self._counters = dict(kfac["counters"])
+        self._spectra = [
+            LayerSpectrum(layer.name, mean)
+            for layer, mean in zip(self._layers, kfac["spectra"], strict=True)
+        ]
         fallbacks = kfac["fallbacks"]
         self._fallbacks = FallbackCounter(
             fallbacks["decomposition_float64_retries"],

@@ -62,15 +62,21 @@ def ensure_studies(
             index.set_user_attr(PROTOCOL_ATTR, protocol.raw)
             index.set_user_attr(CELLS_ATTR, [c.to_dict() for c in cells])
         for cell in cells:
-            study = optuna.create_study(
-                storage=storage,
-                study_name=study_name(protocol.name, cell.name),
-                direction="minimize",
-                load_if_exists=True,
-            )
+            study = _load_or_create(storage, study_name(protocol.name, cell.name))
             if CELL_ATTR not in study.user_attrs:
                 study.set_user_attr(CELL_ATTR, cell.to_dict())
     return cells
+
+
+def _load_or_create(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
+    """Load first: on a journal even a create_study that finds the study appends a log entry,
+    and resuming (or refusing a mismatching CONFIG) should write nothing."""
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return optuna.create_study(
+            storage=storage, study_name=name, direction="minimize", load_if_exists=True
+        )
 
 
 def stored_protocols(storage: optuna.storages.BaseStorage) -> list[StoredProtocol]:

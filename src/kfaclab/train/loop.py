@@ -37,7 +37,11 @@ Progress = Callable[[int, int, float], None]
 def run_trial(config: TrialConfig, progress: Progress | None = None) -> TrialResult:
     """Train one model as ``config`` says and return everything recorded.
 
-    Raises ``UsageError`` for an invalid config; never raises for divergence. Same config and
+    Raises ``UsageError`` for an invalid config; never raises for divergence. A minibatch loss that
+    is non-finite or above ``divergence_loss`` at step t stops the run before that step:
+    ``diverged_at = steps_done = t`` and the offending loss is the last of ``step_losses`` (so it
+    holds t + 1 entries); a final full-training-set loss that breaks the same bound gives
+    ``diverged_at = steps_done = T``. Either way ``value`` is ``inf``. Same config and
     seed on the same machine (and thread count) ⇒ bitwise-identical result, ``seconds`` aside.
     ``seconds`` is the wall time of building, training and evaluating, not of loading the data
     (``load_dataset`` caches it per process, so a worker pays for that once).
