@@ -7,8 +7,10 @@ diverged, and a cell with trials still running.
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +20,7 @@ from kfaclab.trial_types import EvalPoint, HistogramBins, TrialConfig, TrialResu
 LAYERS = [f"{i}" for i in (0, 2, 4, 6, 8, 10)]  # nn.Sequential indices of the Linear layers
 HIST_STEPS = (60, 120, 180, 240, 300, 360)
 STEPS = 400
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -169,3 +172,24 @@ def make_study(n_trials: int = 8, top_k: int = 4) -> FakeStudySet:
                 FakeTrial(name, k, "COMPLETE", rec.status, rec.value, params, rec.seconds, rec)
             )
     return study
+
+
+# --- a real, small stored study: the `smoke` protocol, swept once per test session -----------
+
+_SMOKE: dict[str, Path] = {}
+
+
+def smoke_dir(tmp_root: Path) -> Path:
+    """Run configs/smoke.toml once (seconds) into ``tmp_root``; later calls reuse it, so both
+    test modules share one sweep."""
+    if "dir" not in _SMOKE:
+        from kfaclab.study.protocol import load_protocol
+        from kfaclab.study.runner import run_sweep
+        from kfaclab.study.storage import resolve
+
+        out = tmp_root / "smoke"
+        protocol = load_protocol(REPO / "configs" / "smoke.toml")
+        rc = run_sweep(protocol, resolve(str(out)), workers=1, stream=io.StringIO())
+        assert rc == 0, "the smoke sweep did not complete"
+        _SMOKE["dir"] = out
+    return _SMOKE["dir"]

@@ -5,6 +5,7 @@ read-back and export. Orchestration tests use a fast fake trial; the SIGKILL tes
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import signal
@@ -206,7 +207,7 @@ def _wait_for_running_trial(folder: Path, deadline: float) -> optuna.trial.Froze
                 study = optuna.load_study(study_name=s.study_name, storage=storage)
                 for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                     if PID_ATTR in t.system_attrs and t.datetime_start is not None:
-                        age = (time.time() - t.datetime_start.timestamp())
+                        age = time.time() - t.datetime_start.timestamp()
                         if age > 0.3 and s.study_name.endswith("kfac-lam=1e+00"):
                             return t
         time.sleep(0.1)
@@ -243,3 +244,33 @@ def test_sigkill_mid_trial_then_rerun_completes(tmp_path: Path) -> None:
     assert retried[0].user_attrs["seed"] == victim.user_attrs["seed"]
     s = load_study_set(str(out))
     assert all(t.record is not None for t in s.trials if t.state == "COMPLETE")
+
+
+def test_trial_of_a_silent_worker_elsewhere_is_retried(tmp_path: Path) -> None:
+    """A RUNNING trial of another host whose heartbeat is older than the grace period (its
+    machine died) is failed and re-run with the same parameters."""
+    p = protocol(n_trials=2)
+    spec = StorageSpec(folder=tmp_path)
+    worker = Worker(p, spec, trial_fn=fake_trial)
+    study = worker.studies["sgd"]
+    lost = study.ask({"lr": optuna.distributions.FloatDistribution(1e-3, 0.3, log=True),
+                      "lr_decay": optuna.distributions.FloatDistribution(0.0, 1.0),
+                      "momentum": optuna.distributions.FloatDistribution(0.0, 0.9)})  # fmt: skip
+    for key, value in {PID_ATTR: 1, "kfaclab:host": "elsewhere:0",
+                       "kfaclab:heartbeat": time.time() - 10_000}.items():  # fmt: skip
+        worker.storage.set_trial_system_attr(lost._trial_id, key, value)
+    worker.run()
+    assert_exact(tmp_path, p)
+    trials = trials_by_cell(tmp_path, p.name)["sgd"]
+    assert [t.number for t in trials if t.state == TrialState.FAIL] == [lost.number]
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == lost.number]
+    assert len(retry) == 1 and retry[0].params == lost.params
+
+
+def test_sqlite_url_storage(tmp_path: Path) -> None:
+    """The RDBStorage path (heartbeats in the database) with a file URL."""
+    p = protocol(n_trials=3)
+    spec = StorageSpec(url=f"sqlite:///{tmp_path / 'studies.db'}")
+    assert run_sweep(p, spec, trial_fn=fake_trial, stream=io.StringIO()) == 0
+    s = load_study_set(spec.url or "")
+    assert len(s.trials) == 9 and {t.state for t in s.trials} == {"COMPLETE"}

@@ -236,10 +236,13 @@ def test_damping_strategy_that_needs_the_loss_after_the_step(mnist_dir: Path) ->
     [
         {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9},
         {"optimizer": "kfac", "damping": 0.1, "lr": 0.02, "momentum": 0.9},
+        {"optimizer": "kfac", "damping": 1.0, "lr": 0.05, "momentum": 0.9},
     ],
-    ids=["sgd", "kfac"],
+    ids=["sgd", "kfac-lambda0.1", "kfac-lambda1"],
 )
 def test_one_epoch_reaches_a_low_training_loss(mnist_dir: Path, overrides: dict[str, Any]) -> None:
+    # Measured (1 thread, CPU): SGD 0.179; K-FAC λ=0.1 0.205-0.223, λ=1 0.165. λ=1e-2 diverges in
+    # 60 steps at lr 0.01–0.05 (momentum 0.9) and lr 0.02 (no momentum).
     config = TrialConfig(data_dir=str(mnist_dir), activation="relu", batch_size=128, **overrides)
     result = run_trial(config)
     assert result.status == "ok" and result.steps_done == 469

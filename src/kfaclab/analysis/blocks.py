@@ -74,11 +74,11 @@ def to_markdown(blocks: list[Block], base: Path) -> str:
 
 
 _CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:60rem;margin:2rem auto;
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:68rem;margin:2rem auto;
 padding:0 1rem;line-height:1.5;color:#1a1a1a}
 h1{font-size:1.6rem}h2{font-size:1.3rem;border-bottom:1px solid #ddd;margin-top:2rem}
 h3{font-size:1.1rem}table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}
-td,th{border:1px solid #ccc;padding:.2rem .45rem;text-align:right}
+td,th{border:1px solid #ccc;padding:.2rem .45rem;text-align:right}td{white-space:nowrap}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 figure{margin:1.2rem 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.9rem;color:#333}.warning{background:#fff4e5;border-left:4px solid #e69f00;

@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from kfaclab.analysis.search import Range, search_ranges
 from kfaclab.analysis.style import (
@@ -224,6 +225,7 @@ def budget(summary: StudySummary, out_dir: Path) -> DrawnFigure | None:
             label="random subset: 10–90%",
         )
         ax.set_title(b.label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are counted in whole units
         log_axis(ax)
     for ax in axes.flat[len(curves) :]:
         ax.set_visible(False)
@@ -247,7 +249,7 @@ def reruns(summary: StudySummary, out_dir: Path) -> DrawnFigure | None:
     rr = summary.reruns
     if not rr:
         return None
-    fig = new_figure(max(3.2, 0.75 * len(rr) + 1.5), 3.0)
+    fig = new_figure(max(4.8, 0.75 * len(rr) + 1.5), 3.4)
     ax = fig.add_subplot()
     x = np.arange(len(rr))
     for off, color, marker, label, get in (
@@ -281,7 +283,7 @@ def reruns(summary: StudySummary, out_dir: Path) -> DrawnFigure | None:
     ax.set_xticks(x, [r.label for r in rr], rotation=30, ha="right")
     log_axis(ax)
     ax.set_ylabel("final training loss")
-    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, frameon=False)
     return finish(fig, out_dir, "reruns", "Best configuration rerun on new seeds")
 
 

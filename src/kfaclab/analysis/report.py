@@ -148,7 +148,7 @@ def _overview(s: StudySummary) -> Table:
                 f"{c.divergence_rate:.0%}" if not math.isnan(c.divergence_rate) else "–",
                 str(f.n),
                 f"{fmt(f.mean)} ± {fmt(f.sd)}" if f.n else "all diverged" if c.n_complete else "–",
-                f"[{fmt(f.lo)}, {fmt(f.hi)}]",
+                f"[{fmt(f.lo)}, {fmt(f.hi)}]" if f.n > 1 else "–",
                 fmt(100 * c.test_accuracy.mean, 4),
                 fmt(best.value) if best else "–",
                 fmt(p.get("lr", math.nan)),

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, ScalarFormatter
 
 from kfaclab.analysis.cells import CellSummary
 from kfaclab.analysis.summaries import StudySummary
@@ -60,8 +60,13 @@ def lam_colors(lams: Sequence[float]) -> dict[float, str]:
 
 def log_axis(ax: Axes, which: str = "y") -> None:
     """Log scale with plain-number labels (0.2, 0.5, 1) instead of 2×10⁻¹; minor labels only
-    while the axis spans under two decades, where major ticks alone would leave it bare."""
+    while the axis spans under two decades. Data spanning less than a factor of 3 (e.g. losses
+    that barely moved) stay linear: a log axis would only add unreadable tick labels."""
     axis = ax.yaxis if which == "y" else ax.xaxis
+    lo, hi = ax.get_ylim() if which == "y" else ax.get_xlim()
+    if lo > 0 and hi / lo < 3:
+        axis.set_major_formatter(ScalarFormatter(useOffset=False))
+        return
     (ax.set_yscale if which == "y" else ax.set_xscale)("log")
     lo, hi = ax.get_ylim() if which == "y" else ax.get_xlim()
     fmt = FuncFormatter(lambda v, _: f"{v:g}")

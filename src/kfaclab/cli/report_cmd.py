@@ -43,6 +43,9 @@ def register(subparsers: Any) -> None:
     )
     rp.add_argument("--out", help="output folder (default runs/<preset>)")
     rp.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    rp.add_argument(
+        "--data-dir", help="folder with the dataset's IDX files (default: cache, then download)"
+    )
     _common(rp)
     rp.set_defaults(func=run_reproduce)
 
@@ -103,7 +106,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
-    protocol = load_protocol(preset_path(args.preset))
+    protocol = load_protocol(preset_path(args.preset), data_dir=args.data_dir)
     out = Path(args.out or f"runs/{args.preset}")
     out.mkdir(parents=True, exist_ok=True)
     spec = resolve(str(out))

@@ -1,8 +1,8 @@
 """`kfaclab sweep`, `kfaclab status`, `kfaclab export`: the damping study from the shell.
 
-    kfaclab sweep CONFIG --out DIR [--storage URL] [--workers N]
-    kfaclab status DIR | --storage URL [--protocol NAME]
-    kfaclab export DIR | --storage URL OUT.csv [--protocol NAME]
+kfaclab sweep CONFIG --out DIR [--storage URL] [--workers N]
+kfaclab status DIR | --storage URL [--protocol NAME]
+kfaclab export DIR | --storage URL OUT.csv [--protocol NAME]
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ def register(subparsers: Any) -> None:
     )
     sweep.add_argument("--storage", help="database URL: postgresql://… or sqlite:///…")
     sweep.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    sweep.add_argument(
+        "--data-dir", help="folder with the dataset's IDX files (overrides data.data_dir)"
+    )
     sweep.set_defaults(func=run_sweep_cmd)
 
     for name, helptext in (
@@ -50,7 +53,7 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
-    protocol = load_protocol(args.config)
+    protocol = load_protocol(args.config, data_dir=args.data_dir)
     if args.storage is None and args.out is None:
         raise UsageError("--out DIR is required (or --storage URL)")
     spec = resolve(args.out, args.storage)

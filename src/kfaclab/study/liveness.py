@@ -89,8 +89,11 @@ def _is_dead(trial: FrozenTrial, here: str, now: float, use_beat: bool) -> bool:
     pid = attrs.get(PID_ATTR)
     if attrs.get(HOST_ATTR) == here and isinstance(pid, int):
         return not process_alive(pid, attrs.get(START_ATTR))
-    if not use_beat:
+    if not use_beat and pid is not None:
         return False  # RDBStorage's own heartbeat covers other hosts
+    # Journal (no heartbeat in Optuna's JournalStorage), or a worker killed between creating
+    # the trial and its first heartbeat (no worker attrs): judge by our own heartbeat attr,
+    # else by the start time.
     beat = attrs.get(BEAT_ATTR)
     if not isinstance(beat, int | float):
         start = trial.datetime_start

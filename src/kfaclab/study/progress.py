@@ -9,9 +9,11 @@ open cells share the throughput evenly, which is how workers pick cells (sweep.W
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TextIO
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -126,8 +128,9 @@ def format_table(rows: list[CellProgress]) -> str:
     total = sum(r.total for r in rows)
     etas = [r.eta_seconds for r in rows]
     eta = None if any(e is None for e in etas) else max((e or 0.0) for e in etas)
-    lines.append(f"{'all':<{width}}  {f'{done}/{total}':>10}  {'':>8}  "
-                 f"{sum(r.running for r in rows):>7}  {'':>10}  {format_duration(eta):>7}")  # fmt: skip
+    running = sum(r.running for r in rows)
+    lines.append(f"{'all':<{width}}  {f'{done}/{total}':>10}  {'':>8}  {running:>7}  "
+                 f"{'':>10}  {format_duration(eta):>7}")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -135,9 +138,7 @@ class LiveTable:
     """Redraws the table in place on a terminal; elsewhere (CI logs, pipes) prints a one-line
     summary at most every ``log_every`` seconds so logs stay readable."""
 
-    def __init__(self, stream: object, log_every: float = 30.0) -> None:
-        import sys
-
+    def __init__(self, stream: TextIO | None, log_every: float = 30.0) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.log_every = log_every
@@ -145,7 +146,7 @@ class LiveTable:
         self._last_log = 0.0
 
     def show(self, rows: list[CellProgress], final: bool = False) -> None:
-        write = self.stream.write  # type: ignore[attr-defined]
+        write = self.stream.write
         if self.tty or final:
             text = format_table(rows)
             if self.tty and self._lines:
@@ -158,4 +159,4 @@ class LiveTable:
             total = sum(r.total for r in rows)
             div = sum(r.diverged for r in rows)
             write(f"kfaclab sweep: {done}/{total} trials done, {div} diverged\n")
-        self.stream.flush()  # type: ignore[attr-defined]
+        self.stream.flush()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from kfaclab.errors import UsageError
 from kfaclab.study import _schema as s
 
 SAMPLERS = ("tpe", "gp", "random")
+TRIAL_SEEDS = ("fixed", "per_trial")
 TRAIN_EXAMPLES = 60000  # MNIST and Fashion-MNIST alike
 CONVENTIONS = ("ours", "b2_scaled")
 # Keys of a strategy entry that are not constants of the damping strategy itself.
@@ -95,6 +96,10 @@ class SearchSpec:
     top_k: int
     sampler: str
     seed: int
+    # "fixed": every trial trains with seed `seed` (same initialisation and batch order: common
+    # random numbers, so trials differ only by their hyperparameters — and layer 1's factor
+    # decompositions are shared between trials); "per_trial": trial k uses seed + k.
+    trial_seeds: str
     lr: Range
     lr_decay: Range
     momentum: Range
@@ -113,8 +118,10 @@ class Protocol:
     raw: dict[str, Any] = field(compare=False, repr=False)
 
 
-def load_protocol(path: str | Path) -> Protocol:
-    """Read and validate a protocol file."""
+def load_protocol(path: str | Path, data_dir: str | Path | None = None) -> Protocol:
+    """Read and validate a protocol file; ``data_dir`` (the CLI's ``--data-dir``) overrides
+    ``data.data_dir``. The dataset folder is a property of the machine, not of the protocol: it is
+    not part of the stored protocol that resumed or parallel sweeps must match."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -124,7 +131,13 @@ def load_protocol(path: str | Path) -> Protocol:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"protocol {path} is not valid TOML: {exc}") from None
-    return parse_protocol(raw, base_dir=path.resolve().parent)
+    protocol = parse_protocol(raw, base_dir=path.resolve().parent)
+    if data_dir is None:
+        return protocol
+    folder = Path(data_dir).expanduser().resolve()
+    if not folder.is_dir():
+        raise UsageError(f"--data-dir must be an existing folder, got {str(data_dir)!r}")
+    return replace(protocol, data=replace(protocol.data, data_dir=str(folder)))
 
 
 def parse_protocol(raw: dict[str, Any], base_dir: Path | None = None) -> Protocol:
@@ -317,7 +330,7 @@ def _range(value: Any, where: str) -> Range:
 
 
 def _search(t: dict[str, Any]) -> SearchSpec:
-    keys = ("n_trials", "top_k", "sampler", "seed", "lr", "lr_decay", "momentum")
+    keys = ("n_trials", "top_k", "sampler", "seed", "trial_seeds", "lr", "lr_decay", "momentum")
     s.check_keys(t, "search", keys, required=("n_trials", "lr", "lr_decay", "momentum"))
     n_trials = s.integer(t["n_trials"], "search.n_trials", 1)
     lr_decay = _range(t["lr_decay"], "search.lr_decay")
@@ -335,6 +348,7 @@ def _search(t: dict[str, Any]) -> SearchSpec:
         top_k=top_k,
         sampler=s.string(t.get("sampler", "tpe"), "search.sampler", SAMPLERS),
         seed=s.integer(t.get("seed", 0), "search.seed", 0),
+        trial_seeds=s.string(t.get("trial_seeds", "fixed"), "search.trial_seeds", TRIAL_SEEDS),
         lr=_range(t["lr"], "search.lr"),
         lr_decay=lr_decay,
         momentum=momentum,

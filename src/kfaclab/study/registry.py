@@ -46,7 +46,7 @@ def ensure_studies(
     """Create the protocol's studies, or check that the stored ones match ``protocol``."""
     cells = build_cells(protocol)
     with optuna_quiet(), cell_lock(spec, protocol.name):
-        index = optuna.create_study(storage=storage, study_name=protocol.name, load_if_exists=True)
+        index = _load_or_create(storage, protocol.name)
         stored = index.user_attrs.get(PROTOCOL_ATTR)
         if stored is not None:
             diff = first_difference(stored, protocol.raw)

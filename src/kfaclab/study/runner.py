@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import sys
 import threading
+from collections.abc import Callable
 from typing import TextIO
 
 from kfaclab.errors import UsageError
@@ -86,10 +87,10 @@ def run_sweep(
     return 0 if complete and not problems else 1
 
 
-def _monitor(refresh: object, stop: threading.Event) -> None:
+def _monitor(refresh: Callable[[], bool], stop: threading.Event) -> None:
     while not stop.wait(POLL_SECONDS):
         with contextlib.suppress(Exception):  # a display hiccup must never stop the sweep
-            refresh()  # type: ignore[operator]
+            refresh()
 
 
 def _run_processes(
@@ -97,7 +98,7 @@ def _run_processes(
     spec: StorageSpec,
     workers: int,
     trial_fn: TrialFn | None,
-    refresh: object,
+    refresh: Callable[[], bool],
 ) -> list[str]:
     ctx = multiprocessing.get_context("spawn")
     procs = [
@@ -115,7 +116,7 @@ def _run_processes(
             for p in procs:
                 p.join(POLL_SECONDS / len(procs))
             with contextlib.suppress(Exception):
-                refresh()  # type: ignore[operator]
+                refresh()
     except KeyboardInterrupt:
         # The workers got the same Ctrl-C; give them a moment to re-queue their trials.
         for p in procs:
@@ -123,9 +124,7 @@ def _run_processes(
             if p.is_alive():
                 p.terminate()
         raise
-    return [
-        f"worker {i} exited with code {p.exitcode}" for i, p in enumerate(procs) if p.exitcode
-    ]
+    return [f"worker {i} exited with code {p.exitcode}" for i, p in enumerate(procs) if p.exitcode]
 
 
 def _one_thread() -> None:

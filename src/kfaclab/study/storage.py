@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
 from kfaclab.errors import UsageError
 
@@ -93,8 +94,8 @@ def open_storage(spec: StorageSpec, *, create: bool) -> optuna.storages.BaseStor
                 raise UsageError(f"no studies in {spec.folder}: {journal} does not exist")
             journal.parent.mkdir(parents=True, exist_ok=True)
         # The open() lock (O_EXCL lock file) is the one Optuna documents for local file systems.
-        lock = optuna.storages.journal.JournalFileOpenLock(str(journal))
-        backend = optuna.storages.journal.JournalFileBackend(str(journal), lock_obj=lock)
+        lock = JournalFileOpenLock(str(journal))
+        backend = JournalFileBackend(str(journal), lock_obj=lock)
         return optuna.storages.JournalStorage(backend)
     return _open_rdb(spec.url)
 
@@ -132,13 +133,14 @@ def _open_rdb(url: str) -> optuna.storages.BaseStorage:
         name = "heartbeat_stale_trial_callback"
         if name not in params:
             name = "failed_trial_callback"
+        callback: dict[str, Any] = {name: retry_callback()}
         try:
             return optuna.storages.RDBStorage(
                 driver_url(url),
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=HEARTBEAT_SECONDS,
                 grace_period=GRACE_SECONDS,
-                **{name: retry_callback()},
+                **callback,
             )
         except sqlalchemy.exc.OperationalError as exc:
             raise UsageError(f"cannot reach storage {safe_url(url)}: {_reason(exc)}") from None
@@ -146,9 +148,7 @@ def _open_rdb(url: str) -> optuna.storages.BaseStorage:
             raise UsageError(f"storage URL {safe_url(url)} is not usable: {exc}") from None
         except ImportError as exc:
             cause = exc.__cause__ if isinstance(exc.__cause__, ImportError) else exc
-            raise UsageError(
-                f"storage {safe_url(url)} needs a database driver: {cause}"
-            ) from None
+            raise UsageError(f"storage {safe_url(url)} needs a database driver: {cause}") from None
 
 
 def _reason(exc: Exception) -> str:
@@ -170,7 +170,7 @@ def cell_lock(spec: StorageSpec, study_name: str) -> Iterator[None]:
         with _advisory_lock(spec.url, study_name):
             yield
         return
-    folder = spec.folder if spec.url is None else _sqlite_folder(spec.url)
+    folder = _sqlite_folder(spec.url) if spec.url is not None else spec.journal.parent
     locks = folder / ".locks"
     locks.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha1(study_name.encode()).hexdigest()[:16]

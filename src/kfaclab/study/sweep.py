@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import optuna
-from optuna.distributions import FloatDistribution
+from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 from kfaclab.study import records
@@ -37,6 +37,7 @@ from kfaclab.trial_types import TrialConfig, TrialResult
 
 TrialFn = Callable[[TrialConfig], TrialResult]
 COUNTED = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+WAIT_SECONDS = 2.0  # polling period while only other workers' trials are left
 
 
 def default_trial_fn() -> TrialFn:
@@ -138,15 +139,30 @@ class Worker:
             self._reap(cell)
         ran = 0
         while not self.stop.is_set() and (max_trials is None or ran < max_trials):
-            cell = self._choose()
-            if cell is None:
-                break
+            choice = self._choose()
+            if choice is None:
+                if not self._wait_for_others():
+                    break
+                continue
+            cell = choice
             started = self._start(cell)
             if started is None:
                 continue  # filled by another worker meanwhile; choose again
             self._finish(cell, *started, fn)
             ran += 1
         return ran
+
+    def _wait_for_others(self) -> bool:
+        """Nothing left to start, but other workers (here or on other machines) still run
+        trials: wait for them, so that this command ends only when every cell is complete and
+        a trial whose worker dies meanwhile is retried here. False when all is complete."""
+        unfinished = [c for c in self.cells if cell_counts(self.studies[c.name])[0] < c.n_trials]
+        if not unfinished:
+            return False
+        self.stop.wait(WAIT_SECONDS)
+        for cell in unfinished:
+            self._reap(cell)
+        return True
 
     def _reap(self, cell: CellInfo) -> None:
         with cell_lock(self.spec, study_name(self.protocol.name, cell.name)):
@@ -170,7 +186,7 @@ class Worker:
 
     def _start(self, cell: CellInfo) -> tuple[optuna.Trial, Heartbeat] | None:
         study = self.studies[cell.name]
-        space = {
+        space: dict[str, BaseDistribution] = {
             name: FloatDistribution(r.low, r.high, log=r.log)
             for name, r in search_space(self.protocol, cell).items()
         }
@@ -190,7 +206,9 @@ class Worker:
             for key, value in worker_attrs().items():
                 self.storage.set_trial_system_attr(trial._trial_id, key, value)
             if records.SEED not in trial.user_attrs:
-                trial.set_user_attr(records.SEED, self.protocol.search.seed + len(trials))
+                search = self.protocol.search
+                offset = len(trials) if search.trial_seeds == "per_trial" else 0
+                trial.set_user_attr(records.SEED, search.seed + offset)
             beat = Heartbeat(self.storage, trial._trial_id)
             beat.__enter__()  # the first beat lands before the lock is released
         return trial, beat
@@ -206,10 +224,12 @@ class Worker:
             raise
         beat.__exit__()
         value = result.value
+        attrs = records.result_attrs(result)
         if result.status == "diverged" or not math.isfinite(value):
-            value = math.inf
+            value = math.inf  # NaN would make Optuna fail the trial; it must count and rank last
+            attrs[records.STATUS] = "diverged"
         try:
-            for key, attr in records.result_attrs(result).items():
+            for key, attr in attrs.items():
                 trial.set_user_attr(key, attr)
             study.tell(trial, value)
         except optuna.exceptions.UpdateFinishedTrialError:

@@ -6,16 +6,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-import torch._dynamo  # see DTYPES below: imported for its side effect
+import torch._dynamo  # why: see _PREIMPORTED
 from torch import nn
 
+from kfaclab.curvature.cache import DecompositionCache
 from kfaclab.models import build_mlp
 from kfaclab.trial_types import TrialConfig
 
 # torch.optim imports torch._dynamo the first time an optimizer is built (about 2 s); importing it
 # with this module keeps that one-off cost out of the first trial's ``seconds``.
+_PREIMPORTED = (torch._dynamo,)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+# One per process: trials that see the same batches in the same order (a sweep's trials share the
+# data seed) share layer 1's input-factor eigendecompositions, which depend on the data alone.
+# Hits are checked for equality of the factor, so results are bitwise those of a fresh run.
+_DECOMPOSITIONS = DecompositionCache()
 
 
 @contextmanager
@@ -65,4 +72,5 @@ def build_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimi
         damping_form=config.damping_form,
         fisher=config.fisher,
         kl_clip=config.kl_clip,
+        decomposition_cache=_DECOMPOSITIONS,
     )

@@ -1,0 +1,182 @@
+"""Summaries as data: checked against direct numpy computations from the exported trials."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kfaclab.analysis import summarize
+from kfaclab.analysis.reruns import ensure_reruns, load_reruns
+from kfaclab.analysis.stats import best_of_m, mean_ci, t_quantile
+from kfaclab.analysis.summaries import trials_by_cell
+from kfaclab.trial_types import TrialConfig, TrialResult
+from report_fakes import make_study, smoke_dir
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from kfaclab.study import load_study_set
+
+    return load_study_set(str(smoke_dir(tmp_path_factory.getbasetemp())))
+
+
+def _direct_top(study, cell):  # type: ignore[no-untyped-def]
+    """The top-k by a direct reading of CONTRACTS.md: finished, finite, lowest value first."""
+    ok = [
+        t
+        for t in study.trials
+        if t.cell == cell.name
+        and t.state == "COMPLETE"
+        and t.status == "ok"
+        and math.isfinite(t.value)
+    ]
+    return sorted(ok, key=lambda t: t.value)[: cell.top_k]
+
+
+@pytest.mark.parametrize("source", ["smoke", "fake"])
+def test_cell_numbers_match_direct_computation(source: str, request: pytest.FixtureRequest) -> None:
+    study = request.getfixturevalue("smoke") if source == "smoke" else make_study()
+    summary = summarize(study)
+    by_name = {c.name: c for c in summary.cells}
+    assert set(by_name) == {c.name for c in study.cells}
+    for cell in study.cells:
+        s = by_name[cell.name]
+        top = _direct_top(study, cell)
+        assert s.top_numbers == [t.number for t in top]
+        done = [t for t in study.trials if t.cell == cell.name and t.state == "COMPLETE"]
+        n_div = sum(t.status == "diverged" for t in done)
+        assert s.n_diverged == n_div
+        if done:
+            assert s.divergence_rate == pytest.approx(n_div / len(done))
+        if not top:
+            assert s.final_loss.n == 0 and s.curve is None and s.best is None
+            continue
+        values = np.array([t.value for t in top])
+        assert s.final_loss.mean == pytest.approx(values.mean())
+        if len(top) > 1:
+            assert s.final_loss.sd == pytest.approx(values.std(ddof=1))
+        acc = np.array([t.record.evals[-1].test_accuracy for t in top])
+        assert s.test_accuracy.mean == pytest.approx(acc.mean())
+        curves = [t.record.step_losses for t in top]
+        n = min(map(len, curves))
+        direct = np.array([c[:n] for c in curves]).mean(axis=0)
+        assert s.curve is not None
+        np.testing.assert_allclose(s.curve.mean, direct, rtol=1e-12)
+        assert s.best is not None and s.best.number == top[0].number
+        assert s.best.params == dict(top[0].params)
+
+
+def test_smoke_has_the_expected_cells(smoke) -> None:  # type: ignore[no-untyped-def]
+    summary = summarize(smoke)
+    assert summary.sgd is not None
+    assert [c.lam for c in summary.fixed] == sorted(c.lam for c in summary.fixed)
+    assert summary.complete
+
+
+def test_diverged_and_running_cells_are_reported() -> None:
+    s = summarize(make_study())
+    dead = next(c for c in s.cells if c.lam == 100.0)
+    assert dead.n_ok == 0 and dead.divergence_rate == 1.0
+    assert any("every finished trial diverged" in n for n in dead.notes)
+    running = next(c for c in s.cells if c.strategy is not None)
+    assert not running.finished and running.n_running == 4
+    assert any("still running" in n for n in running.notes)
+    assert not s.complete
+
+
+def test_histograms_are_summed_and_normalised() -> None:
+    study = make_study()
+    s = summarize(study)
+    h = s.histograms
+    assert h is not None and h.labels == ["λ=1e-04", "λ=1e+00", "λ=1e+01"]
+    cell = next(c for c in s.cells if c.label == "λ=1e+00")
+    tops = [t for t in study.trials if t.cell == cell.name and t.number in cell.top_numbers]
+    j, i = 2, 3  # iteration 180, layer 4
+    direct = sum(np.array(t.record.histograms["180"][h.layers[i]], dtype=float) for t in tops)
+    direct /= direct.sum()
+    np.testing.assert_allclose(h.fractions["λ=1e+00"][j][i], direct[1:-1])
+    assert h.underflow["λ=1e+00"][j][i] == pytest.approx(direct[0])
+
+
+def test_curvature_is_the_median_over_the_top_k() -> None:
+    study = make_study()
+    s = summarize(study)
+    cs = s.curvature
+    assert cs is not None and "eig_A_hist" not in cs.metrics  # non-scalar entries skipped
+    k = cs.labels.index("λ=1e+01")
+    cell = next(c for c in s.cells if c.label == "λ=1e+01")
+    tops = [t for t in study.trials if t.cell == cell.name and t.number in cell.top_numbers]
+    direct = np.median([t.record.curvature["360"]["4"]["condition_number"] for t in tops])
+    assert cs.values["condition_number"][k][cs.steps.index(360)][cs.layers.index("4")] == direct
+
+
+def test_edge_warning_and_adaptive_section() -> None:
+    s = summarize(make_study())
+    assert any(w.param == "lr" and w.edge == "high" for w in s.edge_warnings)
+    sec = s.adaptive
+    assert sec is not None
+    means = [r.final_loss.mean for r in sec.rows]
+    assert means == sorted(means)
+    fixed = next(r for r in sec.rows if r.kind == "fixed")
+    grid = [c for c in s.cells if c.lam is not None]
+    assert fixed.trials_total == sum(c.n_complete for c in grid)  # the whole grid is paid for
+    assert {r.kind for r in sec.rows} == {"adaptive", "fixed", "sgd"}
+
+
+def test_t_quantile_matches_scipy() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2, 5, 30, 299):
+        assert t_quantile(0.975, df) == pytest.approx(stats.t.ppf(0.975, df), rel=1e-5)
+    ci = mean_ci([1.0, 2.0, 4.0])
+    half = stats.t.ppf(0.975, 2) * np.std([1, 2, 4], ddof=1) / math.sqrt(3)
+    assert (ci.lo, ci.hi) == pytest.approx((7 / 3 - half, 7 / 3 + half), rel=1e-5)
+
+
+def test_best_of_m_matches_enumeration() -> None:
+    values = [0.5, 0.2, math.inf, 0.9, 0.3, 0.2]
+    b = best_of_m(values)
+    for m in range(1, len(values) + 1):
+        mins = [min(c) for c in itertools.combinations(values, m)]
+        expected = float(np.mean(mins))
+        assert (
+            b.mean[m - 1] == pytest.approx(expected)
+            if math.isfinite(expected)
+            else math.isinf(b.mean[m - 1])
+        )
+        assert b.median[m - 1] == pytest.approx(
+            float(np.quantile(mins, 0.5, method="inverted_cdf"))
+        )
+
+
+def test_reruns_are_cached_and_redone_when_the_best_changes(tmp_path: Path) -> None:
+    study = make_study()
+    s = summarize(study)
+    calls: list[int] = []
+
+    def runner(cfg: TrialConfig) -> TrialResult:
+        calls.append(cfg.seed)
+        base = next(t.record for t in study.trials if t.record and t.record.config.lr == cfg.lr)
+        return dataclasses.replace(base, config=cfg, value=0.5)
+
+    cells = [c for c in s.cells if c.finished and c.best is not None]
+    path = tmp_path / "reruns.json"
+    ensure_reruns(cells, trials_by_cell(study), [7, 8], path, runner)
+    assert len(calls) == 2 * len(cells) and set(calls) == {7, 8}
+    ensure_reruns(cells, trials_by_cell(study), [7, 8], path, runner)
+    assert len(calls) == 2 * len(cells)  # nothing redone
+    stale = dict(load_reruns(path))
+    first = cells[0].name
+    stale[first] = dataclasses.replace(stale[first], trial_number=-1)
+    from kfaclab.analysis.reruns import save_reruns
+
+    save_reruns(path, stale)
+    ensure_reruns(cells, trials_by_cell(study), [7, 8], path, runner)
+    assert len(calls) == 2 * len(cells) + 2  # only the stale cell reran
+    rr = summarize(study, load_reruns(path)).reruns
+    assert {r.label for r in rr} == {c.label for c in cells}
+    assert all(r.rerun.mean == pytest.approx(0.5) for r in rr)

@@ -1,0 +1,100 @@
+"""Two `kfaclab sweep` commands at once against a real PostgreSQL server, as two machines would.
+
+The server comes from scripts/start-postgres.sh (CI: .ci/run) via KFACLAB_TEST_POSTGRES, e.g.
+postgresql://kfaclab:kfaclab@127.0.0.1:5432/kfaclab_test. Without it the test skips, except in
+CI (CI=true), where a missing server must fail loudly rather than pass by skipping.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from kfaclab.study.reader import load_study_set
+from kfaclab.study.storage import StorageSpec, open_storage
+
+pytestmark = pytest.mark.postgres
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "configs" / "smoke.toml"
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    url = os.environ.get("KFACLAB_TEST_POSTGRES")
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail("KFACLAB_TEST_POSTGRES is not set in CI (start scripts/start-postgres.sh)")
+        pytest.skip("KFACLAB_TEST_POSTGRES not set (scripts/start-postgres.sh starts a server)")
+    return url
+
+
+@pytest.fixture
+def protocol_file(tmp_path: Path, postgres_url: str) -> Iterator[tuple[Path, str]]:
+    """smoke.toml under a unique name (the database outlives the test), removed afterwards."""
+    name = f"smoke-{uuid.uuid4().hex[:8]}"
+    text = SMOKE.read_text().replace('name = "smoke"', f'name = "{name}"', 1)
+    shared = (SMOKE.parent / "../../shared/data/mnist").resolve()
+    text = text.replace('"../../shared/data/mnist"', f'"{shared}"')
+    path = tmp_path / "smoke.toml"
+    path.write_text(text)
+    yield path, name
+    storage = open_storage(StorageSpec(url=postgres_url), create=False)
+    for study in storage.get_all_studies():
+        if study.study_name == name or study.study_name.startswith(f"{name}/"):
+            optuna.delete_study(study_name=study.study_name, storage=storage)
+
+
+def test_two_machines_share_one_database(
+    postgres_url: str, protocol_file: tuple[Path, str], tmp_path: Path
+) -> None:
+    config, name = protocol_file
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    cli = [sys.executable, "-m", "kfaclab.cli.main"]
+    cmd = [*cli, "sweep", str(config), "--storage", postgres_url]
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+
+    storage = open_storage(StorageSpec(url=postgres_url), create=False)
+    pids = set()
+    for summary in storage.get_all_studies():
+        if not summary.study_name.startswith(f"{name}/"):
+            continue
+        trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
+        assert [t.state for t in trials] == [TrialState.COMPLETE] * 3, summary.study_name
+        assert len({t.number for t in trials}) == 3  # no duplicated trial numbers
+        assert len({tuple(sorted(t.params.items())) for t in trials}) == 3
+        pids |= {t.system_attrs["kfaclab:pid"] for t in trials}
+    assert len(pids) == 2  # both commands ran trials
+
+    out = tmp_path / "trials.csv"
+    export = subprocess.run(
+        [sys.executable, "-m", "kfaclab.cli.main", "export", "--storage", postgres_url,
+         str(out), "--protocol", name],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert export.returncode == 0, export.stderr
+    rows = list(csv.DictReader(out.open()))
+    study_set = load_study_set(postgres_url, protocol=name)
+    assert len(rows) == len(study_set.trials) == 9
+    for row, t in zip(rows, study_set.trials, strict=True):
+        assert (row["cell"], int(row["trial"]), row["state"]) == (t.cell, t.number, t.state)
+        assert row["status"] == t.status
+        assert t.value is not None
+        assert float(row["value"]) == t.value or (math.isinf(t.value) and row["value"] == "inf")
+        assert float(row["lr"]) == t.params["lr"]
+        assert t.record is not None and t.record.status == t.status
