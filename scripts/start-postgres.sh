@@ -8,7 +8,7 @@
 set -euo pipefail
 PGROOT=${PGROOT:-/tmp/pg}
 PGPORT=${PGPORT:-5432}
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}
 DB=${KFACLAB_PG_DB:-kfaclab_test}
 
 as_pg() {
