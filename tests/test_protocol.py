@@ -35,7 +35,10 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str
     )
 
 
-@pytest.mark.parametrize("name", ["paper", "paper-linear", "paper-b2", "quick", "smoke"])
+SHIPPED = ["paper", "paper-linear", "paper-b2", "quick", "smoke", "adaptive", "adaptive-quick"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_protocols_load(name: str) -> None:
     protocol = load_protocol(CONFIGS / f"{name}.toml")
     assert protocol.name == name
@@ -180,3 +183,31 @@ def test_first_difference_names_the_key() -> None:
     assert first_difference(a, a) is None
     assert first_difference({"x": 1}, {"x": 1.0}) is None
     assert first_difference({"x": [1]}, {"x": [1, 2]}) == ("x", [1], [1, 2])
+
+
+@pytest.mark.parametrize("name", ["adaptive", "adaptive-quick"])
+def test_adaptive_protocols_run_every_strategy_beside_fixed_lambda_and_sgd(name: str) -> None:
+    """Every strategy kind is a cell; each builds a trial config the trial runner accepts, with
+    its searched constants (at the middle of their ranges) in the damping spec."""
+    from kfaclab.damping import KINDS, build_damping
+    from kfaclab.study.cells import search_space
+    from kfaclab.study.sweep import trial_config
+    from kfaclab.train import validate_config
+
+    p = load_protocol(CONFIGS / f"{name}.toml")
+    cells = build_cells(p)
+    kinds = {s.kind for s in p.cells.strategies}
+    assert kinds == set(KINDS) - {"constant", "linear_decay"}
+    assert p.cells.sgd and len(p.cells.lambdas) == 1
+    for cell in cells:
+        space = search_space(p, cell)
+        params = {
+            key: (r.low * r.high) ** 0.5 if r.log else (r.low + r.high) / 2
+            for key, r in space.items()
+        }
+        config = trial_config(p, cell, params, p.search.seed)
+        validate_config(config)
+        if isinstance(config.damping, dict):
+            build_damping(config.damping)
+            searched = {k.split(".", 1)[1] for k in space if k.startswith("damping.")}
+            assert searched and searched <= set(config.damping)

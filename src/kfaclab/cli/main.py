@@ -1,8 +1,9 @@
 """Entry point of `kfaclab`: a parser built from the subcommand modules; errors become exit codes.
 
 Each subcommand module exposes ``register(subparsers) -> None``; the parser it adds sets
-``func=callable(args) -> int``. A ``UsageError`` (or ``ValueError`` raised while validating input)
-prints ``kfaclab: error: <message>`` on one line and exits with code 2.
+``func=callable(args) -> int``. A ``UsageError`` (bad input, found by the validation every
+command does first) prints ``kfaclab: error: <message>`` on one line and exits with code 2. Other
+exceptions are bugs and keep their traceback.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import Any
 
 from kfaclab.errors import UsageError
 
-PRESETS = ("quick", "paper", "paper-linear", "adaptive")
+PRESETS = ("quick", "paper", "paper-linear", "paper-b2", "adaptive", "adaptive-quick")
 
 
 def register(subparsers: Any) -> None:
