@@ -26,11 +26,16 @@ from kfaclab.study.runner import run_sweep
 from kfaclab.study.storage import StorageSpec
 
 REPO = Path(__file__).resolve().parents[1]
+SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 
 
-def measure(config: Path, trials: int, workers: int) -> tuple[float, int, int]:
+def measure(
+    config: Path, trials: int, workers: int, data_dir: Path | None
+) -> tuple[float, int, int]:
     """(wall seconds, trials run, cells) for one sweep with ``workers`` processes."""
     raw = tomllib.loads(config.read_text())
+    if data_dir is not None:
+        raw["data"]["data_dir"] = str(data_dir.resolve())
     raw["protocol"]["name"] = f"bench-{workers}"
     raw["search"]["n_trials"] = trials
     raw["search"]["top_k"] = min(raw["search"].get("top_k", trials), trials)
@@ -51,12 +56,18 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "quick.toml")
     parser.add_argument("--trials", type=int, default=4, help="trials per cell (default 4)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=SHARED_MNIST if SHARED_MNIST.is_dir() else None,
+        help="MNIST folder (default: the project's shared copy, else cache/download)",
+    )
     args = parser.parse_args()
     print(f"{args.config.name}: {args.trials} trials per cell; {os.cpu_count()} CPUs; "
           f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
     print(f"{'workers':>7}  {'wall s':>8}  {'trials':>6}  {'trials/min':>10}  {'per cell':>8}")
     for workers in args.workers:
-        seconds, n, cells = measure(args.config, args.trials, workers)
+        seconds, n, cells = measure(args.config, args.trials, workers, args.data_dir)
         rate = n / seconds * 60
         print(f"{workers:>7}  {seconds:>8.1f}  {n:>6}  {rate:>10.2f}  {rate / cells:>8.3f}")
 
