@@ -265,7 +265,15 @@ OPEN_CHOICES = (
     ("trials per cell", ("search", "n_trials")),
     ("top-k aggregated", ("search", "top_k")),
     ("sampler", ("search", "sampler")),
+    ("training seeds", ("search", "trial_seeds")),
 )
+# What an unset key means (the protocol reader's defaults), so the table never just says "default".
+OPEN_CHOICE_DEFAULTS = {
+    ("training", "epochs"): "1",
+    ("training", "steps"): "one epoch",
+    ("search", "sampler"): '"tpe"',
+    ("search", "trial_seeds"): '"fixed" (every trial trains with search.seed)',
+}
 
 
 def _protocol_blocks(protocol: Mapping[str, Any]) -> list[Block]:
@@ -273,7 +281,12 @@ def _protocol_blocks(protocol: Mapping[str, Any]) -> list[Block]:
     for what, (sec, key) in OPEN_CHOICES:
         table = protocol.get(sec, {})
         value = table.get(key) if isinstance(table, Mapping) else None
-        rows.append([what, f"[{sec}] {key}", "default" if value is None else _toml_value(value)])
+        shown = (
+            f"default: {OPEN_CHOICE_DEFAULTS.get((sec, key), 'see paper.toml')}"
+            if value is None
+            else _toml_value(value)
+        )
+        rows.append([what, f"[{sec}] {key}", shown])
     rows.append(["linear decay formula", "TrialConfig.lr_decay", "η_t = η₀ (1 − (1 − α) t / T)"])
     rows.append(["initialisation", "—", "PyTorch default for nn.Linear"])
     return [
