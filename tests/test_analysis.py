@@ -180,3 +180,14 @@ def test_reruns_are_cached_and_redone_when_the_best_changes(tmp_path: Path) -> N
     rr = summarize(study, load_reruns(path)).reruns
     assert {r.label for r in rr} == {c.label for c in cells}
     assert all(r.rerun.mean == pytest.approx(0.5) for r in rr)
+
+
+def test_adaptive_tuning_cost_counts_a_grid_that_ran_elsewhere() -> None:
+    """An adaptive protocol carries only the best λ; [report] fixed_grid_cells scales the fixed
+    route's cost to the grid that chose it."""
+    study = make_study()
+    grid = [c for c in summarize(study).cells if c.lam is not None]
+    study.protocol = {**study.protocol, "report": {"fixed_grid_cells": 4 * len(grid)}}
+    fixed = next(r for r in summarize(study).adaptive.rows if r.kind == "fixed")  # type: ignore[union-attr]
+    assert fixed.trials_total == 4 * sum(c.n_complete for c in grid)
+    assert "estimate" in fixed.note

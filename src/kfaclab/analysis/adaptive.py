@@ -50,8 +50,13 @@ class AdaptiveSection:
 
 
 def adaptive_section(
-    cells: Sequence[CellSummary], trials_by_cell: Mapping[str, Sequence[TrialLike]]
+    cells: Sequence[CellSummary],
+    trials_by_cell: Mapping[str, Sequence[TrialLike]],
+    fixed_grid_cells: int | None = None,
 ) -> AdaptiveSection | None:
+    """``fixed_grid_cells`` (protocol ``[report] fixed_grid_cells``): how many λ cells the grid that
+    chose the fixed λ had, when that grid ran in another storage (an adaptive protocol carries
+    only its best λ). The fixed route's tuning cost is then scaled up to it, and says so."""
     strategies = [c for c in cells if c.strategy is not None]
     if not strategies:
         return None
@@ -72,10 +77,23 @@ def adaptive_section(
                 note=f"best of {n_grid} fixed λ; cost counts all {n_grid} grid cells",
             )
         )
-        if n_grid == 1:
+        if fixed_grid_cells is not None and fixed_grid_cells > n_grid:
+            scale = fixed_grid_cells / n_grid
+            rows[-1] = _row(
+                best_fixed,
+                "fixed",
+                round(grid_trials * scale),
+                grid_seconds * scale,
+                note=(
+                    f"best of a {fixed_grid_cells}-λ grid run elsewhere; cost = this storage's "
+                    f"{n_grid} fixed cell(s) × {scale:g} (estimate)"
+                ),
+            )
+        elif n_grid == 1:
             notes.append(
                 "only one fixed λ is in this storage: the grid that chose it ran elsewhere, "
-                "so its tuning cost here is a lower bound (one cell, not the grid)"
+                "so its tuning cost here is a lower bound (one cell, not the grid); set "
+                "[report] fixed_grid_cells to count the whole grid"
             )
     for c in cells:
         if c.optimizer == "sgd":

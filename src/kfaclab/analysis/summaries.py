@@ -106,7 +106,7 @@ def summarize(study: StudySetLike, reruns: Mapping[str, RerunRecord] | None = No
         edge_warnings=edge_warnings(cells, by_cell, search_ranges(protocol)),
         budgets=[b for c in cells if (b := budget_curve(c)) is not None],
         reruns=rerun_summaries(cells, reruns or {}),
-        adaptive=adaptive_section(cells, by_cell),
+        adaptive=adaptive_section(cells, by_cell, _fixed_grid_cells(protocol)),
         notes=notes,
     )
 
@@ -117,3 +117,9 @@ def _histogram_lambdas(protocol: Mapping[str, Any]) -> Sequence[float]:
     if isinstance(wanted, list) and all(isinstance(x, int | float) for x in wanted):
         return [float(x) for x in wanted]
     return DEFAULT_HISTOGRAM_LAMBDAS
+
+
+def _fixed_grid_cells(protocol: Mapping[str, Any]) -> int | None:
+    report = protocol.get("report", {})
+    value = report.get("fixed_grid_cells") if isinstance(report, Mapping) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

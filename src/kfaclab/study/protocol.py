@@ -155,7 +155,10 @@ def parse_protocol(raw: dict[str, Any], base_dir: Path | None = None) -> Protoco
     cells = _cells(s.table(raw, "cells", ""))
     search = _search(s.table(raw, "search", ""))
     report = s.table(raw, "report", "", required=False)
-    s.check_keys(report, "report", ("histogram_lambdas",))
+    s.check_keys(report, "report", ("histogram_lambdas", "fixed_grid_cells"))
+    if "fixed_grid_cells" in report:
+        # Read by the report (adaptive section); validated here so a typo fails before a sweep.
+        s.integer(report["fixed_grid_cells"], "report.fixed_grid_cells", 1)
     hist = s.float_list(report.get("histogram_lambdas", []), "report.histogram_lambdas")
     for lam in hist:
         if lam not in cells.lambdas:
