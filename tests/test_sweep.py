@@ -50,6 +50,14 @@ def fake_trial(config: TrialConfig) -> TrialResult:
     return TrialResult(config, "ok", value, 5, 0.01, losses, evals)
 
 
+def slow_fake_trial(config: TrialConfig) -> TrialResult:
+    """fake_trial at half a second each: longer than a worker process takes to start (torch
+    import), so on a loaded machine one worker cannot finish every trial before the other
+    starts."""
+    time.sleep(0.5)
+    return fake_trial(config)
+
+
 def protocol(n_trials: int = 4, name: str = "fake", **search: Any) -> Protocol:
     raw = tomllib.loads(SMOKE.read_text())
     raw["protocol"]["name"] = name
@@ -82,7 +90,7 @@ def assert_exact(folder: Path, p: Protocol) -> None:
 
 def test_two_worker_processes_give_exact_counts(tmp_path: Path) -> None:
     p = protocol(n_trials=6)
-    code = run_sweep(p, StorageSpec(folder=tmp_path), workers=2, trial_fn=fake_trial)
+    code = run_sweep(p, StorageSpec(folder=tmp_path), workers=2, trial_fn=slow_fake_trial)
     assert code == 0
     assert_exact(tmp_path, p)
     by_cell = trials_by_cell(tmp_path, p.name)
