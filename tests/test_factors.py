@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kfaclab.optim.factors import MIN_COLUMNS_FOR_SKIPPING, update_input_factor
+from kfaclab.curvature.sparse import MIN_COLUMNS
+from kfaclab.optim.factors import update_input_factor
 
 
 def _dense(x: torch.Tensor, with_bias: bool) -> torch.Tensor:
@@ -18,7 +19,7 @@ def _dense(x: torch.Tensor, with_bias: bool) -> torch.Tensor:
 @pytest.mark.parametrize("blank_share", [0.0, 0.4])
 def test_input_factor_with_blank_columns_matches_dense(with_bias: bool, blank_share: float) -> None:
     g = torch.Generator().manual_seed(0)
-    width = MIN_COLUMNS_FOR_SKIPPING + 44
+    width = MIN_COLUMNS + 44
     batches = []
     for _ in range(3):
         x = torch.rand(32, width, generator=g, dtype=torch.float64)
@@ -37,7 +38,7 @@ def test_input_factor_with_blank_columns_matches_dense(with_bias: bool, blank_sh
 
 
 def test_matmul_skipping_zero_columns_is_exact() -> None:
-    from kfaclab.curvature.sparse import MIN_COLUMNS, matmul_skipping_zero_columns
+    from kfaclab.curvature.sparse import matmul_skipping_zero_columns
 
     g = torch.Generator().manual_seed(1)
     left = torch.randn(20, MIN_COLUMNS + 30, generator=g, dtype=torch.float64)

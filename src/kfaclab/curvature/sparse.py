@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-# Mirror the factor update's thresholds (optim.factors): worth it only for wide, sparse inputs.
+# Worth it only for wide, sparse inputs (also used by optim.factors for the Gram matrix): below
+# these, index_select/scatter cost more than the multiply-adds they save.
 MIN_COLUMNS = 256
 MAX_ACTIVE_SHARE = 0.85
 

@@ -6,20 +6,18 @@ identity initialisation would be hidden extra damping), later ones take the expo
 average F ← βF + (1−β)F̂.
 
 Input columns that are zero in every example of the batch contribute nothing to the Gram matrix:
-on MNIST about a third of the pixels are blank in any batch of 128, and skipping them more than
-halves the cost of layer 1's 785×785 factor, the largest single cost of a K-FAC step.
+on MNIST about a third of the pixels are blank in any batch of 128, and skipping them cuts the
+multiply-adds of layer 1's 785×785 factor by more than half (about 5.3 → 1.4 ms here); scattering
+the smaller Gram matrix back costs about 1 ms of that gain.
 """
 
 from __future__ import annotations
 
 import torch
 
-from kfaclab.curvature.sparse import nonzero_columns
-
-# Below this share of active columns, the gather/scatter of the reduced Gram matrix pays off.
-SPARSE_COLUMNS_THRESHOLD = 0.85
-# Column skipping only matters for wide inputs; small layers take the plain GEMM.
-MIN_COLUMNS_FOR_SKIPPING = 256
+# The same thresholds as the preconditioning product: wide inputs (≥ MIN_COLUMNS) with at most
+# MAX_ACTIVE_SHARE of their columns active; elsewhere the plain GEMM is faster.
+from kfaclab.curvature.sparse import MAX_ACTIVE_SHARE, MIN_COLUMNS, nonzero_columns
 
 
 def _update(running: torch.Tensor | None, rows: torch.Tensor, decay: float) -> torch.Tensor:
@@ -32,10 +30,10 @@ def _update(running: torch.Tensor | None, rows: torch.Tensor, decay: float) -> t
 
 def _active_columns(inputs: torch.Tensor) -> torch.Tensor | None:
     """Indices of the columns with a non-zero entry, if skipping the others is worth it."""
-    if inputs.shape[1] < MIN_COLUMNS_FOR_SKIPPING:
+    if inputs.shape[1] < MIN_COLUMNS:
         return None
     active = nonzero_columns(inputs)
-    if active.numel() > SPARSE_COLUMNS_THRESHOLD * inputs.shape[1]:
+    if active.numel() > MAX_ACTIVE_SHARE * inputs.shape[1]:
         return None
     return active
 

@@ -31,8 +31,10 @@ def heavy_ball(
     buffer: torch.Tensor | None, direction: torch.Tensor, momentum: float
 ) -> torch.Tensor:
     """v ← μv + d (the first step sets v = d); returns the (possibly new) buffer."""
-    if buffer is None or momentum == 0.0:
-        return direction.clone() if momentum != 0.0 else direction
+    if momentum == 0.0:
+        return direction
+    if buffer is None:
+        return direction.clone()
     return buffer.mul_(momentum).add_(direction)
 
 
