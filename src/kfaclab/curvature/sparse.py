@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-# Worth it only for wide, sparse inputs (also used by optim.factors for the Gram matrix): below
+# Worth it only for wide, sparse inputs (optim.factors applies the same test to its Gram): below
 # these, index_select/scatter cost more than the multiply-adds they save.
 MIN_COLUMNS = 256
 MAX_ACTIVE_SHARE = 0.85
@@ -24,12 +24,20 @@ def nonzero_columns(matrix: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(matrix.abs().amax(dim=0) != 0, as_tuple=False).squeeze(1)
 
 
+def columns_worth_keeping(matrix: torch.Tensor) -> torch.Tensor | None:
+    """The non-zero columns of ``matrix`` if skipping the others pays off, else None."""
+    n = matrix.shape[1]
+    if n < MIN_COLUMNS:
+        return None
+    active = nonzero_columns(matrix)
+    if active.numel() > MAX_ACTIVE_SHARE * n:
+        return None
+    return active
+
+
 def matmul_skipping_zero_columns(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """left @ right for left (m, n) and right (n, p), ignoring the all-zero columns of left."""
-    n = left.shape[1]
-    if n < MIN_COLUMNS:
-        return left @ right
-    active = nonzero_columns(left)
-    if active.numel() > MAX_ACTIVE_SHARE * n:
+    active = columns_worth_keeping(left)
+    if active is None:
         return left @ right
     return left.index_select(1, active) @ right.index_select(0, active)

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import torch
 
-# The same thresholds as the preconditioning product: wide inputs (≥ MIN_COLUMNS) with at most
-# MAX_ACTIVE_SHARE of their columns active; elsewhere the plain GEMM is faster.
-from kfaclab.curvature.sparse import MAX_ACTIVE_SHARE, MIN_COLUMNS, nonzero_columns
+# The same test as the preconditioning product's: only wide inputs with enough blank columns.
+from kfaclab.curvature.sparse import columns_worth_keeping
 
 
 def _update(running: torch.Tensor | None, rows: torch.Tensor, decay: float) -> torch.Tensor:
@@ -28,22 +27,12 @@ def _update(running: torch.Tensor | None, rows: torch.Tensor, decay: float) -> t
     return running.mul_(decay).addmm_(rows.T, rows, alpha=(1.0 - decay) / n)
 
 
-def _active_columns(inputs: torch.Tensor) -> torch.Tensor | None:
-    """Indices of the columns with a non-zero entry, if skipping the others is worth it."""
-    if inputs.shape[1] < MIN_COLUMNS:
-        return None
-    active = nonzero_columns(inputs)
-    if active.numel() > MAX_ACTIVE_SHARE * inputs.shape[1]:
-        return None
-    return active
-
-
 def update_input_factor(
     running: torch.Tensor | None, inputs: torch.Tensor, with_bias: bool, decay: float
 ) -> torch.Tensor:
     """inputs: (N, in) → running A of shape (in+1, in+1) with bias, else (in, in)."""
     n_rows, n_in = inputs.shape
-    active = _active_columns(inputs)
+    active = columns_worth_keeping(inputs)
     if active is not None:
         inputs = inputs.index_select(1, active)
     if with_bias:
