@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from kfaclab.data import load_dataset
 from kfaclab.train import run_trial
 from kfaclab.train.build import (
-    _DECOMPOSITIONS,
+    _INPUT_STREAMS,
     build_model,
     build_optimizer,
     linear_layers,
@@ -108,7 +108,7 @@ def observe_seconds(config: TrialConfig) -> float:
 
 
 def _cold(fn: Callable[[TrialConfig], float], config: TrialConfig) -> float:
-    _DECOMPOSITIONS.clear()
+    _INPUT_STREAMS.clear()
     return fn(config)
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kfaclab.curvature.sparse import MIN_COLUMNS
-from kfaclab.optim.factors import update_input_factor
+from kfaclab.optim.factors import MIN_COLUMNS, update_input_factor
 
 
 def _dense(x: torch.Tensor, with_bias: bool) -> torch.Tensor:
@@ -35,13 +34,3 @@ def test_input_factor_with_blank_columns_matches_dense(with_bias: bool, blank_sh
         expected = batch if expected is None else decay * expected + (1 - decay) * batch
     assert running is not None and expected is not None
     torch.testing.assert_close(running, expected, rtol=1e-12, atol=1e-14)
-
-
-def test_matmul_skipping_zero_columns_is_exact() -> None:
-    from kfaclab.curvature.sparse import matmul_skipping_zero_columns
-
-    g = torch.Generator().manual_seed(1)
-    left = torch.randn(20, MIN_COLUMNS + 30, generator=g, dtype=torch.float64)
-    left[:, torch.randperm(MIN_COLUMNS + 30, generator=g)[:120]] = 0.0
-    right = torch.randn(MIN_COLUMNS + 30, 17, generator=g, dtype=torch.float64)
-    torch.testing.assert_close(matmul_skipping_zero_columns(left, right), left @ right)

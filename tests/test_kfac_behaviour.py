@@ -299,32 +299,6 @@ def test_parameters_outside_linear_layers_get_the_plain_gradient() -> None:
     assert float(model.scale.detach()) == pytest.approx(1.5 - 0.1 * float(grad))
 
 
-def test_shared_decomposition_cache_changes_nothing_but_the_cost() -> None:
-    """Trials on the same data stream share layer 1's decompositions: bitwise-equal results."""
-    from kfaclab.curvature import DecompositionCache
-
-    batches = _batches(12, torch.float32)
-    cache = DecompositionCache()
-    finals = []
-    for lr, use_cache in ((0.05, False), (0.05, True), (0.02, True), (0.02, False)):
-        model = _mlp(3, torch.float32)
-        opt = KFAC(
-            model,
-            lr=lr,
-            damping=1e-2,
-            inverse_every=3,
-            decomposition_cache=cache if use_cache else None,
-        )
-        _train(model, opt, batches)
-        finals.append([p.detach().clone() for p in model.parameters()])
-    # Only layer 1 (input = data) is cached: 4 inversions per run, hits on the second cached run.
-    assert cache.hits == 4
-    assert len(cache) == 4
-    for cached, fresh in ((finals[1], finals[0]), (finals[2], finals[3])):
-        for p, q in zip(cached, fresh, strict=True):
-            assert torch.equal(p, q)
-
-
 def test_spectrum_relative_damping_is_per_layer_and_matches_dense_spectrum() -> None:
     from kfaclab import SpectrumRelative
 

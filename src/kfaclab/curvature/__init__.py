@@ -3,14 +3,12 @@
 Blocks receive λ as an argument and never own it; the damping package decides its value.
 """
 
-from kfaclab.curvature.cache import DecompositionCache
 from kfaclab.curvature.conventions import from_b2_scaled, to_b2_scaled
 from kfaclab.curvature.diagnostics import layer_diagnostics
 from kfaclab.curvature.exact import ExactInverse
 from kfaclab.curvature.factored import FactoredInverse
 
 __all__ = [
-    "DecompositionCache",
     "ExactInverse",
     "FactoredInverse",
     "from_b2_scaled",

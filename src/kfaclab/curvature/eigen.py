@@ -56,3 +56,20 @@ def eigen_of_factor(factor: torch.Tensor, counter: FallbackCounter) -> FactorEig
         return None
     values, vectors = decomposed
     return FactorEigen(active, values, vectors)
+
+
+def expanded(eigen: FactorEigen, n: int) -> FactorEigen:
+    """The same decomposition written on all n coordinates: each inactive coordinate gets
+    eigenvalue 0 and its unit vector, placed first so the values stay ascending. Exact: the
+    products with these 0/1 columns add only exact zeros."""
+    if eigen.active is None:
+        return eigen
+    k = eigen.values.shape[0]
+    is_active = torch.zeros(n, dtype=torch.bool, device=eigen.values.device)
+    is_active[eigen.active] = True
+    inactive = torch.nonzero(~is_active, as_tuple=False).squeeze(1)
+    vectors = eigen.vectors.new_zeros(n, n)
+    columns = torch.arange(n, device=vectors.device)
+    vectors[inactive, columns[: n - k]] = 1.0
+    vectors[eigen.active.unsqueeze(1), columns[n - k :]] = eigen.vectors
+    return FactorEigen(None, eigen.full_values(n), vectors)

@@ -16,8 +16,12 @@ from typing import NamedTuple
 
 import torch
 
-from kfaclab.curvature.eigen import FactorEigen
-from kfaclab.curvature.sparse import matmul_skipping_zero_columns
+from kfaclab.curvature.eigen import FactorEigen, expanded
+
+# Below this size the per-step index_select/index_copy of an active block cost more than the
+# multiply-adds on the inactive coordinates they save (0.26 vs 0.20 ms for a 100×101 layer with
+# dead units); above it (layer 1's 785 inputs, ~90 blank pixels) the block pays off.
+DENSE_BELOW = 256
 
 
 class ExactInverse(NamedTuple):
@@ -25,6 +29,14 @@ class ExactInverse(NamedTuple):
 
     a: FactorEigen
     g: FactorEigen
+
+    @classmethod
+    def build(cls, a: FactorEigen, g: FactorEigen, size_a: int, size_g: int) -> ExactInverse:
+        """Keeps the active block only for factors of at least ``DENSE_BELOW`` coordinates."""
+        return cls(
+            a if size_a >= DENSE_BELOW else expanded(a, size_a),
+            g if size_g >= DENSE_BELOW else expanded(g, size_g),
+        )
 
     def precondition(self, grad: torch.Tensor, damping: float) -> torch.Tensor:
         """(G⊗A + λI)⁻¹ vec(grad), returned with grad's shape (out, in[+1])."""
@@ -34,8 +46,9 @@ class ExactInverse(NamedTuple):
             block = block.index_select(0, rows)
         if cols is not None:
             block = block.index_select(1, cols)
-        # Q_Gᵀ first: it keeps the gradient's all-zero columns, which the product with Q_A skips.
-        rotated = matmul_skipping_zero_columns(self.g.vectors.T @ block, self.a.vectors)
+        # No skipping of the gradient's all-zero columns here (unlike the factor's Gram): selecting
+        # the matching rows of Q_A costs more than the multiply-adds it saves (8.1 vs 4.9 ms).
+        rotated = self.g.vectors.T @ block @ self.a.vectors
         rotated = rotated / (torch.outer(self.g.values, self.a.values) + damping)
         result_block = self.g.vectors @ rotated @ self.a.vectors.T
         if rows is None and cols is None:

@@ -15,7 +15,6 @@ from typing import NamedTuple
 import torch
 
 from kfaclab.curvature.decompose import FallbackCounter, robust_damped_inverse
-from kfaclab.curvature.sparse import matmul_skipping_zero_columns
 
 
 class FactoredInverse(NamedTuple):
@@ -27,8 +26,7 @@ class FactoredInverse(NamedTuple):
     pi: float
 
     def precondition(self, grad: torch.Tensor) -> torch.Tensor:
-        # inv_G first: it keeps the gradient's all-zero columns, which the product with inv_A skips.
-        return matmul_skipping_zero_columns(self.inv_g @ grad, self.inv_a)
+        return self.inv_g @ grad @ self.inv_a
 
 
 def pi_adjustment(a: torch.Tensor, g: torch.Tensor) -> float:

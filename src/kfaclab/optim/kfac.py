@@ -40,17 +40,18 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from kfaclab.curvature.cache import DecompositionCache
 from kfaclab.curvature.decompose import FallbackCounter
 from kfaclab.curvature.diagnostics import layer_diagnostics
-from kfaclab.curvature.eigen import FactorEigen, eigen_of_factor
+from kfaclab.curvature.eigen import eigen_of_factor
 from kfaclab.curvature.exact import ExactInverse
 from kfaclab.curvature.factored import FactoredInverse, factored_inverse
 from kfaclab.damping.base import Damping, LayerSpectrum, StepOutcome
 from kfaclab.optim import functional as fn
 from kfaclab.optim.capture import Capture, LayerCapture
-from kfaclab.optim.factors import update_input_factor, update_output_factor
+from kfaclab.optim.factors import update_output_factor
+from kfaclab.optim.input_stream import InputStreamCache
 from kfaclab.optim.layer_state import LayerState
+from kfaclab.optim.stream_follower import InputFactorStreams
 from kfaclab.optim.validation import as_damping, validate_arguments
 
 DampingForm = Literal["exact", "factored"]
@@ -73,9 +74,10 @@ class KFAC(Optimizer):
         fisher: "empirical" (gradients of the training loss) or "mc" (sampled targets).
         weight_decay: L2 coefficient added to the gradient before preconditioning (≥ 0).
         kl_clip: None (off) or c > 0: scale the step by ν = min(1, sqrt(c / (η² dᵀ∇))).
-        decomposition_cache: optional ``kfaclab.curvature.DecompositionCache`` shared by several
-            optimizers in one process (a sweep's trials): the eigendecompositions of input factors
-            that depend only on the data (layer 1's) are reused when the factor is equal.
+        input_stream_cache: optional ``kfaclab.optim.InputStreamCache`` shared by several
+            optimizers in one process (a sweep's trials): the updates and decompositions of input
+            factors that depend only on the data (layer 1's) are done once per data stream and
+            followed by the optimizers that see bitwise the same inputs (results unchanged).
         loss_reduction: "mean" or "sum" — how the training loss combines the examples, so that
             gᵢ = ∂ℓᵢ/∂sᵢ can be recovered from ∂L/∂s (×N for "mean").
     """
@@ -94,7 +96,7 @@ class KFAC(Optimizer):
         weight_decay: float = 0.0,
         kl_clip: float | None = None,
         loss_reduction: Literal["mean", "sum"] = "mean",
-        decomposition_cache: DecompositionCache | None = None,
+        input_stream_cache: InputStreamCache | None = None,
     ) -> None:
         validate_arguments(
             lr=lr,
@@ -128,7 +130,7 @@ class KFAC(Optimizer):
         self.fisher: FisherType = fisher
         self.kl_clip = kl_clip
         self.loss_reduction = loss_reduction
-        self.decomposition_cache = decomposition_cache
+        self._streams = InputFactorStreams(input_stream_cache, factor_decay)
         self._layers = layers
         layer_params = set()
         for layer in layers:
@@ -192,6 +194,7 @@ class KFAC(Optimizer):
             )
         cached = self._spectrum_cache.get(layer_name)
         if cached is None:
+            self._streams.settle(layer)
             assert layer.factor_a is not None and layer.factor_g is not None
             cached = (
                 torch.linalg.eigvalsh(layer.factor_a.to(torch.float64)).clamp_min(0),
@@ -323,9 +326,7 @@ class KFAC(Optimizer):
                 continue
             # First update sets the factor (β = 0 for that call); see factors.py.
             layer.input_is_data = layer.input_is_data and not capture.input_requires_grad
-            layer.factor_a = update_input_factor(
-                layer.factor_a, capture.inputs, layer.has_bias, self.factor_decay
-            )
+            self._streams.update(layer, capture.inputs)
             scale = capture.grad_scale
             if self.fisher == "empirical":
                 scale = (
@@ -342,6 +343,8 @@ class KFAC(Optimizer):
 
     def _update_inverses(self) -> None:
         self._spectrum_cache.clear()
+        for layer in self._layers:
+            self._streams.prepare_inversion(layer)
         self._spectra = self._measure_spectra()
         lambdas = (
             self.damping.layer_values(self._spectra) if self.damping_form == "factored" else None
@@ -350,10 +353,12 @@ class KFAC(Optimizer):
             if layer.factor_a is None or layer.factor_g is None:
                 continue
             if self.damping_form == "exact":
-                eig_a = self._input_factor_eigen(layer)
+                eig_a = self._streams.eigen(layer, self._fallbacks)
                 eig_g = eigen_of_factor(layer.factor_g, self._fallbacks)
                 if eig_a is not None and eig_g is not None:
-                    layer.inverse = ExactInverse(eig_a, eig_g)
+                    layer.inverse = ExactInverse.build(
+                        eig_a, eig_g, layer.factor_a.shape[0], layer.factor_g.shape[0]
+                    )
             else:
                 assert lambdas is not None
                 inverse = factored_inverse(
@@ -362,18 +367,6 @@ class KFAC(Optimizer):
                 if inverse is not None:
                     layer.inverse = inverse
         self._counters["inversions"] += 1
-
-    def _input_factor_eigen(self, layer: LayerState) -> FactorEigen | None:
-        assert layer.factor_a is not None
-        cache = self.decomposition_cache if layer.input_is_data else None
-        if cache is not None:
-            cached = cache.lookup(layer.name, self._step, layer.factor_a)
-            if cached is not None:
-                return cached
-        eigen = eigen_of_factor(layer.factor_a, self._fallbacks)
-        if cache is not None and eigen is not None:
-            cache.store(layer.name, self._step, layer.factor_a, eigen)
-        return eigen
 
     def _measure_spectra(self) -> list[LayerSpectrum]:
         """Mean eigenvalue of each G⊗A, = (tr A / dim A)(tr G / dim G): no decomposition needed.
@@ -456,6 +449,7 @@ class KFAC(Optimizer):
                 block = layer.gradient_block()
                 assert block is not None
                 lam = lambdas[i]
+                self._streams.settle(layer)
                 if layer.factor_a is not None and layer.factor_g is not None:
                     curvature += fn.kronecker_quadratic(delta, layer.factor_a, layer.factor_g)
             else:
@@ -479,6 +473,7 @@ class KFAC(Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
+        self._streams.settle_all(self._layers)
         state["kfac"] = {
             "step": self._step,
             "capture_enabled": self._capture.enabled,
@@ -502,6 +497,7 @@ class KFAC(Optimizer):
         super().load_state_dict(state_dict)
         for layer, layer_state in zip(self._layers, kfac["layers"], strict=True):
             layer.load_state(layer_state)
+        self._streams.detach_all()
         self._step = int(kfac["step"])
         self._capture.enabled = bool(kfac["capture_enabled"])
         self.damping.load_state_dict(kfac["damping"])

@@ -9,8 +9,8 @@ import torch
 import torch._dynamo  # why: see _PREIMPORTED
 from torch import nn
 
-from kfaclab.curvature.cache import DecompositionCache
 from kfaclab.models import build_mlp
+from kfaclab.optim.input_stream import InputStreamCache
 from kfaclab.trial_types import TrialConfig
 
 # torch.optim imports torch._dynamo the first time an optimizer is built (about 2 s); importing it
@@ -20,9 +20,9 @@ _PREIMPORTED = (torch._dynamo,)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 # One per process: trials that see the same batches in the same order (a sweep's trials share the
-# data seed) share layer 1's input-factor eigendecompositions, which depend on the data alone.
-# Hits are checked for equality of the factor, so results are bitwise those of a fresh run.
-_DECOMPOSITIONS = DecompositionCache()
+# data seed) share layer 1's input-factor updates and decompositions, which depend on the data
+# alone. Inputs are checked for bitwise equality, so results are bitwise those of a fresh run.
+_INPUT_STREAMS = InputStreamCache()
 
 
 @contextmanager
@@ -72,5 +72,5 @@ def build_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimi
         damping_form=config.damping_form,
         fisher=config.fisher,
         kl_clip=config.kl_clip,
-        decomposition_cache=_DECOMPOSITIONS,
+        input_stream_cache=_INPUT_STREAMS,
     )

@@ -1,0 +1,171 @@
+"""Sharing the data-only work of K-FAC between optimizers in one process (a sweep's trials).
+
+A layer whose input is the data itself (layer 1 of an MLP) has an input factor A that depends on
+the sequence of input batches alone, not on θ. Every trial of a sweep that trains on the same
+batches in the same order (same data seed and batch size, ``search.trial_seeds = "fixed"``)
+builds bitwise the same running A and pays again for its updates (layer 1's 785×785 Gram matrix,
+about a fifth of an exact K-FAC step on MNIST) and for its eigendecompositions.
+
+The first optimizer to run a stream *records* it: the input batch of every factor update, and at
+its inversions the running factor and its decomposition. A later optimizer whose inputs are
+bitwise equal to the recorded ones *follows*: it skips the updates and takes the factor and the
+decomposition from the record when it inverts. Updates are counted per layer (u = 1, 2, …), not
+by optimizer step, so a follower with another inversion schedule still follows; when it needs the
+factor between recorded snapshots (a Levenberg–Marquardt model reduction, ``state_dict``) it
+replays the skipped updates from the last snapshot with the recorded inputs — the same operations
+on the same values, so every result is bitwise what a fresh computation gives. The first input
+that differs ends the following, after which the layer is updated as usual.
+
+A stream is keyed by everything else the factor depends on: the layer's name and input width,
+whether it has a bias, the factor decay, dtype and device. Memory is bounded by ``max_bytes``
+(the default holds one epoch of the reference protocol's layer 1: about 190 MB of inputs and
+230 MB of snapshots and decompositions); a stream that would exceed it stops growing, and
+optimizers that run past its end compute for themselves from there on.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+
+from kfaclab.curvature.eigen import FactorEigen
+
+StreamKey = tuple[str, int, bool, float, torch.dtype, torch.device]
+
+
+def stream_key(name: str, inputs: torch.Tensor, with_bias: bool, decay: float) -> StreamKey:
+    return (name, inputs.shape[1], with_bias, decay, inputs.dtype, inputs.device)
+
+
+def _nbytes(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.numel() * t.element_size()
+
+
+@dataclass
+class InputStream:
+    """The record of one data stream for one layer; entry u−1 of ``inputs`` fed update u."""
+
+    key: StreamKey
+    inputs: list[torch.Tensor] = field(default_factory=list)
+    snapshots: dict[int, torch.Tensor] = field(default_factory=dict)  # u → running factor
+    eigens: dict[int, FactorEigen] = field(default_factory=dict)  # u → decomposition of snapshot
+    nbytes: int = 0
+    closed: bool = False  # no longer recorded (budget spent or evicted)
+
+    @property
+    def updates(self) -> int:
+        return len(self.inputs)
+
+    def matches(self, update: int, inputs: torch.Tensor) -> bool:
+        """Whether ``inputs`` are bitwise the recorded inputs of update ``update`` (1-based)."""
+        if update > len(self.inputs):
+            return False
+        recorded = self.inputs[update - 1]
+        return recorded.shape == inputs.shape and torch.equal(recorded, inputs)
+
+    def last_snapshot(self, at_most: int) -> tuple[int, torch.Tensor | None]:
+        """The latest snapshot at or before update ``at_most`` ((0, None): the start)."""
+        best = max((u for u in self.snapshots if u <= at_most), default=0)
+        return best, self.snapshots.get(best)
+
+
+class InputStreamCache:
+    """The streams of one process, bounded by ``max_bytes`` (least recently used go first)."""
+
+    def __init__(self, max_bytes: int = 1 << 30) -> None:
+        if not (isinstance(max_bytes, int) and max_bytes >= 0):
+            raise ValueError(f"max_bytes must be an integer >= 0, got {max_bytes!r}")
+        self.max_bytes = max_bytes
+        self._streams: OrderedDict[int, InputStream] = OrderedDict()
+        self.followed_updates = 0  # factor updates skipped by followers
+        self.shared_decompositions = 0  # decompositions taken from a record
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.nbytes for s in self._streams.values())
+
+    def join(self, key: StreamKey, inputs: torch.Tensor) -> InputStream:
+        """The stream whose first update had these inputs, or a new one to record."""
+        for ident, stream in self._streams.items():
+            if stream.key == key and stream.matches(1, inputs):
+                self._streams.move_to_end(ident)
+                return stream
+        stream = InputStream(key)
+        self._streams[id(stream)] = stream
+        return stream
+
+    def record_inputs(self, stream: InputStream, inputs: torch.Tensor) -> bool:
+        """Append the inputs of the next update; False (and the stream closes) if over budget."""
+        return self._grow(stream, inputs.clone(), None, None)
+
+    def record_inversion(
+        self, stream: InputStream, factor: torch.Tensor, eigen: FactorEigen | None
+    ) -> None:
+        """Keep the running factor after the stream's last update and its decomposition."""
+        if stream.closed or stream.updates in stream.snapshots:
+            return
+        self._grow(stream, None, factor.clone(), eigen)
+
+    def _grow(
+        self,
+        stream: InputStream,
+        inputs: torch.Tensor | None,
+        snapshot: torch.Tensor | None,
+        eigen: FactorEigen | None,
+    ) -> bool:
+        if stream.closed:
+            return False
+        size = _nbytes(inputs) + _nbytes(snapshot)
+        if eigen is not None:
+            size += _nbytes(eigen.values) + _nbytes(eigen.vectors) + _nbytes(eigen.active)
+        self._evict_others(stream, self.max_bytes - size)
+        if stream.nbytes + size > self.max_bytes:
+            stream.closed = True
+            return False
+        if inputs is not None:
+            stream.inputs.append(inputs)
+        if snapshot is not None:
+            stream.snapshots[stream.updates] = snapshot
+            if eigen is not None:
+                stream.eigens[stream.updates] = eigen
+        stream.nbytes += size
+        return True
+
+    def _evict_others(self, keep: InputStream, budget: int) -> None:
+        for ident in list(self._streams):
+            if self.nbytes <= budget:
+                return
+            stream = self._streams[ident]
+            if stream is not keep:
+                stream.closed = True
+                del self._streams[ident]
+
+    def clear(self) -> None:
+        for stream in self._streams.values():
+            stream.closed = True
+        self._streams.clear()
+
+
+@dataclass
+class StreamCursor:
+    """One optimizer's position on a stream for one layer.
+
+    ``updates``: factor updates this layer has had; ``exact_at``: the update count at which the
+    layer's ``factor_a`` is exact (< ``updates`` while recorded updates are pending);
+    ``owned``: whether ``factor_a`` may be modified in place (False while it is a snapshot).
+    """
+
+    stream: InputStream
+    updates: int = 0
+    exact_at: int = 0
+    owned: bool = True
+    synced: bool = True
+
+    @property
+    def pending(self) -> bool:
+        return self.exact_at < self.updates

@@ -1,0 +1,121 @@
+"""One optimizer's side of ``input_stream``: its data-input layers' input factors, shared or not.
+
+``KFAC`` routes every input-factor update and every read of ``factor_a`` through this class:
+``update`` (skip or compute), ``settle`` (make ``factor_a`` exact before it is read),
+``prepare_inversion`` / ``eigen`` (take the recorded snapshot and decomposition, or compute and
+record them). Layers that cannot share — input not data, no cache, or after a mismatch — take
+the plain path, which is the same code as without a cache.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kfaclab.curvature.decompose import FallbackCounter
+from kfaclab.curvature.eigen import FactorEigen, eigen_of_factor
+from kfaclab.optim.factors import update_input_factor
+from kfaclab.optim.input_stream import InputStreamCache, StreamCursor, stream_key
+from kfaclab.optim.layer_state import LayerState
+
+
+class InputFactorStreams:
+    def __init__(self, cache: InputStreamCache | None, decay: float) -> None:
+        self.cache = cache
+        self.decay = decay
+        self._cursors: dict[str, StreamCursor | None] = {}  # None: this layer no longer shares
+
+    def update(self, layer: LayerState, inputs: torch.Tensor) -> None:
+        """Update ``layer``'s input factor with one batch of inputs (N, in)."""
+        cursor = self._cursor(layer, inputs)
+        if cursor is None:
+            layer.factor_a = update_input_factor(layer.factor_a, inputs, layer.has_bias, self.decay)
+            return
+        stream, u = cursor.stream, cursor.updates + 1
+        if cursor.synced and u <= stream.updates:
+            if stream.matches(u, inputs):
+                cursor.updates = u
+                assert self.cache is not None
+                self.cache.followed_updates += 1
+                return
+            cursor.synced = False
+        self.settle(layer, own=True)
+        layer.factor_a = update_input_factor(layer.factor_a, inputs, layer.has_bias, self.decay)
+        cursor.updates = cursor.exact_at = u
+        if cursor.synced and u == stream.updates + 1 and self.cache is not None:
+            cursor.synced = self.cache.record_inputs(stream, inputs)
+        else:
+            cursor.synced = False
+        if not cursor.synced:
+            self._cursors[layer.name] = None  # exact and owned: from now on the plain path
+
+    def settle(self, layer: LayerState, own: bool = False) -> None:
+        """Make ``layer.factor_a`` exact (replaying skipped updates); ``own``: also private."""
+        cursor = self._cursors.get(layer.name)
+        if cursor is None:
+            return
+        if cursor.pending:
+            stream = cursor.stream
+            start, snapshot = stream.last_snapshot(cursor.updates)
+            factor = snapshot
+            if start <= cursor.exact_at:
+                start, factor = cursor.exact_at, layer.factor_a
+            factor = None if factor is None else factor.clone()
+            for v in range(start + 1, cursor.updates + 1):
+                factor = update_input_factor(
+                    factor, stream.inputs[v - 1], layer.has_bias, self.decay
+                )
+            layer.factor_a = factor
+            cursor.exact_at, cursor.owned = cursor.updates, True
+        elif own and not cursor.owned and layer.factor_a is not None:
+            layer.factor_a = layer.factor_a.clone()
+            cursor.owned = True
+
+    def settle_all(self, layers: list[LayerState]) -> None:
+        for layer in layers:
+            self.settle(layer)
+
+    def prepare_inversion(self, layer: LayerState) -> None:
+        """Make ``factor_a`` exact for an inversion, from the record's snapshot when it has one."""
+        cursor = self._cursors.get(layer.name)
+        if cursor is None:
+            return
+        snapshot = cursor.stream.snapshots.get(cursor.updates) if cursor.synced else None
+        if snapshot is None:
+            self.settle(layer)
+            return
+        layer.factor_a = snapshot
+        cursor.exact_at, cursor.owned = cursor.updates, False
+
+    def eigen(self, layer: LayerState, counter: FallbackCounter) -> FactorEigen | None:
+        """Decomposition of the (prepared) ``factor_a``: recorded, or computed and recorded."""
+        assert layer.factor_a is not None
+        cursor = self._cursors.get(layer.name)
+        if cursor is None or not cursor.synced or self.cache is None:
+            return eigen_of_factor(layer.factor_a, counter)
+        stream = cursor.stream
+        recorded = stream.eigens.get(cursor.updates)
+        if recorded is not None:
+            self.cache.shared_decompositions += 1
+            return recorded
+        eigen = eigen_of_factor(layer.factor_a, counter)
+        if cursor.updates == stream.updates:
+            self.cache.record_inversion(stream, layer.factor_a, eigen)
+        return eigen
+
+    def detach_all(self) -> None:
+        """Stop sharing for every layer (after ``load_state_dict``: factors are exact and ours)."""
+        for name in list(self._cursors):
+            self._cursors[name] = None
+
+    def _cursor(self, layer: LayerState, inputs: torch.Tensor) -> StreamCursor | None:
+        if layer.name not in self._cursors:
+            if self.cache is None or not layer.input_is_data or layer.factor_a is not None:
+                self._cursors[layer.name] = None
+            else:
+                key = stream_key(layer.name, inputs, layer.has_bias, self.decay)
+                self._cursors[layer.name] = StreamCursor(self.cache.join(key, inputs))
+        cursor = self._cursors[layer.name]
+        if cursor is not None and not layer.input_is_data:
+            self.settle(layer, own=True)
+            self._cursors[layer.name] = cursor = None
+        return cursor

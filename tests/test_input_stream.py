@@ -1,0 +1,131 @@
+"""Sharing layer 1's data-only work between optimizers: cheaper, and bitwise nothing else.
+
+The oracle is the same optimizer without a cache: every follower must end with parameters (and
+state) bitwise equal to a fresh run, whatever it does between inversions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kfaclab import KFAC, LevenbergMarquardt
+from kfaclab.optim import InputStreamCache
+
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def _mlp(seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(300, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def _batches(n: int, seed: int = 7) -> Batches:
+    """Sparse wide inputs (blank columns differ per batch): the factor's blank-column path runs."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        x = torch.rand(24, 300, generator=g)
+        x[:, torch.randperm(300, generator=g)[:150]] = 0.0
+        out.append((x, torch.randint(0, 3, (24,), generator=g)))
+    return out
+
+
+def _run(batches: Batches, cache: InputStreamCache | None, **kwargs: Any) -> list[torch.Tensor]:
+    model = _mlp(0)
+    options: dict[str, Any] = {"lr": 0.05, "damping": 1e-2, "inverse_every": 3} | kwargs
+    opt = KFAC(model, input_stream_cache=cache, **options)
+    for x, y in batches:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step(lambda x=x, y=y: F.cross_entropy(model(x), y), loss=loss)
+    state = opt.state_dict()["kfac"]["layers"][0]
+    return [p.detach().clone() for p in model.parameters()] + [state["factor_a"]]
+
+
+def _assert_bitwise(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("form", ["exact", "factored"])
+def test_followers_equal_fresh_runs_and_skip_the_work(form: str) -> None:
+    batches = _batches(10)
+    cache = InputStreamCache()
+    recorded = _run(batches, cache, damping_form=form)
+    _assert_bitwise(recorded, _run(batches, None, damping_form=form))
+    assert cache.followed_updates == 0
+    # Another learning rate: a different trajectory, the same layer-1 inputs.
+    followed = _run(batches, cache, lr=0.02, damping_form=form)
+    _assert_bitwise(followed, _run(batches, None, lr=0.02, damping_form=form))
+    assert cache.followed_updates == 10
+    if form == "exact":
+        assert cache.shared_decompositions == 4  # inversions at steps 0, 3, 6, 9
+    assert len(cache) == 1
+
+
+def test_follower_with_another_schedule_and_lm_damping_replays_exactly() -> None:
+    """LM reads the factor between snapshots (model reduction) and inverse_every differs: the
+    follower replays skipped updates from the record and still matches a fresh run."""
+    batches = _batches(12)
+    cache = InputStreamCache()
+    _run(batches, cache)
+
+    def lm() -> LevenbergMarquardt:
+        return LevenbergMarquardt(initial=0.1, every=2)
+
+    followed = _run(batches, cache, inverse_every=4, damping=lm())
+    _assert_bitwise(followed, _run(batches, None, inverse_every=4, damping=lm()))
+    assert cache.followed_updates == 12
+
+
+def test_a_different_batch_ends_following_and_the_rest_is_computed() -> None:
+    batches = _batches(9)
+    cache = InputStreamCache()
+    _run(batches, cache)
+    changed = batches[:5] + _batches(4, seed=99)
+    _assert_bitwise(_run(changed, cache), _run(changed, None))
+    assert cache.followed_updates == 5
+    assert len(cache) == 1  # the branch is not recorded: a stream is one sequence from update 1
+    other_start = _batches(9, seed=3)
+    _assert_bitwise(_run(other_start, cache), _run(other_start, None))
+    assert len(cache) == 2
+
+
+def test_a_stream_over_budget_stops_growing_and_followers_compute_past_its_end() -> None:
+    batches = _batches(8)
+    one_batch = batches[0][0].numel() * 4
+    cache = InputStreamCache(max_bytes=4 * one_batch)  # 4 batches; no room for any snapshot
+    _run(batches, cache)
+    assert cache.nbytes <= cache.max_bytes
+    _assert_bitwise(_run(batches, cache, lr=0.01), _run(batches, None, lr=0.01))
+    assert 0 < cache.followed_updates < 8
+
+
+def test_state_dict_between_inversions_is_exact_and_resumes_bitwise() -> None:
+    batches = _batches(8)
+    cache = InputStreamCache()
+    _run(batches, cache)
+    model = _mlp(0)
+    opt = KFAC(model, lr=0.05, damping=1e-2, inverse_every=3, input_stream_cache=cache)
+    fresh_model = _mlp(0)
+    fresh = KFAC(fresh_model, lr=0.05, damping=1e-2, inverse_every=3)
+    for x, y in batches[:5]:  # update 5 is followed, after the snapshot at update 4
+        for m, o in ((model, opt), (fresh_model, fresh)):
+            loss = F.cross_entropy(m(x), y)
+            o.zero_grad(set_to_none=True)
+            loss.backward()
+            o.step(loss=loss)
+    ours, theirs = opt.state_dict()["kfac"], fresh.state_dict()["kfac"]
+    assert torch.equal(ours["layers"][0]["factor_a"], theirs["layers"][0]["factor_a"])
+
+
+def test_invalid_budget_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_bytes must be an integer >= 0"):
+        InputStreamCache(max_bytes=-1)
