@@ -234,3 +234,36 @@ def test_wide_sparse_input_layer_equals_dense_damped_inverse(form: str) -> None:
     for module, (a, gg), theta0, grad in zip(linears, factors, before, grads, strict=True):
         expected = theta0 - 0.3 * _dense_direction(a, gg, grad, 0.05, form)
         torch.testing.assert_close(_block_param(module), expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("lam", [1e-3, 1.0])
+def test_stacked_hidden_layers_equal_dense_damped_inverse(lam: float) -> None:
+    """Equally shaped hidden layers are preconditioned in one batched product; with ReLU some
+    units are dead (exactly singular G), and per-layer λ differs under SpectrumRelative."""
+    from kfaclab import SpectrumRelative
+
+    for damping in (lam, SpectrumRelative(lam)):
+        torch.manual_seed(4)
+        layers: list[nn.Module] = [nn.Linear(5, 6), nn.ReLU()]
+        for _ in range(3):
+            layers += [nn.Linear(6, 6), nn.ReLU()]
+        model = nn.Sequential(*layers, nn.Linear(6, 3)).double()
+        with torch.no_grad():  # a dead unit: never active, so its rows of G are zero
+            model[2].bias[0] = -50.0
+        x, y = _data(5, n=12)
+        factors = _oracle_factors(model, x, y)
+        opt = KFAC(model, lr=0.1, damping=damping)
+        F.cross_entropy(model(x), y).backward()
+        linears = [m for m in model if isinstance(m, nn.Linear)]
+        before = [_block_param(m) for m in linears]
+        grads = [_block_grad(m) for m in linears]
+        opt.step()
+        assert [members for members, _ in opt._stacks] == [[1, 2, 3]]
+        assert int((opt.eigenvalues(opt.layer_names[1])[1] == 0).sum()) == 1  # G of model[2]
+        assert int((opt.eigenvalues(opt.layer_names[2])[0] == 0).sum()) == 1  # A of model[4]
+        for layer, module, (a, g), theta0, grad in zip(
+            opt._layers, linears, factors, before, grads, strict=True
+        ):
+            assert layer.damping is not None
+            expected = theta0 - 0.1 * _dense_direction(a, g, grad, layer.damping, "exact")
+            torch.testing.assert_close(_block_param(module), expected, rtol=1e-9, atol=1e-12)

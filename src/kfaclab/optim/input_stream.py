@@ -51,6 +51,9 @@ class InputStream:
     inputs: list[torch.Tensor] = field(default_factory=list)
     snapshots: dict[int, torch.Tensor] = field(default_factory=dict)  # u → running factor
     eigens: dict[int, FactorEigen] = field(default_factory=dict)  # u → decomposition of snapshot
+    # u → (u_s, P): update u's inputs [X | 1] on the active coordinates of eigens[u_s], rotated
+    # into its eigenbasis (P = X̄ Q_A), for optimizers that precondition from the batch.
+    projections: dict[int, tuple[int, torch.Tensor]] = field(default_factory=dict)
     nbytes: int = 0
     closed: bool = False  # no longer recorded (budget spent or evicted)
 
@@ -81,6 +84,7 @@ class InputStreamCache:
         self._streams: OrderedDict[int, InputStream] = OrderedDict()
         self.followed_updates = 0  # factor updates skipped by followers
         self.shared_decompositions = 0  # decompositions taken from a record
+        self.shared_projections = 0  # batch projections taken from a record
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -110,6 +114,16 @@ class InputStreamCache:
         if stream.closed or stream.updates in stream.snapshots:
             return
         self._grow(stream, None, factor.clone(), eigen)
+
+    def record_projection(
+        self, stream: InputStream, update: int, eigen_at: int, projection: torch.Tensor
+    ) -> None:
+        """Keep update ``update``'s projection if it fits (it is a saving, never a necessity)."""
+        size = _nbytes(projection)
+        if stream.closed or self.nbytes + size > self.max_bytes:
+            return
+        stream.projections[update] = (eigen_at, projection)
+        stream.nbytes += size
 
     def _grow(
         self,
@@ -157,7 +171,8 @@ class StreamCursor:
 
     ``updates``: factor updates this layer has had; ``exact_at``: the update count at which the
     layer's ``factor_a`` is exact (< ``updates`` while recorded updates are pending);
-    ``owned``: whether ``factor_a`` may be modified in place (False while it is a snapshot).
+    ``owned``: whether ``factor_a`` may be modified in place (False while it is a snapshot);
+    ``eigen_at``: the update whose recorded decomposition the optimizer last took or recorded.
     """
 
     stream: InputStream
@@ -165,6 +180,7 @@ class StreamCursor:
     exact_at: int = 0
     owned: bool = True
     synced: bool = True
+    eigen_at: int | None = None
 
     @property
     def pending(self) -> bool:

@@ -45,6 +45,7 @@ from kfaclab.curvature.diagnostics import layer_diagnostics
 from kfaclab.curvature.eigen import eigen_of_factor
 from kfaclab.curvature.exact import ExactInverse
 from kfaclab.curvature.factored import FactoredInverse, factored_inverse
+from kfaclab.curvature.stacked import StackedExactInverse, stackable_groups
 from kfaclab.damping.base import Damping, LayerSpectrum, StepOutcome
 from kfaclab.optim import functional as fn
 from kfaclab.optim.capture import Capture, LayerCapture
@@ -80,6 +81,12 @@ class KFAC(Optimizer):
             followed by the optimizers that see bitwise the same inputs (results unchanged).
         loss_reduction: "mean" or "sum" — how the training loss combines the examples, so that
             gᵢ = ∂ℓᵢ/∂sᵢ can be recovered from ∂L/∂s (×N for "mean").
+        batch_gradients_only: a promise that each step's ``.grad`` of the nn.Linear layers is
+            exactly the gradient of the one backward pass the hooks saw (no accumulation over
+            passes, no clipping, no added terms). With ``input_stream_cache``, the empirical
+            Fisher and no weight decay, layers that follow a stream then precondition from its
+            shared batch projections (``ExactInverse.precondition_from_batch``): the same
+            direction up to rounding, for a fraction of layer 1's cost.
     """
 
     def __init__(
@@ -97,6 +104,7 @@ class KFAC(Optimizer):
         kl_clip: float | None = None,
         loss_reduction: Literal["mean", "sum"] = "mean",
         input_stream_cache: InputStreamCache | None = None,
+        batch_gradients_only: bool = False,
     ) -> None:
         validate_arguments(
             lr=lr,
@@ -131,6 +139,11 @@ class KFAC(Optimizer):
         self.kl_clip = kl_clip
         self.loss_reduction = loss_reduction
         self._streams = InputFactorStreams(input_stream_cache, factor_decay)
+        if not isinstance(batch_gradients_only, bool):
+            raise ValueError(
+                f"batch_gradients_only must be True or False, got {batch_gradients_only!r}"
+            )
+        self._from_batch = batch_gradients_only and fisher == "empirical"
         self._layers = layers
         layer_params = set()
         for layer in layers:
@@ -154,6 +167,8 @@ class KFAC(Optimizer):
         }
         self._spectrum_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._spectra = [LayerSpectrum(layer.name, None) for layer in layers]
+        # Equally shaped dense layers preconditioned together; rebuilt after every inversion.
+        self._stacks: list[tuple[list[int], StackedExactInverse]] = []
 
     # --- public read-outs ----------------------------------------------------------------------
 
@@ -277,26 +292,7 @@ class KFAC(Optimizer):
             self._update_inverses()
         lambdas = self.damping.layer_values(self._spectra)
 
-        # Preconditioned directions, layer by layer, then the other parameters.
-        grads: list[torch.Tensor] = []
-        directions: list[torch.Tensor] = []
-        for layer, lam in zip(self._layers, lambdas, strict=True):
-            layer.damping = lam
-            block = layer.gradient_block()
-            if block is None:
-                grads.append(torch.zeros(0))
-                directions.append(torch.zeros(0))
-                continue
-            if weight_decay:
-                block = block + weight_decay * self._parameter_block(layer)
-            grads.append(block)
-            directions.append(self._precondition(layer, block, lam))
-        for p in self._other_params:
-            g = torch.zeros_like(p) if p.grad is None else p.grad
-            if weight_decay:
-                g = g + weight_decay * p
-            grads.append(g)
-            directions.append(g)
+        grads, directions = self._directions(lambdas, weight_decay)
 
         if self.kl_clip is not None:
             nu = fn.kl_clip_factor(directions, grads, lr, self.kl_clip)
@@ -367,6 +363,14 @@ class KFAC(Optimizer):
                 if inverse is not None:
                     layer.inverse = inverse
         self._counters["inversions"] += 1
+        self._restack()
+
+    def _restack(self) -> None:
+        inverses = [layer.inverse for layer in self._layers]
+        self._stacks = []
+        for members in stackable_groups(inverses):
+            exact = [inv for inv in (inverses[i] for i in members) if isinstance(inv, ExactInverse)]
+            self._stacks.append((members, StackedExactInverse.stack(exact)))
 
     def _measure_spectra(self) -> list[LayerSpectrum]:
         """Mean eigenvalue of each G⊗A, = (tr A / dim A)(tr G / dim G): no decomposition needed.
@@ -384,11 +388,68 @@ class KFAC(Optimizer):
             spectra.append(LayerSpectrum(layer.name, mean))
         return spectra
 
-    def _precondition(self, layer: LayerState, block: torch.Tensor, lam: float) -> torch.Tensor:
+    def _directions(
+        self, lambdas: list[float], weight_decay: float
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Gradients and preconditioned directions: the layers (stacked where possible), then
+        the other parameters (d = ∇). A layer without gradient gets empty tensors."""
+        grads: list[torch.Tensor] = []
+        directions: list[torch.Tensor] = []
+        from_batch = self._from_batch and not weight_decay
+        stacked = {i for members, _ in self._stacks for i in members}
+        for i, (layer, capture, lam) in enumerate(
+            zip(self._layers, self._capture.layers, lambdas, strict=True)
+        ):
+            layer.damping = lam
+            block = layer.gradient_block()
+            if block is None:
+                grads.append(torch.zeros(0))
+                directions.append(torch.zeros(0))
+                continue
+            if weight_decay:
+                block = block + weight_decay * self._parameter_block(layer)
+            grads.append(block)
+            if i in stacked:
+                directions.append(block)  # replaced by the stacked product below
+                continue
+            directions.append(
+                self._precondition(layer, block, lam, capture if from_batch else None)
+            )
+        for members, stack in self._stacks:
+            blocks = [grads[i] for i in members]
+            if any(b.numel() == 0 for b in blocks):  # a layer without gradient: one at a time
+                for i in members:
+                    if grads[i].numel():
+                        directions[i] = self._precondition(
+                            self._layers[i], grads[i], lambdas[i], None
+                        )
+                continue
+            dampings = torch.tensor([lambdas[i] for i in members], dtype=blocks[0].dtype)
+            result = stack.precondition(torch.stack(blocks), dampings.to(blocks[0].device))
+            for i, direction in zip(members, result.unbind(0), strict=True):
+                directions[i] = direction
+        for p in self._other_params:
+            g = torch.zeros_like(p) if p.grad is None else p.grad
+            if weight_decay:
+                g = g + weight_decay * p
+            grads.append(g)
+            directions.append(g)
+        return grads, directions
+
+    def _precondition(
+        self, layer: LayerState, block: torch.Tensor, lam: float, batch: LayerCapture | None
+    ) -> torch.Tensor:
+        """d for one layer; ``batch``: this step's capture when block is its batch gradient."""
         inverse = layer.inverse
         if inverse is None:
             return block / lam  # no curvature yet (no capture so far): F̂ = 0
         if isinstance(inverse, ExactInverse):
+            if batch is not None and batch.inputs is not None and batch.output_grads is not None:
+                projected = self._streams.projection(layer, inverse.a)
+                if projected is not None:
+                    return inverse.precondition_from_batch(
+                        block, lam, batch.output_grads, projected
+                    )
             return inverse.precondition(block, lam)
         assert isinstance(inverse, FactoredInverse)
         return inverse.precondition(block)
@@ -498,6 +559,7 @@ class KFAC(Optimizer):
         for layer, layer_state in zip(self._layers, kfac["layers"], strict=True):
             layer.load_state(layer_state)
         self._streams.detach_all()
+        self._restack()
         self._step = int(kfac["step"])
         self._capture.enabled = bool(kfac["capture_enabled"])
         self.damping.load_state_dict(kfac["damping"])

@@ -96,11 +96,40 @@ class InputFactorStreams:
         recorded = stream.eigens.get(cursor.updates)
         if recorded is not None:
             self.cache.shared_decompositions += 1
+            cursor.eigen_at = cursor.updates
             return recorded
         eigen = eigen_of_factor(layer.factor_a, counter)
         if cursor.updates == stream.updates:
             self.cache.record_inversion(stream, layer.factor_a, eigen)
+        recorded_now = eigen is not None and stream.eigens.get(cursor.updates) is eigen
+        cursor.eigen_at = cursor.updates if recorded_now else None
         return eigen
+
+    def projection(self, layer: LayerState, basis: FactorEigen) -> torch.Tensor | None:
+        """P = X̄ Q_A for this step's inputs X̄ = [X | 1] on ``basis``'s active coordinates, or
+        None unless this step's inputs are recorded and ``basis`` is a recorded decomposition.
+
+        Computed by the first optimizer that asks and kept in the stream for the others; the
+        same operation on the same values, so every optimizer gets bitwise the same P.
+        """
+        cursor = self._cursors.get(layer.name)
+        if cursor is None or not cursor.synced or cursor.eigen_at is None or self.cache is None:
+            return None
+        stream = cursor.stream
+        if stream.eigens.get(cursor.eigen_at) is not basis or cursor.updates > stream.updates:
+            return None
+        stored = stream.projections.get(cursor.updates)
+        if stored is not None and stored[0] == cursor.eigen_at:
+            self.cache.shared_projections += 1
+            return stored[1]
+        inputs = stream.inputs[cursor.updates - 1]
+        if layer.has_bias:
+            inputs = torch.cat([inputs, inputs.new_ones(inputs.shape[0], 1)], dim=1)
+        if basis.active is not None:
+            inputs = inputs.index_select(1, basis.active)
+        projected = inputs @ basis.vectors
+        self.cache.record_projection(stream, cursor.updates, cursor.eigen_at, projected)
+        return projected
 
     def detach_all(self) -> None:
         """Stop sharing for every layer (after ``load_state_dict``: factors are exact and ours)."""

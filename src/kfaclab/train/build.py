@@ -73,4 +73,5 @@ def build_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimi
         fisher=config.fisher,
         kl_clip=config.kl_clip,
         input_stream_cache=_INPUT_STREAMS,
+        batch_gradients_only=True,  # run_trial's .grad is exactly the captured batch's
     )
