@@ -19,24 +19,26 @@ from kfaclab.optim import InputStreamCache
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
 
-def _mlp(seed: int) -> nn.Sequential:
+def _mlp(seed: int, dtype: torch.dtype = torch.float32) -> nn.Sequential:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(300, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3))
+    return nn.Sequential(
+        nn.Linear(300, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3)
+    ).to(dtype)
 
 
-def _batches(n: int, seed: int = 7) -> Batches:
+def _batches(n: int, seed: int = 7, dtype: torch.dtype = torch.float32) -> Batches:
     """Sparse wide inputs (blank columns differ per batch): the factor's blank-column path runs."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(n):
         x = torch.rand(24, 300, generator=g)
         x[:, torch.randperm(300, generator=g)[:150]] = 0.0
-        out.append((x, torch.randint(0, 3, (24,), generator=g)))
+        out.append((x.to(dtype), torch.randint(0, 3, (24,), generator=g)))
     return out
 
 
 def _run(batches: Batches, cache: InputStreamCache | None, **kwargs: Any) -> list[torch.Tensor]:
-    model = _mlp(0)
+    model = _mlp(0, batches[0][0].dtype)
     options: dict[str, Any] = {"lr": 0.05, "damping": 1e-2, "inverse_every": 3} | kwargs
     opt = KFAC(model, input_stream_cache=cache, **options)
     for x, y in batches:
@@ -129,3 +131,28 @@ def test_state_dict_between_inversions_is_exact_and_resumes_bitwise() -> None:
 def test_invalid_budget_is_refused() -> None:
     with pytest.raises(ValueError, match="max_bytes must be an integer >= 0"):
         InputStreamCache(max_bytes=-1)
+
+
+def test_preconditioning_from_shared_batch_projections_is_the_same_direction() -> None:
+    """batch_gradients_only: layer 1's Q_Gᵀ∇Q_A comes from (O Q_G)ᵀ(X̄ Q_A), X̄ Q_A shared. The
+    recorder and its followers agree bitwise; the standard path agrees up to rounding."""
+    batches = _batches(10, dtype=torch.float64)
+    cache = InputStreamCache()
+    options: dict[str, Any] = {"batch_gradients_only": True, "momentum": 0.5}
+    recorded = _run(batches, cache, **options)
+    assert cache.shared_projections == 0 and cache.nbytes > 0
+    followed = _run(batches, cache, **options)
+    assert cache.shared_projections == 10
+    _assert_bitwise(recorded, followed)
+    standard = _run(batches, None, momentum=0.5)
+    for ours, theirs in zip(followed, standard, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    # Other lrs follow the same projections (they depend on the data only).
+    other = _run(batches, cache, lr=0.01, **options)
+    for ours, theirs in zip(other, _run(batches, None, lr=0.01, momentum=0.5), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+def test_batch_gradients_only_must_be_a_bool() -> None:
+    with pytest.raises(ValueError, match="batch_gradients_only must be True or False"):
+        KFAC(_mlp(0), lr=0.1, batch_gradients_only="yes")  # type: ignore[arg-type]
