@@ -27,17 +27,6 @@ def kl_clip_factor(
     return min(1.0, math.sqrt(kl_clip / estimate))
 
 
-def heavy_ball(
-    buffer: torch.Tensor | None, direction: torch.Tensor, momentum: float
-) -> torch.Tensor:
-    """v ← μv + d (the first step sets v = d); returns the (possibly new) buffer."""
-    if momentum == 0.0:
-        return direction
-    if buffer is None:
-        return direction.clone()
-    return buffer.mul_(momentum).add_(direction)
-
-
 def kronecker_quadratic(
     delta: torch.Tensor, factor_a: torch.Tensor, factor_g: torch.Tensor
 ) -> float:

@@ -301,10 +301,11 @@ class KFAC(Optimizer):
                 self._counters["kl_clip_binds"] += 1
                 directions = [d * nu for d in directions]
 
-        steps = self._apply(directions, lr, momentum)
+        wants_reduction = self.damping.wants_model_reduction(t)
+        steps = self._apply(directions, lr, momentum, want_steps=wants_reduction)
         loss_before = _as_float(loss)
         outcome = StepOutcome(step=t, loss_before=loss_before)
-        if self.damping.wants_model_reduction(t):
+        if wants_reduction:
             outcome = self._with_model_reduction(outcome, steps, lambdas, closure)
         self.damping.observe(outcome)
 
@@ -462,34 +463,52 @@ class KFAC(Optimizer):
         return torch.cat([weight.detach(), bias.detach().unsqueeze(1)], dim=1)
 
     def _apply(
-        self, directions: list[torch.Tensor], lr: float, momentum: float
+        self, directions: list[torch.Tensor], lr: float, momentum: float, want_steps: bool
     ) -> list[torch.Tensor]:
-        """Momentum and the parameter update; returns the steps δ = −η v actually taken."""
-        steps: list[torch.Tensor] = []
-        for layer, direction in zip(self._layers, directions, strict=False):
-            if direction.numel() == 0:
-                steps.append(direction)
+        """Heavy-ball momentum and the parameter update, as a few multi-tensor (foreach)
+        operations; returns the steps δ = −η v aligned with ``directions`` if ``want_steps``
+        (empty tensors where a layer had no gradient), else an empty list."""
+        n_layers = len(self._layers)
+        positions = [i for i, d in enumerate(directions) if d.numel()]
+        keys = [
+            self._layers[i].module.weight if i < n_layers else self._other_params[i - n_layers]
+            for i in positions
+        ]
+        velocities = [directions[i] for i in positions]
+        if momentum != 0.0:
+            running, incoming = [], []
+            for j, (key, direction) in enumerate(zip(keys, velocities, strict=True)):
+                state = self.state[key]
+                buffer = state.get("momentum_buffer")
+                if buffer is None:  # the first step sets v = d
+                    state["momentum_buffer"] = direction.clone()
+                else:
+                    running.append(buffer)
+                    incoming.append(direction)
+                velocities[j] = state["momentum_buffer"]
+            if running:
+                torch._foreach_mul_(running, momentum)
+                torch._foreach_add_(running, incoming)
+        targets: list[torch.Tensor] = []
+        sources: list[torch.Tensor] = []
+        for i, velocity in zip(positions, velocities, strict=True):
+            if i >= n_layers:
+                targets.append(self._other_params[i - n_layers])
+                sources.append(velocity)
                 continue
-            weight = layer.module.weight
-            state = self.state[weight]
-            buffer = fn.heavy_ball(state.get("momentum_buffer"), direction, momentum)
-            if momentum != 0.0:
-                state["momentum_buffer"] = buffer
-            delta = buffer * (-lr)
-            d_weight, d_bias = layer.split_block(delta)
-            weight.add_(d_weight)
-            if d_bias is not None:
-                assert layer.module.bias is not None
-                layer.module.bias.add_(d_bias)
-            steps.append(delta)
-        for p, direction in zip(self._other_params, directions[len(self._layers) :], strict=True):
-            state = self.state[p]
-            buffer = fn.heavy_ball(state.get("momentum_buffer"), direction, momentum)
-            if momentum != 0.0:
-                state["momentum_buffer"] = buffer
-            delta = buffer * (-lr)
-            p.add_(delta)
-            steps.append(delta)
+            layer = self._layers[i]
+            weight_part, bias_part = layer.split_block(velocity)
+            targets.append(layer.module.weight)
+            sources.append(weight_part)
+            if bias_part is not None and layer.module.bias is not None:
+                targets.append(layer.module.bias)
+                sources.append(bias_part)
+        torch._foreach_add_(targets, sources, alpha=-lr)
+        if not want_steps:
+            return []
+        steps = list(directions)
+        for i, velocity in zip(positions, velocities, strict=True):
+            steps[i] = velocity * (-lr)
         return steps
 
     def _with_model_reduction(
