@@ -156,3 +156,69 @@ def test_preconditioning_from_shared_batch_projections_is_the_same_direction() -
 def test_batch_gradients_only_must_be_a_bool() -> None:
     with pytest.raises(ValueError, match="batch_gradients_only must be True or False"):
         KFAC(_mlp(0), lr=0.1, batch_gradients_only="yes")  # type: ignore[arg-type]
+
+
+def _deferred_options(**extra: Any) -> dict[str, Any]:
+    return {"batch_gradients_only": True, "deferred_rotation": True} | extra
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.7])
+def test_deferred_rotation_equals_the_standard_update(momentum: float) -> None:
+    """Layer 1's updates kept in A's eigenbasis between inversions (forward-hook correction,
+    folded in at inversions and by state_dict): the same training run up to rounding."""
+    from kfaclab import ExponentialDecay
+
+    batches = _batches(11, dtype=torch.float64)
+    cache = InputStreamCache()
+    for damping in (lambda: 1e-2, lambda: ExponentialDecay(start=0.5, end=1e-3, steps=11)):
+        first = _run(batches, cache, **_deferred_options(momentum=momentum, damping=damping()))
+        second = _run(batches, cache, **_deferred_options(momentum=momentum, damping=damping()))
+        _assert_bitwise(first, second)  # recorder and follower
+        standard = _run(batches, None, momentum=momentum, damping=damping())
+        for ours, theirs in zip(second, standard, strict=True):
+            torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+def test_deferred_layer_is_exact_mid_window_for_forward_eval_and_state() -> None:
+    """Between inversions the weights are W' (not W): the model's output (with grad or not),
+    materialize() and the optimizer state must still be those of the standard run."""
+    batches = _batches(5, dtype=torch.float64)
+    cache = InputStreamCache()
+    _run(batches, cache, **_deferred_options())
+    runs = []
+    for options in (_deferred_options(momentum=0.6), {"momentum": 0.6}):
+        model = _mlp(0, torch.float64)
+        opt = KFAC(
+            model,
+            lr=0.05,
+            damping=1e-2,
+            inverse_every=10,
+            input_stream_cache=cache if "deferred_rotation" in options else None,
+            **options,
+        )
+        for x, y in batches:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step(loss=loss)
+        probe = batches[2][0][:7]
+        with_grad = model(probe).detach()  # through the hook's correction
+        with torch.no_grad():
+            without_grad = model(probe)  # the hook folds the rotation in first
+        state = opt.state_dict()
+        buffer = state["state"][0]["momentum_buffer"]  # layer 1's weight
+        runs.append(
+            (with_grad, without_grad, buffer, [p.detach().clone() for p in model.parameters()])
+        )
+    (ours_grad, ours_plain, ours_buffer, ours_params), (ref, ref_plain, ref_buffer, ref_params) = (
+        runs
+    )
+    for a, b in [(ours_grad, ref), (ours_plain, ref_plain), (ours_buffer, ref_buffer)]:
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for a, b in zip(ours_params, ref_params, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_deferred_rotation_needs_its_prerequisites() -> None:
+    with pytest.raises(ValueError, match="deferred_rotation needs batch_gradients_only=True"):
+        KFAC(_mlp(0), lr=0.1, deferred_rotation=True, input_stream_cache=InputStreamCache())

@@ -49,6 +49,7 @@ from kfaclab.curvature.stacked import StackedExactInverse, stackable_groups
 from kfaclab.damping.base import Damping, LayerSpectrum, StepOutcome
 from kfaclab.optim import functional as fn
 from kfaclab.optim.capture import Capture, LayerCapture
+from kfaclab.optim.deferred import DeferredLayers, inactive_direction, rotated_direction
 from kfaclab.optim.factors import update_output_factor
 from kfaclab.optim.input_stream import InputStreamCache
 from kfaclab.optim.layer_state import LayerState
@@ -87,6 +88,12 @@ class KFAC(Optimizer):
             Fisher and no weight decay, layers that follow a stream then precondition from its
             shared batch projections (``ExactInverse.precondition_from_batch``): the same
             direction up to rounding, for a fraction of layer 1's cost.
+        deferred_rotation: with ``batch_gradients_only`` and a stream, also keep those layers'
+            updates in A's eigenbasis between inversions (``kfaclab.optim.deferred``): the
+            out×k×k back-rotation is replaced by an N×k×out correction in the forward pass.
+            Such a layer's ``weight`` is not its effective weight until ``materialize()``;
+            call it before reading weights outside the model's forward (``state_dict`` does).
+            Used when the step needs no model reduction or KL clipping.
     """
 
     def __init__(
@@ -105,6 +112,7 @@ class KFAC(Optimizer):
         loss_reduction: Literal["mean", "sum"] = "mean",
         input_stream_cache: InputStreamCache | None = None,
         batch_gradients_only: bool = False,
+        deferred_rotation: bool = False,
     ) -> None:
         validate_arguments(
             lr=lr,
@@ -144,6 +152,14 @@ class KFAC(Optimizer):
                 f"batch_gradients_only must be True or False, got {batch_gradients_only!r}"
             )
         self._from_batch = batch_gradients_only and fisher == "empirical"
+        if deferred_rotation and not (self._from_batch and input_stream_cache is not None):
+            raise ValueError(
+                "deferred_rotation needs batch_gradients_only=True, fisher='empirical' and an "
+                f"input_stream_cache, got batch_gradients_only={batch_gradients_only!r}, "
+                f"fisher={fisher!r}, input_stream_cache={input_stream_cache!r}"
+            )
+        self._deferral = deferred_rotation
+        self._deferred = DeferredLayers()
         self._layers = layers
         layer_params = set()
         for layer in layers:
@@ -156,6 +172,11 @@ class KFAC(Optimizer):
             keep_outputs=fisher == "mc",
         )
         self._capture.attach()
+        if deferred_rotation:  # after the capture hooks: they must see the uncorrected output
+            for layer in layers:
+                self._capture.handles.append(
+                    layer.module.register_forward_hook(self._deferred_forward(layer))
+                )
         self._step = 0
         self._fallbacks = FallbackCounter()
         self._counters: dict[str, float] = {
@@ -292,7 +313,9 @@ class KFAC(Optimizer):
             self._update_inverses()
         lambdas = self.damping.layer_values(self._spectra)
 
-        grads, directions = self._directions(lambdas, weight_decay)
+        wants_reduction = self.damping.wants_model_reduction(t)
+        defer = self._deferral and self.kl_clip is None and not wants_reduction
+        grads, directions, deferred = self._directions(lambdas, weight_decay, defer)
 
         if self.kl_clip is not None:
             nu = fn.kl_clip_factor(directions, grads, lr, self.kl_clip)
@@ -301,8 +324,14 @@ class KFAC(Optimizer):
                 self._counters["kl_clip_binds"] += 1
                 directions = [d * nu for d in directions]
 
-        wants_reduction = self.damping.wants_model_reduction(t)
         steps = self._apply(directions, lr, momentum, want_steps=wants_reduction)
+        for i, (rotated, inactive) in deferred.items():
+            layer = self._layers[i]
+            assert isinstance(layer.inverse, ExactInverse)
+            state = self.state[layer.module.weight]
+            self._deferred.apply(layer, layer.inverse, rotated, inactive, lr, momentum, state)
+            if (t + 1) % self.inverse_every == 0:  # the next step inverts: fold in before it
+                self._deferred.materialize(layer, state)
         loss_before = _as_float(loss)
         outcome = StepOutcome(step=t, loss_before=loss_before)
         if wants_reduction:
@@ -340,6 +369,7 @@ class KFAC(Optimizer):
 
     def _update_inverses(self) -> None:
         self._spectrum_cache.clear()
+        self.materialize()  # pending rotations refer to the bases about to be replaced
         for layer in self._layers:
             self._streams.prepare_inversion(layer)
         self._spectra = self._measure_spectra()
@@ -390,12 +420,16 @@ class KFAC(Optimizer):
         return spectra
 
     def _directions(
-        self, lambdas: list[float], weight_decay: float
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        self, lambdas: list[float], weight_decay: float, defer: bool
+    ) -> tuple[
+        list[torch.Tensor], list[torch.Tensor], dict[int, tuple[torch.Tensor, torch.Tensor]]
+    ]:
         """Gradients and preconditioned directions: the layers (stacked where possible), then
-        the other parameters (d = ∇). A layer without gradient gets empty tensors."""
+        the other parameters (d = ∇). A layer without gradient gets empty tensors, and so does
+        a deferred layer, whose (rotated M, inactive part) goes in the third result."""
         grads: list[torch.Tensor] = []
         directions: list[torch.Tensor] = []
+        deferred: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         from_batch = self._from_batch and not weight_decay
         stacked = {i for members, _ in self._stacks for i in members}
         for i, (layer, capture, lam) in enumerate(
@@ -410,6 +444,14 @@ class KFAC(Optimizer):
             if weight_decay:
                 block = block + weight_decay * self._parameter_block(layer)
             grads.append(block)
+            if from_batch and defer:
+                split = self._deferred_direction(layer, capture, block, lam)
+                if split is not None:
+                    deferred[i] = split
+                    directions.append(torch.zeros(0))
+                    continue
+            if layer.name in self._deferred.pending:  # not deferred this step: standard form
+                self._deferred.materialize(layer, self.state[layer.module.weight])
             if i in stacked:
                 directions.append(block)  # replaced by the stacked product below
                 continue
@@ -435,7 +477,51 @@ class KFAC(Optimizer):
                 g = g + weight_decay * p
             grads.append(g)
             directions.append(g)
-        return grads, directions
+        return grads, directions, deferred
+
+    def _deferred_direction(
+        self, layer: LayerState, batch: LayerCapture, block: torch.Tensor, lam: float
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(M, d outside the active block) if this layer's step can stay rotated, else None."""
+        inverse = layer.inverse
+        if not isinstance(inverse, ExactInverse) or inverse.g.active is not None:
+            return None
+        if batch.inputs is None or batch.output_grads is None:
+            return None
+        projected = self._streams.projection(layer, inverse.a)
+        if projected is None:
+            return None
+        rotated = rotated_direction(inverse, batch.output_grads, projected, lam)
+        return rotated, inactive_direction(inverse, block, lam)
+
+    def _deferred_forward(
+        self, layer: LayerState
+    ) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], torch.Tensor | None]:
+        """Forward hook: the output with the pending rotated update (see ``deferred``)."""
+
+        def hook(
+            module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
+        ) -> torch.Tensor | None:
+            pending = self._deferred.pending.get(layer.name)
+            if pending is None:
+                return None
+            x = inputs[0]
+            if not torch.is_grad_enabled():  # not a training batch: fold in, then recompute
+                self._deferred.materialize(layer, self.state[layer.module.weight])
+                return nn.functional.linear(x, layer.module.weight, layer.module.bias)
+            flat = x.detach().reshape(-1, x.shape[-1])
+            projected = self._streams.next_batch_projection(layer, flat, pending.basis.a)
+            correction = pending.correction(projected).reshape(output.shape)
+            return output - correction
+
+        return hook
+
+    def materialize(self) -> None:
+        """Write pending rotated updates (``deferred_rotation``) into the weights and momentum
+        buffers; a no-op otherwise. Needed before reading weights outside the forward pass."""
+        for layer in self._layers:
+            if layer.name in self._deferred.pending:
+                self._deferred.materialize(layer, self.state[layer.module.weight])
 
     def _precondition(
         self, layer: LayerState, block: torch.Tensor, lam: float, batch: LayerCapture | None
@@ -552,6 +638,7 @@ class KFAC(Optimizer):
     # --- state ------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
+        self.materialize()
         state = super().state_dict()
         self._streams.settle_all(self._layers)
         state["kfac"] = {
@@ -578,6 +665,7 @@ class KFAC(Optimizer):
         for layer, layer_state in zip(self._layers, kfac["layers"], strict=True):
             layer.load_state(layer_state)
         self._streams.detach_all()
+        self._deferred.clear()
         self._restack()
         self._step = int(kfac["step"])
         self._capture.enabled = bool(kfac["capture_enabled"])

@@ -52,6 +52,21 @@ class LayerState:
             return block, None
         return block[:, :-1], block[:, -1]
 
+    def parameter_block(self) -> torch.Tensor:
+        """[W | b] as a new (out, in[+1]) tensor."""
+        weight, bias = self.module.weight.detach(), self.module.bias
+        if bias is None:
+            return weight.clone()
+        return torch.cat([weight, bias.detach().unsqueeze(1)], dim=1)
+
+    def write_parameter_block(self, block: torch.Tensor) -> None:
+        """Copy an (out, in[+1]) block into W and b."""
+        weight_part, bias_part = self.split_block(block)
+        with torch.no_grad():
+            self.module.weight.copy_(weight_part)
+            if bias_part is not None and self.module.bias is not None:
+                self.module.bias.copy_(bias_part)
+
     # --- serialisation -------------------------------------------------------------------
 
     def to_state(self) -> dict[str, Any]:

@@ -18,6 +18,15 @@ from kfaclab.optim.input_stream import InputStreamCache, StreamCursor, stream_ke
 from kfaclab.optim.layer_state import LayerState
 
 
+def project(inputs: torch.Tensor, with_bias: bool, basis: FactorEigen) -> torch.Tensor:
+    """P = X̄_active Q_A: the inputs [X | 1] on the basis's active coordinates, rotated."""
+    if with_bias:
+        inputs = torch.cat([inputs, inputs.new_ones(inputs.shape[0], 1)], dim=1)
+    if basis.active is not None:
+        inputs = inputs.index_select(1, basis.active)
+    return inputs @ basis.vectors
+
+
 class InputFactorStreams:
     def __init__(self, cache: InputStreamCache | None, decay: float) -> None:
         self.cache = cache
@@ -122,14 +131,28 @@ class InputFactorStreams:
         if stored is not None and stored[0] == cursor.eigen_at:
             self.cache.shared_projections += 1
             return stored[1]
-        inputs = stream.inputs[cursor.updates - 1]
-        if layer.has_bias:
-            inputs = torch.cat([inputs, inputs.new_ones(inputs.shape[0], 1)], dim=1)
-        if basis.active is not None:
-            inputs = inputs.index_select(1, basis.active)
-        projected = inputs @ basis.vectors
+        projected = project(stream.inputs[cursor.updates - 1], layer.has_bias, basis)
         self.cache.record_projection(stream, cursor.updates, cursor.eigen_at, projected)
         return projected
+
+    def next_batch_projection(
+        self, layer: LayerState, inputs: torch.Tensor, basis: FactorEigen
+    ) -> torch.Tensor:
+        """P for a batch in the forward pass, before its update: the recorded one when the
+        inputs are the stream's next update and were projected on ``basis``, else computed —
+        bitwise the same either way (``project`` on the same values)."""
+        cursor = self._cursors.get(layer.name)
+        if cursor is not None and cursor.synced and cursor.eigen_at is not None:
+            stream, update = cursor.stream, cursor.updates + 1
+            stored = stream.projections.get(update)
+            if (
+                stored is not None
+                and stored[0] == cursor.eigen_at
+                and stream.eigens.get(cursor.eigen_at) is basis
+                and stream.matches(update, inputs)
+            ):
+                return stored[1]
+        return project(inputs, layer.has_bias, basis)
 
     def detach_all(self) -> None:
         """Stop sharing for every layer (after ``load_state_dict``: factors are exact and ours)."""

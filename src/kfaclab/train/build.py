@@ -74,4 +74,7 @@ def build_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimi
         kl_clip=config.kl_clip,
         input_stream_cache=_INPUT_STREAMS,
         batch_gradients_only=True,  # run_trial's .grad is exactly the captured batch's
+        # Layer 1's updates stay in A's eigenbasis between inversions; the loop calls
+        # materialize() before every evaluation (which bypasses the hooks).
+        deferred_rotation=config.fisher == "empirical",
     )

@@ -92,6 +92,8 @@ class _Trial:
         batches = batch_indices(len(Y), config.batch_size, total, self.generator, self.device)
         for t, idx in enumerate(batches):
             if t in eval_at:
+                if kfac is not None:
+                    kfac.materialize()  # evaluation bypasses the hooks: weights must be current
                 self.evals.append(evaluate(model, t, self.train, self.test))
             for group in groups:
                 group["lr"] = lrs[t]
@@ -122,6 +124,8 @@ class _Trial:
                 progress(t + 1, total, value)
 
         if diverged_at is None:
+            if kfac is not None:
+                kfac.materialize()
             self.evals.append(evaluate(model, total, self.train, self.test))
             final = self.evals[-1].train_loss
             if not final <= bound:  # the last step itself blew up

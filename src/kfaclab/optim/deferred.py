@@ -1,0 +1,140 @@
+"""Deferred input-side rotation for a layer that follows an input stream (opt-in, see KFAC).
+
+For layer 1 of the reference MLP the most expensive product of an exact K-FAC step is rotating
+the direction back out of A's eigenbasis: d = Q_G M Q_Aᵀ with M = (Q_Gᵀ∇Q_A) ⊘ (g aᵀ + λ), an
+out×k×k product (100·697² multiply-adds, ~40% of the step). Between two inversions Q_A and Q_G do
+not change, so the update can stay rotated: with C the sum of the rotated steps since the last
+inversion, the effective weight on A's active coordinates is
+
+    W = W' − Q_G C Q_Aᵀ
+
+and the layer's output on a batch X̄ = [X | 1] is X̄W'ᵀ − (X̄_active Q_A) Cᵀ Q_Gᵀ, where
+P = X̄_active Q_A is the batch projection the input stream already shares. A forward hook
+applies that correction (128·697·100 multiply-adds instead of 100·697²); ``materialize`` folds
+C (and the rotated momentum) back into the weights and the momentum buffer in standard
+coordinates — at every inversion, before ``state_dict``, and before any forward that is not a
+training batch of the stream.
+
+Momentum stays split the same way: v = v' + Q_G V Q_Aᵀ, V ← μV + M (rotated part) and
+v' ← μv' + d_inactive (the coordinates outside the active block, in standard coordinates), and
+the weight update is W' ← W' − ηv', C ← C + ηV. The arithmetic is K-FAC's; only the order of the
+products differs, so results agree with the standard path up to rounding.
+
+``module.weight`` of a deferred layer holds W', not W, until ``materialize``: a loop that
+reads weights other than through the model's forward must call it first (``run_trial`` does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from kfaclab.curvature.exact import ExactInverse
+from kfaclab.optim.layer_state import LayerState
+
+
+@dataclass
+class DeferredRotation:
+    """Pending rotated update of one layer, relative to the inverse ``basis`` in force."""
+
+    basis: ExactInverse
+    weight: torch.Tensor  # C: (out, k), sum of η·V over the window's steps
+    velocity: torch.Tensor  # V: (out, k), the rotated part of the momentum buffer
+
+    def correction(self, projected: torch.Tensor) -> torch.Tensor:
+        """(X̄_active Q_A) Cᵀ Q_Gᵀ: what the layer's output lacks while C is pending."""
+        return (projected @ self.weight.T) @ self.basis.g.vectors.T
+
+
+
+def rotated_direction(
+    basis: ExactInverse, output_grads: torch.Tensor, projected: torch.Tensor, damping: float
+) -> torch.Tensor:
+    """M = (Q_Gᵀ ∇_active Q_A) ⊘ (g aᵀ + λ) for ∇ = Oᵀ X̄, from O and P = X̄_active Q_A."""
+    rotated = (output_grads @ basis.g.vectors).T @ projected
+    return rotated / (torch.outer(basis.g.values, basis.a.values) + damping)
+
+
+def inactive_direction(basis: ExactInverse, grad: torch.Tensor, damping: float) -> torch.Tensor:
+    """d outside the active block (∇/λ: no curvature there), zero on the active columns."""
+    direction = grad / damping
+    if basis.a.active is not None:
+        direction.index_fill_(1, basis.a.active, 0.0)
+    else:
+        direction.zero_()
+    return direction
+
+
+class DeferredLayers:
+    """The deferred layers of one optimizer: their pending rotations, updates and folding."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, DeferredRotation] = {}
+
+    def apply(
+        self,
+        layer: LayerState,
+        basis: ExactInverse,
+        rotated: torch.Tensor,
+        inactive: torch.Tensor,
+        lr: float,
+        momentum: float,
+        state: dict[str, Any],
+    ) -> None:
+        """One heavy-ball step with direction Q_G·rotated·Q_Aᵀ + inactive, kept split.
+
+        ``state`` is the optimizer's per-parameter state of the layer's weight (its
+        ``momentum_buffer`` holds v', the standard-coordinate part of the momentum)."""
+        pending = self.pending.get(layer.name)
+        if pending is not None and pending.basis is not basis:
+            self.materialize(layer, state)
+            pending = None
+        if pending is None:
+            pending = DeferredRotation(basis, torch.zeros_like(rotated), torch.zeros_like(rotated))
+            self.pending[layer.name] = pending
+        if momentum != 0.0:
+            pending.velocity.mul_(momentum).add_(rotated)
+            buffer = state.get("momentum_buffer")
+            if buffer is None:  # the first step sets v = d (here: its inactive part)
+                buffer = state["momentum_buffer"] = inactive.clone()
+            else:
+                buffer.mul_(momentum).add_(inactive)
+        else:
+            pending.velocity.copy_(rotated)
+            buffer = inactive
+        pending.weight.add_(pending.velocity, alpha=lr)
+        weight_part, bias_part = layer.split_block(buffer)
+        layer.module.weight.add_(weight_part, alpha=-lr)
+        if bias_part is not None and layer.module.bias is not None:
+            layer.module.bias.add_(bias_part, alpha=-lr)
+
+    def materialize(self, layer: LayerState, state: dict[str, Any]) -> None:
+        """Fold the pending rotation into the weights (W = W' − Q_G C Q_Aᵀ) and the momentum
+        buffer (v = v' + Q_G V Q_Aᵀ); afterwards the layer is in standard form."""
+        pending = self.pending.pop(layer.name, None)
+        if pending is None:
+            return
+        cols = pending.basis.a.active
+        # One (2·out)×k×k product for both: Q_G[C; V] first, then ·Q_Aᵀ.
+        q_g, q_a = pending.basis.g.vectors, pending.basis.a.vectors
+        both = torch.cat([q_g @ pending.weight, q_g @ pending.velocity]) @ q_a.T
+        out = pending.weight.shape[0]
+        weight_change, velocity = both[:out], both[out:]
+        with torch.no_grad():
+            block = layer.parameter_block()
+            if cols is None:
+                block.sub_(weight_change)
+            else:
+                block.index_add_(1, cols, weight_change, alpha=-1.0)
+            layer.write_parameter_block(block)
+        buffer = state.get("momentum_buffer")
+        if buffer is not None:
+            if cols is None:
+                buffer.add_(velocity)
+            else:
+                buffer.index_add_(1, cols, velocity)
+
+    def clear(self) -> None:
+        self.pending.clear()
