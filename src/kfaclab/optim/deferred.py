@@ -48,7 +48,6 @@ class DeferredRotation:
         return (projected @ self.weight.T) @ self.basis.g.vectors.T
 
 
-
 def rotated_direction(
     basis: ExactInverse, output_grads: torch.Tensor, projected: torch.Tensor, damping: float
 ) -> torch.Tensor:
