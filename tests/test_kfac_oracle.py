@@ -8,6 +8,7 @@ block as a dense Kronecker product, and the damped inverse with torch.linalg.sol
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -102,8 +103,20 @@ def test_first_step_equals_dense_damped_inverse(form: str, bias: bool, lam: floa
         torch.testing.assert_close(_block_param(module), expected, rtol=1e-9, atol=1e-12)
 
 
-def test_running_factors_follow_the_moving_average() -> None:
-    model = _mlp(3)
+def _deep_mlp(seed: int) -> nn.Sequential:
+    """Three equally shaped hidden layers: their factors are updated as one stack."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = [nn.Linear(5, 6), nn.Tanh()]
+    for _ in range(3):
+        layers += [nn.Linear(6, 6), nn.Tanh()]
+    return nn.Sequential(*layers, nn.Linear(6, 3)).double()
+
+
+@pytest.mark.parametrize("make_model", [_mlp, _deep_mlp])
+def test_running_factors_follow_the_moving_average(
+    make_model: Callable[[int], nn.Sequential],
+) -> None:
+    model = make_model(3)
     decay = 0.7
     opt = KFAC(model, lr=0.05, damping=0.1, factor_decay=decay)
     expected: list[tuple[torch.Tensor, torch.Tensor]] | None = None

@@ -83,3 +83,28 @@ def update_output_factor(
 ) -> torch.Tensor:
     """output_grads: (N, out), gᵢ = scale · output_grads[i] → running G of shape (out, out)."""
     return _update(running, output_grads * scale, decay)
+
+
+def update_stacked(
+    runnings: list[torch.Tensor],
+    rows: list[torch.Tensor],
+    decay: float,
+    with_bias: bool = False,
+    scale: float = 1.0,
+) -> list[torch.Tensor]:
+    """The running factors of k layers with equally shaped rows, updated in one batched GEMM.
+
+    ``runnings[j] ← β runnings[j] + (1−β) R̄ⱼᵀR̄ⱼ/N`` with R̄ⱼ = scale·[rows[j] | 1 if with_bias]:
+    the same as ``update_input_factor`` / ``update_output_factor`` per layer (for inputs too
+    narrow for the blank-column shortcut), in a handful of operations instead of 3k. Returns
+    new tensors (views of one stack); the inputs are not modified.
+    """
+    stacked = torch.stack(rows)  # (k, N, d)
+    if with_bias:
+        stacked = torch.cat([stacked, stacked.new_ones(*stacked.shape[:2], 1)], dim=2)
+    if scale != 1.0:
+        stacked = stacked * scale
+    running = torch.stack(runnings)
+    n = stacked.shape[1]
+    running.mul_(decay).baddbmm_(stacked.transpose(1, 2), stacked, alpha=(1.0 - decay) / n)
+    return list(running.unbind(0))

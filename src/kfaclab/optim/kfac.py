@@ -50,7 +50,12 @@ from kfaclab.damping.base import Damping, LayerSpectrum, StepOutcome
 from kfaclab.optim import functional as fn
 from kfaclab.optim.capture import Capture, LayerCapture
 from kfaclab.optim.deferred import DeferredLayers, inactive_direction, rotated_direction
-from kfaclab.optim.factors import update_output_factor
+from kfaclab.optim.factors import (
+    MIN_COLUMNS,
+    update_input_factor,
+    update_output_factor,
+    update_stacked,
+)
 from kfaclab.optim.input_stream import InputStreamCache
 from kfaclab.optim.layer_state import LayerState
 from kfaclab.optim.stream_follower import InputFactorStreams
@@ -346,26 +351,64 @@ class KFAC(Optimizer):
     # --- internals --------------------------------------------------------------------------
 
     def _update_factors(self) -> None:
-        updated = False
+        """Every layer's running A and G from this step's capture. Layers with equally shaped
+        running factors (a wide MLP's hidden layers) are updated together (``update_stacked``);
+        data-input layers go through the input streams; first updates set the factor."""
+        Group = list[tuple[LayerState, torch.Tensor]]
+        input_groups: dict[tuple[object, ...], Group] = {}
+        output_groups: dict[tuple[object, ...], Group] = {}
         for layer, capture in zip(self._layers, self._capture.layers, strict=True):
             if capture.inputs is None or capture.output_grads is None:
                 continue
-            # First update sets the factor (β = 0 for that call); see factors.py.
             layer.input_is_data = layer.input_is_data and not capture.input_requires_grad
-            self._streams.update(layer, capture.inputs)
             scale = capture.grad_scale
             if self.fisher == "empirical":
-                scale = (
-                    float(capture.output_grads.shape[0]) if self.loss_reduction == "mean" else 1.0
+                n = float(capture.output_grads.shape[0])
+                scale = n if self.loss_reduction == "mean" else 1.0
+            a, g = layer.factor_a, layer.factor_g
+            if a is not None and not layer.input_is_data and capture.inputs.shape[1] < MIN_COLUMNS:
+                key = (a.shape, capture.inputs.shape, layer.has_bias, a.dtype, a.device)
+                input_groups.setdefault(key, []).append((layer, capture.inputs))
+            else:
+                self._streams.update(layer, capture.inputs)
+            if g is not None:
+                out_key = (g.shape, capture.output_grads.shape, g.dtype, g.device)
+                output_groups.setdefault(out_key, []).append((layer, capture.output_grads * scale))
+            else:
+                layer.factor_g = update_output_factor(
+                    None, capture.output_grads, scale, self.factor_decay
                 )
-            layer.factor_g = update_output_factor(
-                layer.factor_g, capture.output_grads, scale, self.factor_decay
-            )
-            updated = True
-        if updated:
-            self._counters["factor_updates"] += 1
-        else:
-            self._counters["steps_without_capture"] += 1
+        for members in input_groups.values():
+            factors = self._updated([m[0].factor_a for m in members], members, bias=True)
+            for (layer, _), factor in zip(members, factors, strict=True):
+                layer.factor_a = factor
+        for members in output_groups.values():
+            factors = self._updated([m[0].factor_g for m in members], members, bias=False)
+            for (layer, _), factor in zip(members, factors, strict=True):
+                layer.factor_g = factor
+        updated = any(
+            c.inputs is not None and c.output_grads is not None for c in self._capture.layers
+        )
+        self._counters["factor_updates" if updated else "steps_without_capture"] += 1
+
+    def _updated(
+        self,
+        runnings: list[torch.Tensor | None],
+        members: list[tuple[LayerState, torch.Tensor]],
+        bias: bool,
+    ) -> list[torch.Tensor]:
+        """Running factors after one update with rows ``members[j][1]`` (already scaled), plus
+        a column of ones when ``bias`` and the layer has one: stacked when there are several."""
+        decay = self.factor_decay
+        with_bias = bias and members[0][0].has_bias
+        if len(members) == 1:
+            rows = members[0][1]
+            if bias:
+                return [update_input_factor(runnings[0], rows, with_bias, decay)]
+            return [update_output_factor(runnings[0], rows, 1.0, decay)]
+        present = [r for r in runnings if r is not None]
+        assert len(present) == len(runnings)
+        return update_stacked(present, [rows for _, rows in members], decay, with_bias)
 
     def _update_inverses(self) -> None:
         self._spectrum_cache.clear()
