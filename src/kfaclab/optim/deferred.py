@@ -56,13 +56,22 @@ def rotated_direction(
     return rotated / (torch.outer(basis.g.values, basis.a.values) + damping)
 
 
-def inactive_direction(basis: ExactInverse, grad: torch.Tensor, damping: float) -> torch.Tensor:
+def inactive_columns(basis: ExactInverse, n_columns: int) -> torch.Tensor:
+    """The columns outside A's active block (never non-zero in the inputs up to the inversion)."""
+    active = basis.a.active
+    device = basis.a.values.device
+    if active is None:
+        return torch.zeros(0, dtype=torch.int64, device=device)
+    keep = torch.ones(n_columns, dtype=torch.bool, device=device)
+    keep[active] = False
+    return torch.nonzero(keep, as_tuple=False).squeeze(1)
+
+
+def inactive_direction(grad: torch.Tensor, inactive: torch.Tensor, damping: float) -> torch.Tensor:
     """d outside the active block (∇/λ: no curvature there), zero on the active columns."""
-    direction = grad / damping
-    if basis.a.active is not None:
-        direction.index_fill_(1, basis.a.active, 0.0)
-    else:
-        direction.zero_()
+    direction = torch.zeros_like(grad)
+    if inactive.numel():
+        direction.index_copy_(1, inactive, grad.index_select(1, inactive) / damping)
     return direction
 
 
@@ -71,6 +80,17 @@ class DeferredLayers:
 
     def __init__(self) -> None:
         self.pending: dict[str, DeferredRotation] = {}
+        self._inactive: dict[str, tuple[ExactInverse, torch.Tensor]] = {}
+
+    def inactive_part(
+        self, layer: LayerState, basis: ExactInverse, grad: torch.Tensor, damping: float
+    ) -> torch.Tensor:
+        """``inactive_direction`` with the basis's inactive columns computed once per basis."""
+        known = self._inactive.get(layer.name)
+        if known is None or known[0] is not basis:
+            known = (basis, inactive_columns(basis, grad.shape[1]))
+            self._inactive[layer.name] = known
+        return inactive_direction(grad, known[1], damping)
 
     def apply(
         self,
@@ -137,3 +157,4 @@ class DeferredLayers:
 
     def clear(self) -> None:
         self.pending.clear()
+        self._inactive.clear()

@@ -49,7 +49,7 @@ from kfaclab.curvature.stacked import StackedExactInverse, stackable_groups
 from kfaclab.damping.base import Damping, LayerSpectrum, StepOutcome
 from kfaclab.optim import functional as fn
 from kfaclab.optim.capture import Capture, LayerCapture
-from kfaclab.optim.deferred import DeferredLayers, inactive_direction, rotated_direction
+from kfaclab.optim.deferred import DeferredLayers, rotated_direction
 from kfaclab.optim.factors import (
     MIN_COLUMNS,
     update_input_factor,
@@ -535,7 +535,7 @@ class KFAC(Optimizer):
         if projected is None:
             return None
         rotated = rotated_direction(inverse, batch.output_grads, projected, lam)
-        return rotated, inactive_direction(inverse, block, lam)
+        return rotated, self._deferred.inactive_part(layer, inverse, block, lam)
 
     def _deferred_forward(
         self, layer: LayerState
