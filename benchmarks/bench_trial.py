@@ -6,16 +6,18 @@ Variants, run interleaved within each repeat so that machine drift hits them ali
 
 * ``usual``:   the textbook loop — DataLoader(TensorDataset, batch_size=128, shuffle=True), per
                step zero_grad / forward / backward / step and ``losses.append(loss.item())``;
-               no evaluation, no diagnostics. Same model, optimizer and hyperparameters.
+               no evaluation, no diagnostics. Same model and hyperparameters; the optimizer as
+               a user builds it (``KFAC(model, ...)`` with its defaults, no input stream).
 * ``bare``:    ``run_trial`` with no histograms and no curvature diagnostics; it still evaluates
                the final full-training-set loss (the trial's value) and the test set once.
 * ``default``: ``run_trial`` at default settings (histograms and, for K-FAC, diagnostics at
                60, 120, …, 360; evaluation at the last step).
 * ``warm``:    ``default`` again right after ``default``: what every trial but a worker's first
-               costs in a sweep, where layer 1's input-factor eigendecompositions (data-only, the
-               same for every trial of the study) come from the per-process cache.
+               costs in a sweep, where layer 1's data-only work (factor updates, decompositions,
+               batch projections: the same for every trial of the study) comes from the
+               per-process input stream (``kfaclab.optim.InputStreamCache``).
 
-``usual``, ``bare`` and ``default`` start with an empty decomposition cache (cold), so their
+``usual``, ``bare`` and ``default`` start with an empty input-stream cache (cold), so their
 comparison is not confounded by the cache.
 * ``observe``: the six histograms (+ diagnostics) alone, timed directly.
 * ``eval``:    the one final evaluation alone (full training set + test set).
@@ -38,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from kfaclab import KFAC
 from kfaclab.data import load_dataset
 from kfaclab.train import run_trial
 from kfaclab.train.build import (
@@ -63,7 +66,7 @@ def usual_trial(config: TrialConfig) -> float:
     with seeded(config.seed, torch.device("cpu")):
         start = time.perf_counter()
         model = build_model(config, torch.device("cpu"))
-        opt = build_optimizer(config, model)
+        opt = _plain_optimizer(config, model)
         loader = DataLoader(
             TensorDataset(data.train_x, data.train_y), batch_size=config.batch_size, shuffle=True
         )
@@ -75,6 +78,21 @@ def usual_trial(config: TrialConfig) -> float:
             opt.step()
             losses.append(loss.item())
         return time.perf_counter() - start
+
+
+def _plain_optimizer(config: TrialConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """What a user writes: torch's SGD, or KFAC with its defaults (no sweep-only sharing)."""
+    if config.optimizer == "sgd":
+        return build_optimizer(config, model)
+    assert isinstance(config.damping, float)
+    return KFAC(
+        model,
+        lr=config.lr,
+        damping=config.damping,
+        momentum=config.momentum,
+        factor_decay=config.factor_decay,
+        inverse_every=config.inverse_every,
+    )
 
 
 def final_eval_seconds(config: TrialConfig) -> float:
