@@ -379,12 +379,10 @@ class KFAC(Optimizer):
                     None, capture.output_grads, scale, self.factor_decay
                 )
         for members in input_groups.values():
-            factors = self._updated([m[0].factor_a for m in members], members, bias=True)
-            for (layer, _), factor in zip(members, factors, strict=True):
+            for (layer, _), factor in zip(members, self._updated(members, True), strict=True):
                 layer.factor_a = factor
         for members in output_groups.values():
-            factors = self._updated([m[0].factor_g for m in members], members, bias=False)
-            for (layer, _), factor in zip(members, factors, strict=True):
+            for (layer, _), factor in zip(members, self._updated(members, False), strict=True):
                 layer.factor_g = factor
         updated = any(
             c.inputs is not None and c.output_grads is not None for c in self._capture.layers
@@ -392,22 +390,20 @@ class KFAC(Optimizer):
         self._counters["factor_updates" if updated else "steps_without_capture"] += 1
 
     def _updated(
-        self,
-        runnings: list[torch.Tensor | None],
-        members: list[tuple[LayerState, torch.Tensor]],
-        bias: bool,
+        self, members: list[tuple[LayerState, torch.Tensor]], input_side: bool
     ) -> list[torch.Tensor]:
-        """Running factors after one update with rows ``members[j][1]`` (already scaled), plus
-        a column of ones when ``bias`` and the layer has one: stacked when there are several."""
+        """The members' running A (``input_side``, with the bias's column of ones) or G after one
+        update with rows ``members[j][1]`` (already scaled): stacked when there are several."""
         decay = self.factor_decay
-        with_bias = bias and members[0][0].has_bias
+        runnings = [layer.factor_a if input_side else layer.factor_g for layer, _ in members]
         if len(members) == 1:
-            rows = members[0][1]
-            if bias:
-                return [update_input_factor(runnings[0], rows, with_bias, decay)]
+            layer, rows = members[0]
+            if input_side:
+                return [update_input_factor(runnings[0], rows, layer.has_bias, decay)]
             return [update_output_factor(runnings[0], rows, 1.0, decay)]
         present = [r for r in runnings if r is not None]
-        assert len(present) == len(runnings)
+        assert len(present) == len(runnings)  # grouped only after their first update
+        with_bias = input_side and members[0][0].has_bias
         return update_stacked(present, [rows for _, rows in members], decay, with_bias)
 
     def _update_inverses(self) -> None:
@@ -485,7 +481,7 @@ class KFAC(Optimizer):
                 directions.append(torch.zeros(0))
                 continue
             if weight_decay:
-                block = block + weight_decay * self._parameter_block(layer)
+                block = block + weight_decay * layer.parameter_block()
             grads.append(block)
             if from_batch and defer:
                 split = self._deferred_direction(layer, capture, block, lam)
@@ -583,13 +579,6 @@ class KFAC(Optimizer):
             return inverse.precondition(block, lam)
         assert isinstance(inverse, FactoredInverse)
         return inverse.precondition(block)
-
-    @staticmethod
-    def _parameter_block(layer: LayerState) -> torch.Tensor:
-        weight, bias = layer.module.weight, layer.module.bias
-        if bias is None:
-            return weight.detach()
-        return torch.cat([weight.detach(), bias.detach().unsqueeze(1)], dim=1)
 
     def _apply(
         self, directions: list[torch.Tensor], lr: float, momentum: float, want_steps: bool
