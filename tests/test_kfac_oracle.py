@@ -280,3 +280,19 @@ def test_stacked_hidden_layers_equal_dense_damped_inverse(lam: float) -> None:
             assert layer.damping is not None
             expected = theta0 - 0.1 * _dense_direction(a, g, grad, layer.damping, "exact")
             torch.testing.assert_close(_block_param(module), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_weight_decay_is_added_to_the_gradient_before_preconditioning() -> None:
+    model = _mlp(6)
+    x, y = _data(6)
+    wd, lr, lam = 0.05, 0.1, 0.2
+    factors = _oracle_factors(model, x, y)
+    opt = KFAC(model, lr=lr, damping=lam, weight_decay=wd)
+    F.cross_entropy(model(x), y).backward()
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    before = [_block_param(m) for m in linears]
+    grads = [_block_grad(m) for m in linears]
+    opt.step()
+    for module, (a, g), theta0, grad in zip(linears, factors, before, grads, strict=True):
+        expected = theta0 - lr * _dense_direction(a, g, grad + wd * theta0, lam, "exact")
+        torch.testing.assert_close(_block_param(module), expected, rtol=1e-9, atol=1e-12)
