@@ -35,6 +35,15 @@ class FactorEigen(NamedTuple):
         zeros = self.values.new_zeros(n - self.values.shape[0])
         return torch.cat([zeros, self.values])
 
+    def inactive(self, n: int) -> torch.Tensor:
+        """Indices of the n − k inactive coordinates, ascending (empty when all are active)."""
+        device = self.values.device
+        if self.active is None:
+            return torch.zeros(0, dtype=torch.int64, device=device)
+        is_inactive = torch.ones(n, dtype=torch.bool, device=device)
+        is_inactive[self.active] = False
+        return torch.nonzero(is_inactive, as_tuple=False).squeeze(1)
+
 
 def active_coordinates(factor: torch.Tensor) -> torch.Tensor | None:
     """Indices of the coordinates with a non-zero diagonal, or None when all are non-zero."""
@@ -65,9 +74,7 @@ def expanded(eigen: FactorEigen, n: int) -> FactorEigen:
     if eigen.active is None:
         return eigen
     k = eigen.values.shape[0]
-    is_active = torch.zeros(n, dtype=torch.bool, device=eigen.values.device)
-    is_active[eigen.active] = True
-    inactive = torch.nonzero(~is_active, as_tuple=False).squeeze(1)
+    inactive = eigen.inactive(n)
     vectors = eigen.vectors.new_zeros(n, n)
     columns = torch.arange(n, device=vectors.device)
     vectors[inactive, columns[: n - k]] = 1.0

@@ -63,16 +63,27 @@ class ExactInverse(NamedTuple):
         When P is shared (``kfaclab.optim.input_stream``) this replaces the out×k×k product
         with an N×out×k one (for layer 1 of the reference MLP: 100·697² → 128·100·697).
         """
+        return self._finish(
+            grad, self.rotated_batch_gradient(output_grads, projected_inputs), damping
+        )
+
+    def rotated_batch_gradient(
+        self, output_grads: torch.Tensor, projected_inputs: torch.Tensor
+    ) -> torch.Tensor:
+        """Q_Gᵀ ∇ Q_A on the active block for ∇ = Oᵀ[X | 1]: (O Q_G)ᵀ P (see above)."""
         rows = self.g.active
         if rows is not None:
             output_grads = output_grads.index_select(1, rows)
-        rotated = (output_grads @ self.g.vectors).T @ projected_inputs
-        return self._finish(grad, rotated, damping)
+        return (output_grads @ self.g.vectors).T @ projected_inputs
+
+    def damped(self, rotated: torch.Tensor, damping: float) -> torch.Tensor:
+        """The rotated active block divided by the eigenvalues of G⊗A + λI: (·) ⊘ (g aᵀ + λ)."""
+        return rotated / (torch.outer(self.g.values, self.a.values) + damping)
 
     def _finish(self, grad: torch.Tensor, rotated: torch.Tensor, damping: float) -> torch.Tensor:
         """Scale the rotated active block, rotate back, and fill the inactive coordinates."""
         rows, cols = self.g.active, self.a.active
-        rotated = rotated / (torch.outer(self.g.values, self.a.values) + damping)
+        rotated = self.damped(rotated, damping)
         result_block = self.g.vectors @ rotated @ self.a.vectors.T
         if rows is None and cols is None:
             return result_block

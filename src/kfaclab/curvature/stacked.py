@@ -47,11 +47,13 @@ def stackable_groups(inverses: Sequence[object]) -> list[list[int]]:
     """Indices of the dense ExactInverses, grouped by shape, dtype and device (groups of ≥ 2)."""
     groups: dict[tuple[object, ...], list[int]] = {}
     for i, inv in enumerate(inverses):
-        if not isinstance(inv, ExactInverse) or inv.a.active is not None:
-            continue
-        if inv.g.active is not None:
+        if (
+            not isinstance(inv, ExactInverse)
+            or inv.a.active is not None
+            or inv.g.active is not None
+        ):
             continue
         vectors = inv.g.vectors
-        key = (inv.g.vectors.shape, inv.a.vectors.shape, vectors.dtype, vectors.device)
+        key = (vectors.shape, inv.a.vectors.shape, vectors.dtype, vectors.device)
         groups.setdefault(key, []).append(i)
     return [group for group in groups.values() if len(group) >= 2]

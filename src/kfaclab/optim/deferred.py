@@ -48,25 +48,6 @@ class DeferredRotation:
         return (projected @ self.weight.T) @ self.basis.g.vectors.T
 
 
-def rotated_direction(
-    basis: ExactInverse, output_grads: torch.Tensor, projected: torch.Tensor, damping: float
-) -> torch.Tensor:
-    """M = (Q_Gᵀ ∇_active Q_A) ⊘ (g aᵀ + λ) for ∇ = Oᵀ X̄, from O and P = X̄_active Q_A."""
-    rotated = (output_grads @ basis.g.vectors).T @ projected
-    return rotated / (torch.outer(basis.g.values, basis.a.values) + damping)
-
-
-def inactive_columns(basis: ExactInverse, n_columns: int) -> torch.Tensor:
-    """The columns outside A's active block (never non-zero in the inputs up to the inversion)."""
-    active = basis.a.active
-    device = basis.a.values.device
-    if active is None:
-        return torch.zeros(0, dtype=torch.int64, device=device)
-    keep = torch.ones(n_columns, dtype=torch.bool, device=device)
-    keep[active] = False
-    return torch.nonzero(keep, as_tuple=False).squeeze(1)
-
-
 def inactive_direction(grad: torch.Tensor, inactive: torch.Tensor, damping: float) -> torch.Tensor:
     """d outside the active block (∇/λ: no curvature there), zero on the active columns."""
     direction = torch.zeros_like(grad)
@@ -88,7 +69,7 @@ class DeferredLayers:
         """``inactive_direction`` with the basis's inactive columns computed once per basis."""
         known = self._inactive.get(layer.name)
         if known is None or known[0] is not basis:
-            known = (basis, inactive_columns(basis, grad.shape[1]))
+            known = (basis, basis.a.inactive(grad.shape[1]))
             self._inactive[layer.name] = known
         return inactive_direction(grad, known[1], damping)
 
@@ -136,9 +117,11 @@ class DeferredLayers:
         if pending is None:
             return
         cols = pending.basis.a.active
-        # One (2·out)×k×k product for both: Q_G[C; V] first, then ·Q_Aᵀ.
+        buffer = state.get("momentum_buffer")  # None without momentum: V is not carried over
         q_g, q_a = pending.basis.g.vectors, pending.basis.a.vectors
-        both = torch.cat([q_g @ pending.weight, q_g @ pending.velocity]) @ q_a.T
+        rotated = [pending.weight] if buffer is None else [pending.weight, pending.velocity]
+        # One (2·out)×k×k product for both C and V: Q_G[C; V] first, then ·Q_Aᵀ.
+        both = torch.cat([q_g @ r for r in rotated]) @ q_a.T
         out = pending.weight.shape[0]
         weight_change, velocity = both[:out], both[out:]
         with torch.no_grad():
@@ -148,7 +131,6 @@ class DeferredLayers:
             else:
                 block.index_add_(1, cols, weight_change, alpha=-1.0)
             layer.write_parameter_block(block)
-        buffer = state.get("momentum_buffer")
         if buffer is not None:
             if cols is None:
                 buffer.add_(velocity)

@@ -49,7 +49,7 @@ from kfaclab.curvature.stacked import StackedExactInverse, stackable_groups
 from kfaclab.damping.base import Damping, LayerSpectrum, StepOutcome
 from kfaclab.optim import functional as fn
 from kfaclab.optim.capture import Capture, LayerCapture
-from kfaclab.optim.deferred import DeferredLayers, rotated_direction
+from kfaclab.optim.deferred import DeferredLayers
 from kfaclab.optim.factors import (
     MIN_COLUMNS,
     update_input_factor,
@@ -530,7 +530,7 @@ class KFAC(Optimizer):
         projected = self._streams.projection(layer, inverse.a)
         if projected is None:
             return None
-        rotated = rotated_direction(inverse, batch.output_grads, projected, lam)
+        rotated = inverse.damped(inverse.rotated_batch_gradient(batch.output_grads, projected), lam)
         return rotated, self._deferred.inactive_part(layer, inverse, block, lam)
 
     def _deferred_forward(
