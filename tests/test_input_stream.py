@@ -219,6 +219,34 @@ def test_deferred_layer_is_exact_mid_window_for_forward_eval_and_state() -> None
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+def test_inputs_changed_in_place_after_the_forward_check_are_compared_again() -> None:
+    """The forward hook's equality check is reused by the step only for the unchanged tensor: an
+    in-place write between them (here after backward) must end following, as in a fresh run."""
+    batches = _batches(6, dtype=torch.float64)
+    cache = InputStreamCache()
+    _run(batches, cache, **_deferred_options())
+    before = cache.followed_updates
+    results = []
+    for options, shared in ((_deferred_options(), cache), ({}, None)):
+        model = _mlp(0, torch.float64)
+        opt = KFAC(
+            model, lr=0.05, damping=1e-2, inverse_every=3, input_stream_cache=shared, **options
+        )
+        for step, (x, y) in enumerate(batches):
+            x = x.clone()
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if step == 4:
+                x.mul_(1.5)  # the captured inputs are a view of x: the factor sees the change
+            opt.step(loss=loss)
+        layer = opt.state_dict()["kfac"]["layers"][0]
+        results.append([layer["factor_a"]] + [p.detach().clone() for p in model.parameters()])
+    assert cache.followed_updates - before == 4
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_deferred_rotation_needs_its_prerequisites() -> None:
     with pytest.raises(ValueError, match="deferred_rotation needs batch_gradients_only=True"):
         KFAC(_mlp(0), lr=0.1, deferred_rotation=True, input_stream_cache=InputStreamCache())

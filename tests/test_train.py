@@ -73,6 +73,32 @@ def test_observation_does_not_change_the_trajectory(mnist_dir: Path, optimizer: 
     assert not plain.histograms and not plain.curvature and len(plain.evals) == 1
 
 
+def test_sgd_trial_is_the_textbook_loop_bitwise(mnist_dir: Path) -> None:
+    """Oracle: the same batches through torch.optim.SGD's per-parameter loop (foreach=False),
+    written out here; run_trial uses the multi-tensor kernels and must not differ by one bit."""
+    from kfaclab.data import load_dataset
+    from kfaclab.train.build import build_model, seeded
+
+    config = _config(mnist_dir, steps=25, lr_decay=0.3, histogram_steps=(), eval_steps=())
+    result = run_trial(config)
+    data = load_dataset(config.dataset, config.data_dir)
+    with seeded(config.seed, torch.device("cpu")):
+        model = build_model(config, torch.device("cpu"))
+        opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, foreach=False)
+        generator = torch.Generator().manual_seed(config.seed)
+        lrs = lr_schedule(config.lr, config.lr_decay, config.steps or 0)
+        losses = []
+        batches = batch_indices(len(data.train_y), 128, 25, generator, torch.device("cpu"))
+        for idx, lr in zip(batches, lrs, strict=True):
+            opt.param_groups[0]["lr"] = lr
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
+            losses.append(loss.item())
+            loss.backward()
+            opt.step()
+    assert result.step_losses == losses
+
+
 def test_trial_leaves_the_global_rng_alone(mnist_dir: Path) -> None:
     torch.manual_seed(123)
     expected = torch.rand(3)

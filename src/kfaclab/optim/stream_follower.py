@@ -32,6 +32,9 @@ class InputFactorStreams:
         self.cache = cache
         self.decay = decay
         self._cursors: dict[str, StreamCursor | None] = {}  # None: this layer no longer shares
+        # layer → (update, inputs, version) the forward hook found equal to that update's record,
+        # so the step's update need not compare the same unchanged tensor again.
+        self._verified: dict[str, tuple[int, torch.Tensor, int]] = {}
 
     def update(self, layer: LayerState, inputs: torch.Tensor) -> None:
         """Update ``layer``'s input factor with one batch of inputs (N, in)."""
@@ -41,7 +44,7 @@ class InputFactorStreams:
             return
         stream, u = cursor.stream, cursor.updates + 1
         if cursor.synced and u <= stream.updates:
-            if stream.matches(u, inputs):
+            if self._already_verified(layer.name, u, inputs) or stream.matches(u, inputs):
                 cursor.updates = u
                 assert self.cache is not None
                 self.cache.followed_updates += 1
@@ -141,6 +144,7 @@ class InputFactorStreams:
         """P for a batch in the forward pass, before its update: the recorded one when the
         inputs are the stream's next update and were projected on ``basis``, else computed —
         bitwise the same either way (``project`` on the same values)."""
+        self._verified.pop(layer.name, None)  # a new forward: the last one's check is stale
         cursor = self._cursors.get(layer.name)
         if cursor is not None and cursor.synced and cursor.eigen_at is not None:
             stream, update = cursor.stream, cursor.updates + 1
@@ -151,8 +155,27 @@ class InputFactorStreams:
                 and stream.eigens.get(cursor.eigen_at) is basis
                 and stream.matches(update, inputs)
             ):
+                self._verified[layer.name] = (update, inputs, inputs._version)
                 return stored[1]
         return project(inputs, layer.has_bias, basis)
+
+    def _already_verified(self, name: str, update: int, inputs: torch.Tensor) -> bool:
+        """Whether ``inputs`` are the very values the forward hook compared for ``update``: same
+        storage, layout and version counter. The counter (shared by all views of a storage)
+        moves with every in-place write, as autograd's saved-tensor checks rely on; holding the
+        verified tensor keeps its memory from being reused by another."""
+        entry = self._verified.pop(name, None)
+        if entry is None:
+            return False
+        at, seen, version = entry
+        return (
+            at == update
+            and inputs.data_ptr() == seen.data_ptr()
+            and inputs.shape == seen.shape
+            and inputs.stride() == seen.stride()
+            and inputs.dtype == seen.dtype
+            and seen._version == version
+        )
 
     def detach_all(self) -> None:
         """Stop sharing for every layer (after ``load_state_dict``: factors are exact and ours)."""
