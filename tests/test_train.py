@@ -17,8 +17,10 @@ import torch
 from torch import nn
 
 import kfaclab.train.loop as loop
+from kfaclab.data import load_dataset
 from kfaclab.errors import UsageError
 from kfaclab.train import eval_points, lr_schedule, run_trial, steps_per_epoch, total_steps
+from kfaclab.train.build import build_model, seeded
 from kfaclab.train.observe import GradHistogram
 from kfaclab.train.schedule import batch_indices
 from kfaclab.trial_types import HistogramBins, TrialConfig, TrialResult
@@ -76,9 +78,6 @@ def test_observation_does_not_change_the_trajectory(mnist_dir: Path, optimizer: 
 def test_sgd_trial_is_the_textbook_loop_bitwise(mnist_dir: Path) -> None:
     """Oracle: the same batches through torch.optim.SGD's per-parameter loop (foreach=False),
     written out here; run_trial uses the multi-tensor kernels and must not differ by one bit."""
-    from kfaclab.data import load_dataset
-    from kfaclab.train.build import build_model, seeded
-
     config = _config(mnist_dir, steps=25, lr_decay=0.3, histogram_steps=(), eval_steps=())
     result = run_trial(config)
     data = load_dataset(config.dataset, config.data_dir)
