@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 from pathlib import Path
 
@@ -153,6 +154,33 @@ def test_best_of_m_matches_enumeration() -> None:
         )
 
 
+def test_budget_reading_quotes_the_half_budget_against_enumerated_halves() -> None:
+    """The budget paragraph's numbers, recomputed here by enumerating every half of the trials."""
+    from kfaclab.analysis import narrative
+
+    s = summarize(make_study())
+    text = narrative.budget(s)
+    cell = next(c for c in s.cells if c.label == "SGD")
+    values = cell.values_in_order
+    n, best = len(values), min(cell.values_in_order)
+    half = n // 2
+    halves = [min(c) for c in itertools.combinations(values, half)]
+    mean_gain = 100 * (float(np.mean(halves)) - best) / best
+    q90_gain = 100 * (float(np.quantile(halves, 0.9, method="inverted_cdf")) - best) / best
+    first_gain = 100 * (min(values[:half]) - best) / best
+
+    def pct(x: float) -> str:
+        return f"{x:.0f}%" if x >= 10 else f"{x:.2g}%"
+
+    expected = (
+        f"SGD: best found at trial {values.index(best) + 1} of {n}; the best of the first {half} "
+        f"trials was {pct(first_gain)} higher; a random {half} of the trials give a best "
+        f"{pct(mean_gain)} higher on average ({pct(q90_gain)} at the 90th percentile)."
+    )
+    assert expected in text
+    assert mean_gain > 0  # the old median-based sentence said 0% for any cell with n ≥ 2
+
+
 def test_reruns_are_cached_and_redone_when_the_best_changes(tmp_path: Path) -> None:
     study = make_study()
     s = summarize(study)
@@ -180,6 +208,27 @@ def test_reruns_are_cached_and_redone_when_the_best_changes(tmp_path: Path) -> N
     rr = summarize(study, load_reruns(path)).reruns
     assert {r.label for r in rr} == {c.label for c in cells}
     assert all(r.rerun.mean == pytest.approx(0.5) for r in rr)
+
+
+def test_reruns_file_is_strict_json_and_keeps_a_diverged_rerun(tmp_path: Path) -> None:
+    """A diverged rerun has loss inf and test accuracy NaN: both must survive the round trip,
+    and the file must parse under a strict reader (no bare NaN / Infinity literals)."""
+    from kfaclab.analysis.reruns import RerunRecord, save_reruns
+
+    path = tmp_path / "reruns.json"
+    record = RerunRecord(
+        "kfac-lam=1e-03", 4, [7, 8], [0.25, math.inf], [0.97, math.nan], seconds=[1.0, 0.5]
+    )
+    save_reruns(path, {"kfac-lam=1e-03": record})
+
+    def refuse(token: str) -> float:
+        raise ValueError(f"non-standard JSON literal {token}")
+
+    json.loads(path.read_text(), parse_constant=refuse)
+    loaded = load_reruns(path)["kfac-lam=1e-03"]
+    assert loaded.values[0] == 0.25 and math.isinf(loaded.values[1])
+    assert loaded.test_accuracy[0] == 0.97 and math.isnan(loaded.test_accuracy[1])
+    assert (loaded.seeds, loaded.seconds, loaded.trial_number) == ([7, 8], [1.0, 0.5], 4)
 
 
 def test_adaptive_tuning_cost_counts_a_grid_that_ran_elsewhere() -> None:

@@ -165,14 +165,18 @@ def budget(s: StudySummary) -> str:
     for b in s.budgets:
         n = len(b.running_best)
         final = b.running_best[-1]
-        if not math.isfinite(final) or n < 2:
+        if not math.isfinite(final) or final <= 0 or n < 2:
             continue
-        half = b.subsampled.median[max(n // 2 - 1, 0)]
-        gain = (half - final) / final if final > 0 and math.isfinite(half) else math.nan
+        half = n // 2
         reached = next(i + 1 for i, v in enumerate(b.running_best) if v <= final)
+        # The median of a random half's best is the overall best itself (half of all halves hold
+        # it), so the mean and the 90th percentile are what say how much the second half added.
         parts.append(
-            f"{b.label}: best found at trial {reached} of {n}; random halves of the trials "
-            f"would give a median best {fmt(100 * gain, 2)}% higher."
+            f"{b.label}: best found at trial {reached} of {n}; the best of the first {half} "
+            f"trials was {_percent_above(b.running_best[half - 1], final)} higher; a random "
+            f"{half} of the trials give a best {_percent_above(b.subsampled.mean[half - 1], final)}"
+            f" higher on average ({_percent_above(b.subsampled.q90[half - 1], final)} at the "
+            "90th percentile)."
         )
     if not parts:
         return "Too few finished trials to judge the budget."
@@ -180,6 +184,13 @@ def budget(s: StudySummary) -> str:
         "Is the trial budget enough? A curve still falling at the right edge says no. "
         + " ".join(parts)
     )
+
+
+def _percent_above(value: float, reference: float) -> str:
+    if not math.isfinite(value):
+        return "infinitely"  # every trial of such a subset diverged
+    percent = 100 * (value - reference) / reference
+    return f"{percent:.0f}%" if percent >= 10 else f"{percent:.2g}%"
 
 
 def reruns(s: StudySummary) -> str:

@@ -56,20 +56,34 @@ def load_reruns(path: Path) -> dict[str, RerunRecord]:
         return {}
     raw = json.loads(path.read_text())
     return {
-        k: RerunRecord(**{**v, "values": [float(x) for x in v["values"]]}) for k, v in raw.items()
+        k: RerunRecord(
+            **{
+                **v,
+                "values": [float(x) for x in v["values"]],
+                "test_accuracy": [float(x) for x in v["test_accuracy"]],
+            }
+        )
+        for k, v in raw.items()
     }
+
+
+def _strict(values: Sequence[float]) -> list[float | str]:
+    """Finite floats as numbers, the others as "inf" / "nan" (what ``float`` reads back): strict
+    JSON has no literal for them, and other tools reject Python's bare ``NaN``."""
+    return [x if math.isfinite(x) else repr(float(x)) for x in values]
 
 
 def save_reruns(path: Path, records: Mapping[str, RerunRecord]) -> None:
     data = {
         k: {
             **dataclasses.asdict(r),
-            "values": [x if math.isfinite(x) else repr(x) for x in r.values],
+            "values": _strict(r.values),
+            "test_accuracy": _strict(r.test_accuracy),
         }
         for k, r in records.items()
     }
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
+    tmp.write_text(json.dumps(data, indent=1, allow_nan=False))
     tmp.replace(path)  # atomic: an interrupted report never leaves half a file
 
 

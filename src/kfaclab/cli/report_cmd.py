@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kfaclab.cli.targets import add_stored_sweep_arguments, stored_sweep
 from kfaclab.errors import UsageError
 
 PRESETS = ("quick", "paper", "paper-linear", "paper-b2", "adaptive", "adaptive-quick")
@@ -26,9 +27,7 @@ def register(subparsers: Any) -> None:
         description="Summaries, figures and a self-contained HTML report of a stored sweep; "
         "works on a sweep still running (it says so).",
     )
-    rep.add_argument("target", nargs="?", help="output folder of the sweep")
-    rep.add_argument("--storage", help="database URL instead of an output folder")
-    rep.add_argument("--protocol", help="which protocol, when the storage holds several")
+    add_stored_sweep_arguments(rep)
     rep.add_argument("--out", help="report folder (default: the sweep's folder, or ./report)")
     _common(rep)
     rep.set_defaults(func=run_report)
@@ -60,11 +59,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def run_report(args: argparse.Namespace) -> int:
     from kfaclab.study.reader import read_study_set
-    from kfaclab.study.storage import resolve
 
-    if args.target is not None and args.storage is not None:
-        raise UsageError(f"give DIR or --storage URL, not both (got {args.target!r})")
-    spec = resolve(args.target, args.storage)
+    spec = stored_sweep(args.target, args.storage)
     out = (
         Path(args.out) if args.out else (spec.folder if spec.folder is not None else Path("report"))
     )

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kfaclab.cli.targets import add_stored_sweep_arguments, stored_sweep
 from kfaclab.errors import UsageError
 
 
@@ -38,11 +39,7 @@ def register(subparsers: Any) -> None:
         ("export", "trials and curves of a sweep as CSV"),
     ):
         p = subparsers.add_parser(name, help=helptext, description=helptext)
-        p.add_argument("target", nargs="?", help="output folder of the sweep")
-        if name == "export":
-            p.add_argument("out_csv", metavar="OUT.csv", nargs="?", help="trials CSV to write")
-        p.add_argument("--storage", help="database URL instead of an output folder")
-        p.add_argument("--protocol", help="which protocol, when the storage holds several")
+        add_stored_sweep_arguments(p, out_csv=name == "export")
         p.set_defaults(func=run_status if name == "status" else run_export)
 
 
@@ -62,27 +59,12 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
     return run_sweep(protocol, spec, workers=args.workers)
 
 
-def _targets(args: argparse.Namespace) -> tuple[str | None, str | None]:
-    """(storage target, export path). With --storage the first positional of export is OUT.csv."""
-    out = getattr(args, "out_csv", None)
-    if args.storage is not None:
-        if out is None and args.target is not None and hasattr(args, "out_csv"):
-            out = args.target
-        elif args.target is not None and not hasattr(args, "out_csv"):
-            raise UsageError(f"give DIR or --storage URL, not both (got {args.target!r})")
-        return args.storage, out
-    if args.target is None:
-        raise UsageError("give the sweep's output folder or --storage URL")
-    return args.target, out
-
-
 def run_status(args: argparse.Namespace) -> int:
     from kfaclab.study.progress import cell_trials, format_table, summarize
     from kfaclab.study.registry import pick_protocol
-    from kfaclab.study.storage import open_storage, resolve
+    from kfaclab.study.storage import open_storage
 
-    target, _ = _targets(args)
-    spec = resolve(target)
+    spec = stored_sweep(args.target, args.storage)
     storage = open_storage(spec, create=False)
     stored = pick_protocol(storage, spec.describe(), args.protocol)
     rows = summarize(stored.cells, cell_trials(storage, stored.name, stored.cells))
@@ -93,12 +75,13 @@ def run_status(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from kfaclab.study.export import export_csv
     from kfaclab.study.reader import read_study_set
-    from kfaclab.study.storage import resolve
 
-    target, out = _targets(args)
+    target, out = args.target, args.out_csv
+    if args.storage is not None and out is None:  # `export --storage URL OUT.csv`
+        target, out = None, target
     if out is None:
         raise UsageError("OUT.csv is required")
-    study_set = read_study_set(resolve(target), protocol=args.protocol)
+    study_set = read_study_set(stored_sweep(target, args.storage), protocol=args.protocol)
     trials, curves = export_csv(study_set, Path(out))
     sys.stdout.write(f"wrote {trials} ({len(study_set.trials)} trials) and {curves}\n")
     return 0
