@@ -1,0 +1,141 @@
+"""How far one sweep trial is from what its arithmetic alone would take on this core.
+
+    PYTHONPATH=src python benchmarks/trial_floor.py [--repeats 3] [--damping 1.0]
+
+For an SGD trial and a K-FAC trial as a sweep's worker runs them (one epoch of MNIST, batch 128,
+one thread, warm input stream, the six histograms), it counts
+
+* the floating-point operations of every matrix product the trial executes (torch's
+  ``FlopCounterMode``, with the in-place ``baddbmm_`` of the factor updates added: the counter
+  knows only the out-of-place form), priced at this core's measured rate for a GEMM of the
+  trial's dominant shape (128×785 by 785×100);
+* the eigendecompositions (by size), priced at their measured time;
+
+and prints that floor beside the measured trial time (median of interleaved repeats). The ratio
+is everything else: per-operation dispatch, Python, element-wise passes and allocation. It is the
+part a faster implementation could still remove; the floor itself only fewer operations can.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from kfaclab.train import run_trial
+from kfaclab.trial_types import TrialConfig
+
+MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+HISTOGRAMS = (60, 120, 180, 240, 300, 360)
+
+
+class EighSizes(TorchDispatchMode):
+    """Counts the eigendecompositions by matrix size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: Counter[int] = Counter()
+
+    def __torch_dispatch__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        if func is torch.ops.aten._linalg_eigh.default:
+            self.sizes[int(args[0].shape[-1])] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def best_seconds(fn: Callable[[], object], repeats: int = 200) -> float:
+    for _ in range(20):
+        fn()
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        best = min(best, (time.perf_counter() - start) / repeats)
+    return best
+
+
+def gemm_rate() -> float:
+    """FLOP/s of this core on the trial's dominant product (layer 1: 128×785 by 785×100)."""
+    x, w = torch.randn(128, 785), torch.randn(785, 100)
+    return 2 * 128 * 785 * 100 / best_seconds(lambda: x @ w)
+
+
+def eigh_seconds(n: int) -> float:
+    rows = torch.randn(4 * n, n)
+    factor = rows.T @ rows / (4 * n)
+    return best_seconds(lambda: torch.linalg.eigh(factor), repeats=20)
+
+
+def _baddbmm_flops(
+    _self: torch.Size, left: torch.Size, right: torch.Size, *args: Any, **kwargs: Any
+) -> int:
+    """FLOPs of the batched product in ``out.baddbmm_(left, right)`` (given shapes)."""
+    batch, rows, inner = left
+    return 2 * batch * rows * inner * right[-1]
+
+
+def counted(config: TrialConfig) -> tuple[float, Counter[int]]:
+    """(matrix-product FLOPs, eigendecompositions by size) of one warm trial."""
+    counter = FlopCounterMode(
+        display=False,
+        custom_mapping={torch.ops.aten.baddbmm_: _baddbmm_flops},
+    )
+    eighs = EighSizes()
+    with counter, eighs:
+        run_trial(config)
+    return float(counter.get_total_flops()), eighs.sizes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--damping", type=float, default=1.0, help="K-FAC's λ (default 1)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    configs = {
+        name: TrialConfig(
+            optimizer=name,
+            lr=0.02,
+            momentum=0.9,
+            damping=args.damping,
+            data_dir=str(MNIST),
+            histogram_steps=HISTOGRAMS,
+        )
+        for name in ("sgd", "kfac")
+    }
+    for config in configs.values():
+        run_trial(config)  # loads the data; records the input stream that later trials follow
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    for _ in range(args.repeats):  # interleaved, so drift hits both alike
+        for name, config in configs.items():
+            times[name].append(run_trial(config).seconds)
+    rate = gemm_rate()
+    print(f"GEMM rate of this core (128x785 @ 785x100): {rate / 1e9:.1f} GFLOP/s")
+    for name, config in configs.items():
+        flops, eighs = counted(config)
+        eigh_total = sum(count * eigh_seconds(n) for n, count in eighs.items())
+        floor = flops / rate + eigh_total
+        measured = statistics.median(times[name])
+        print(
+            f"{name}: {flops / 1e9:.1f} GFLOP of products ({flops / rate:.2f} s at that rate) + "
+            f"{sum(eighs.values())} eigh ({eigh_total:.2f} s) = floor {floor:.2f} s; "
+            f"measured {measured:.2f} s (median of {args.repeats}), {measured / floor:.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
