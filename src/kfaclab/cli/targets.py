@@ -18,9 +18,8 @@ def add_stored_sweep_arguments(parser: argparse.ArgumentParser, out_csv: bool = 
 
 
 def stored_sweep(target: str | None, storage: str | None) -> StorageSpec:
-    """The storage of a finished or running sweep, from DIR or --storage URL (not both)."""
+    """The storage of a finished or running sweep, from DIR or --storage URL (not both;
+    ``resolve`` refuses neither)."""
     if target is not None and storage is not None:
         raise UsageError(f"give DIR or --storage URL, not both (got {target!r})")
-    if target is None and storage is None:
-        raise UsageError("give the sweep's output folder or --storage URL")
     return resolve(target, storage)
