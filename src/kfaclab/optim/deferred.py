@@ -26,12 +26,14 @@ reads weights other than through the model's forward must call it first (``run_t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from kfaclab.curvature.exact import ExactInverse
+from kfaclab.optim.capture import LayerCapture
 from kfaclab.optim.layer_state import LayerState
 
 
@@ -48,42 +50,90 @@ class DeferredRotation:
         return (projected @ self.weight.T) @ self.basis.g.vectors.T
 
 
-def inactive_direction(grad: torch.Tensor, inactive: torch.Tensor, damping: float) -> torch.Tensor:
-    """d outside the active block (∇/λ: no curvature there), zero on the active columns."""
-    direction = torch.zeros_like(grad)
-    if inactive.numel():
-        direction.index_copy_(1, inactive, grad.index_select(1, inactive) / damping)
-    return direction
+class InactivePart(NamedTuple):
+    """d outside the active block (∇/λ there: no curvature): its column indices and values."""
+
+    columns: torch.Tensor  # (m,) int64, ascending
+    values: torch.Tensor  # (out, m)
+
+
+def batch_weight_grad(output_grads: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """∇W = Oᵀ X of one batch (O = ∂L/∂s, X the layer inputs): what backward would compute."""
+    return output_grads.T @ inputs
 
 
 class DeferredLayers:
-    """The deferred layers of one optimizer: their pending rotations, updates and folding."""
+    """The deferred layers of one optimizer: their pending rotations, updates and folding, and
+    (``skip_weight_grads``) the layers whose weight gradient backward no longer computes."""
 
     def __init__(self) -> None:
         self.pending: dict[str, DeferredRotation] = {}
-        self._inactive: dict[str, tuple[ExactInverse, torch.Tensor]] = {}
+        # layer → (basis, its inactive input columns, whether the bias column is among them)
+        self._inactive: dict[str, tuple[ExactInverse, torch.Tensor, bool]] = {}
+        self.skipped: dict[str, LayerState] = {}  # weights switched to requires_grad=False
 
     def inactive_part(
-        self, layer: LayerState, basis: ExactInverse, grad: torch.Tensor, damping: float
-    ) -> torch.Tensor:
-        """``inactive_direction`` with the basis's inactive columns computed once per basis."""
+        self,
+        layer: LayerState,
+        basis: ExactInverse,
+        batch: LayerCapture,
+        damping: float,
+        block: Callable[[], torch.Tensor],
+    ) -> InactivePart:
+        """The inactive columns of ``block()`` (the layer's [∇W | ∇b]) divided by λ. For a layer
+        whose weight gradient was skipped they come from the batch, Oᵀ X[:, cols], without ever
+        forming the whole gradient; the columns are found once per basis."""
         known = self._inactive.get(layer.name)
+        n_in = layer.module.in_features
         if known is None or known[0] is not basis:
-            known = (basis, basis.a.inactive(grad.shape[1]))
+            n_cols = n_in + 1 if layer.has_bias else n_in
+            columns = basis.a.inactive(n_cols)
+            has_bias_column = layer.has_bias and bool((columns == n_in).any())
+            known = (basis, columns, has_bias_column)
             self._inactive[layer.name] = known
-        return inactive_direction(grad, known[1], damping)
+        _, columns, has_bias_column = known
+        inputs, output_grads = batch.inputs, batch.output_grads
+        if layer.module.weight.grad is None and not has_bias_column:
+            assert inputs is not None and output_grads is not None
+            grads = batch_weight_grad(output_grads, inputs.index_select(1, columns))
+        else:
+            grads = block().index_select(1, columns)
+        return InactivePart(columns, grads / damping)
+
+    def skip_weight_grad(self, layer: LayerState) -> None:
+        """Stop backward from computing this deferred layer's weight gradient (see KFAC's
+        ``skip_weight_grads``): its steps need only the captured batch."""
+        weight, bias = layer.module.weight, layer.module.bias
+        # Without a trainable bias the output would no longer require grad: nothing captured.
+        if layer.name in self.skipped or bias is None or not bias.requires_grad:
+            return
+        weight.requires_grad_(False)
+        self.skipped[layer.name] = layer
+
+    def restore_weight_grads(self, batches: dict[str, LayerCapture]) -> None:
+        """Write the skipped layers' ``.grad`` from this step's captured batch."""
+        for name, layer in self.skipped.items():
+            batch = batches[name]
+            if batch.inputs is not None and batch.output_grads is not None:
+                layer.module.weight.grad = batch_weight_grad(batch.output_grads, batch.inputs)
+
+    def unskip_all(self) -> None:
+        for layer in self.skipped.values():
+            layer.module.weight.requires_grad_(True)
+        self.skipped.clear()
 
     def apply(
         self,
         layer: LayerState,
         basis: ExactInverse,
         rotated: torch.Tensor,
-        inactive: torch.Tensor,
+        inactive: InactivePart,
         lr: float,
         momentum: float,
         state: dict[str, Any],
     ) -> None:
-        """One heavy-ball step with direction Q_G·rotated·Q_Aᵀ + inactive, kept split.
+        """One heavy-ball step with direction Q_G·rotated·Q_Aᵀ + inactive, kept split (the
+        inactive part is added on its columns only: elsewhere it is zero).
 
         ``state`` is the optimizer's per-parameter state of the layer's weight (its
         ``momentum_buffer`` holds v', the standard-coordinate part of the momentum)."""
@@ -98,12 +148,12 @@ class DeferredLayers:
             pending.velocity.mul_(momentum).add_(rotated)
             buffer = state.get("momentum_buffer")
             if buffer is None:  # the first step sets v = d (here: its inactive part)
-                buffer = state["momentum_buffer"] = inactive.clone()
+                buffer = state["momentum_buffer"] = _dense(inactive, layer)
             else:
-                buffer.mul_(momentum).add_(inactive)
+                buffer.mul_(momentum).index_add_(1, inactive.columns, inactive.values)
         else:
             pending.velocity.copy_(rotated)
-            buffer = inactive
+            buffer = _dense(inactive, layer)
         pending.weight.add_(pending.velocity, alpha=lr)
         weight_part, bias_part = layer.split_block(buffer)
         layer.module.weight.add_(weight_part, alpha=-lr)
@@ -140,3 +190,11 @@ class DeferredLayers:
     def clear(self) -> None:
         self.pending.clear()
         self._inactive.clear()
+
+
+def _dense(inactive: InactivePart, layer: LayerState) -> torch.Tensor:
+    """The inactive part as a full (out, in[+1]) block, zero on the active columns."""
+    weight = layer.module.weight
+    n_cols = weight.shape[1] + (1 if layer.has_bias else 0)
+    dense = weight.new_zeros(weight.shape[0], n_cols)
+    return dense.index_copy_(1, inactive.columns, inactive.values)

@@ -49,7 +49,7 @@ from kfaclab.curvature.stacked import StackedExactInverse, stackable_groups
 from kfaclab.damping.base import Damping, LayerSpectrum, StepOutcome
 from kfaclab.optim import functional as fn
 from kfaclab.optim.capture import Capture, LayerCapture
-from kfaclab.optim.deferred import DeferredLayers
+from kfaclab.optim.deferred import DeferredLayers, InactivePart, batch_weight_grad
 from kfaclab.optim.factors import (
     MIN_COLUMNS,
     update_input_factor,
@@ -62,6 +62,7 @@ from kfaclab.optim.stream_follower import InputFactorStreams
 from kfaclab.optim.validation import as_damping, validate_arguments
 
 DampingForm = Literal["exact", "factored"]
+_Deferred = tuple[torch.Tensor, InactivePart]  # a deferred layer's step: (rotated M, inactive d)
 FisherType = Literal["empirical", "mc"]
 
 
@@ -99,6 +100,12 @@ class KFAC(Optimizer):
             Such a layer's ``weight`` is not its effective weight until ``materialize()``;
             call it before reading weights outside the model's forward (``state_dict`` does).
             Used when the step needs no model reduction or KL clipping.
+        skip_weight_grads: with ``deferred_rotation`` (and ``factor_every=1``), switch a deferred
+            layer's weight to ``requires_grad=False`` after its first deferred step, so backward
+            no longer computes its gradient Oᵀ X̄ — the step needs only the captured batch (for
+            the reference MLP's layer 1 a 100×128×784 product, the largest of the backward pass).
+            Its ``.grad`` then stays None: ``restore_weight_grads()`` writes it from the capture
+            for a loop that reads it; ``remove_hooks()`` switches ``requires_grad`` back.
     """
 
     def __init__(
@@ -118,6 +125,7 @@ class KFAC(Optimizer):
         input_stream_cache: InputStreamCache | None = None,
         batch_gradients_only: bool = False,
         deferred_rotation: bool = False,
+        skip_weight_grads: bool = False,
     ) -> None:
         validate_arguments(
             lr=lr,
@@ -163,7 +171,14 @@ class KFAC(Optimizer):
                 f"input_stream_cache, got batch_gradients_only={batch_gradients_only!r}, "
                 f"fisher={fisher!r}, input_stream_cache={input_stream_cache!r}"
             )
+        if skip_weight_grads and not (deferred_rotation and factor_every == 1):
+            raise ValueError(
+                "skip_weight_grads needs deferred_rotation=True and factor_every=1 (the gradient "
+                f"comes from every step's capture), got deferred_rotation={deferred_rotation!r}, "
+                f"factor_every={factor_every!r}"
+            )
         self._deferral = deferred_rotation
+        self._skip_weight_grads = skip_weight_grads
         self._deferred = DeferredLayers()
         self._layers = layers
         layer_params = set()
@@ -337,6 +352,8 @@ class KFAC(Optimizer):
             self._deferred.apply(layer, layer.inverse, rotated, inactive, lr, momentum, state)
             if (t + 1) % self.inverse_every == 0:  # the next step inverts: fold in before it
                 self._deferred.materialize(layer, state)
+            if self._skip_weight_grads:
+                self._deferred.skip_weight_grad(layer)
         loss_before = _as_float(loss)
         outcome = StepOutcome(step=t, loss_before=loss_before)
         if wants_reduction:
@@ -460,22 +477,27 @@ class KFAC(Optimizer):
 
     def _directions(
         self, lambdas: list[float], weight_decay: float, defer: bool
-    ) -> tuple[
-        list[torch.Tensor], list[torch.Tensor], dict[int, tuple[torch.Tensor, torch.Tensor]]
-    ]:
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], dict[int, _Deferred]]:
         """Gradients and preconditioned directions: the layers (stacked where possible), then
         the other parameters (d = ∇). A layer without gradient gets empty tensors, and so does
         a deferred layer, whose (rotated M, inactive part) goes in the third result."""
         grads: list[torch.Tensor] = []
         directions: list[torch.Tensor] = []
-        deferred: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        deferred: dict[int, _Deferred] = {}
         from_batch = self._from_batch and not weight_decay
         stacked = {i for members, _ in self._stacks for i in members}
         for i, (layer, capture, lam) in enumerate(
             zip(self._layers, self._capture.layers, lambdas, strict=True)
         ):
             layer.damping = lam
-            block = layer.gradient_block()
+            if from_batch and defer:  # without weight decay: the block is the batch's gradient
+                split = self._deferred_direction(layer, capture, lam)
+                if split is not None:
+                    deferred[i] = split
+                    grads.append(torch.zeros(0))  # read only by KL clipping and model reduction
+                    directions.append(torch.zeros(0))
+                    continue
+            block = self._gradient_block(layer, capture)
             if block is None:
                 grads.append(torch.zeros(0))
                 directions.append(torch.zeros(0))
@@ -483,12 +505,6 @@ class KFAC(Optimizer):
             if weight_decay:
                 block = block + weight_decay * layer.parameter_block()
             grads.append(block)
-            if from_batch and defer:
-                split = self._deferred_direction(layer, capture, block, lam)
-                if split is not None:
-                    deferred[i] = split
-                    directions.append(torch.zeros(0))
-                    continue
             if layer.name in self._deferred.pending:  # not deferred this step: standard form
                 self._deferred.materialize(layer, self.state[layer.module.weight])
             if i in stacked:
@@ -518,20 +534,36 @@ class KFAC(Optimizer):
             directions.append(g)
         return grads, directions, deferred
 
+    def _gradient_block(self, layer: LayerState, batch: LayerCapture) -> torch.Tensor | None:
+        """[∇W | ∇b], from the captured batch when backward skipped the weight's gradient."""
+        if layer.module.weight.grad is None and layer.name in self._deferred.skipped:
+            if batch.inputs is None or batch.output_grads is None:
+                return None
+            return layer.gradient_block(batch_weight_grad(batch.output_grads, batch.inputs))
+        return layer.gradient_block()
+
     def _deferred_direction(
-        self, layer: LayerState, batch: LayerCapture, block: torch.Tensor, lam: float
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        self, layer: LayerState, batch: LayerCapture, lam: float
+    ) -> _Deferred | None:
         """(M, d outside the active block) if this layer's step can stay rotated, else None."""
         inverse = layer.inverse
         if not isinstance(inverse, ExactInverse) or inverse.g.active is not None:
             return None
         if batch.inputs is None or batch.output_grads is None:
             return None
+        if layer.module.weight.grad is None and layer.name not in self._deferred.skipped:
+            return None  # no gradient this step: the layer is left alone
         projected = self._streams.projection(layer, inverse.a)
         if projected is None:
             return None
         rotated = inverse.damped(inverse.rotated_batch_gradient(batch.output_grads, projected), lam)
-        return rotated, self._deferred.inactive_part(layer, inverse, block, lam)
+
+        def block() -> torch.Tensor:
+            full = self._gradient_block(layer, batch)
+            assert full is not None
+            return full
+
+        return rotated, self._deferred.inactive_part(layer, inverse, batch, lam, block)
 
     def _deferred_forward(
         self, layer: LayerState
@@ -644,7 +676,7 @@ class KFAC(Optimizer):
                 continue
             if i < len(self._layers):
                 layer = self._layers[i]
-                block = layer.gradient_block()
+                block = self._gradient_block(layer, self._capture.layers[i])
                 assert block is not None
                 lam = lambdas[i]
                 self._streams.settle(layer)
@@ -715,9 +747,17 @@ class KFAC(Optimizer):
         )
         self._spectrum_cache.clear()
 
+    def restore_weight_grads(self) -> None:
+        """``skip_weight_grads``: write the skipped layers' ``.grad`` from this step's captured
+        batch (call after backward, before ``step``); a no-op for the other layers."""
+        layers = zip(self._layers, self._capture.layers, strict=True)
+        self._deferred.restore_weight_grads({layer.name: batch for layer, batch in layers})
+
     def remove_hooks(self) -> None:
-        """Detach the capture hooks from the model (the optimizer can no longer update factors)."""
+        """Detach the capture hooks from the model (the optimizer can no longer update factors)
+        and give skipped weights (``skip_weight_grads``) their ``requires_grad`` back."""
         self._capture.detach()
+        self._deferred.unskip_all()
 
 
 def _as_float(value: torch.Tensor | float | None) -> float | None:

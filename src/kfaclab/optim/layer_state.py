@@ -35,9 +35,11 @@ class LayerState:
     def has_bias(self) -> bool:
         return self.module.bias is not None
 
-    def gradient_block(self) -> torch.Tensor | None:
-        """[∇W | ∇b] as one (out, in[+1]) matrix; None if the weight got no gradient."""
-        weight_grad = self.module.weight.grad
+    def gradient_block(self, weight_grad: torch.Tensor | None = None) -> torch.Tensor | None:
+        """[∇W | ∇b] as one (out, in[+1]) matrix (∇W: ``weight_grad`` if given, else the
+        weight's ``.grad``); None if the weight got no gradient."""
+        if weight_grad is None:
+            weight_grad = self.module.weight.grad
         if weight_grad is None:
             return None
         bias = self.module.bias

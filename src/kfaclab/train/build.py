@@ -82,4 +82,7 @@ def build_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimi
         # Layer 1's updates stay in A's eigenbasis between inversions; the loop calls
         # materialize() before every evaluation (which bypasses the hooks).
         deferred_rotation=config.fisher == "empirical",
+        # ...and backward skips layer 1's weight gradient, which that step never reads; the
+        # loop restores it (restore_weight_grads) where it records gradient histograms.
+        skip_weight_grads=config.fisher == "empirical" and config.factor_every == 1,
     )

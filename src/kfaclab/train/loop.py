@@ -111,6 +111,8 @@ class _Trial:
                 kfac.sample_fisher(logits)
             loss.backward()
             if t in hist_at:
+                if kfac is not None:
+                    kfac.restore_weight_grads()  # skipped by backward (skip_weight_grads)
                 self.histograms[str(t)] = self.histogram()
             if kfac is not None:
                 trace.append(kfac.current_damping())
