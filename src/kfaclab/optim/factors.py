@@ -40,12 +40,16 @@ def columns_worth_keeping(matrix: torch.Tensor) -> torch.Tensor | None:
     return active
 
 
-def _update(running: torch.Tensor | None, rows: torch.Tensor, decay: float) -> torch.Tensor:
-    """βF + (1−β)(rowsᵀrows)/N in one fused GEMM (no temporary for the batch statistic)."""
+def _update(
+    running: torch.Tensor | None, rows: torch.Tensor, decay: float, scale: float = 1.0
+) -> torch.Tensor:
+    """βF + (1−β)(R̄ᵀR̄)/N with R̄ = scale·rows, in one fused GEMM (no temporary for the batch
+    statistic; scale² goes into the GEMM's α instead of a pass over the rows — bitwise the same
+    for a power-of-two scale such as the batch size 128)."""
     n = rows.shape[0]
     if running is None:
-        return (rows.T @ rows).div_(n)
-    return running.mul_(decay).addmm_(rows.T, rows, alpha=(1.0 - decay) / n)
+        return (rows.T @ rows).mul_(scale * scale / n)
+    return running.mul_(decay).addmm_(rows.T, rows, alpha=(1.0 - decay) * scale * scale / n)
 
 
 def update_input_factor(
@@ -82,7 +86,7 @@ def update_output_factor(
     running: torch.Tensor | None, output_grads: torch.Tensor, scale: float, decay: float
 ) -> torch.Tensor:
     """output_grads: (N, out), gᵢ = scale · output_grads[i] → running G of shape (out, out)."""
-    return _update(running, output_grads * scale, decay)
+    return _update(running, output_grads, decay, scale)
 
 
 def update_stacked(
@@ -96,15 +100,37 @@ def update_stacked(
 
     ``runnings[j] ← β runnings[j] + (1−β) R̄ⱼᵀR̄ⱼ/N`` with R̄ⱼ = scale·[rows[j] | 1 if with_bias]:
     the same as ``update_input_factor`` / ``update_output_factor`` per layer (for inputs too
-    narrow for the blank-column shortcut), in a handful of operations instead of 3k. Returns
-    new tensors (views of one stack); the inputs are not modified.
+    narrow for the blank-column shortcut), in a handful of operations instead of 3k.
+
+    Returns the factors as views of one (k, d, d) stack. Given those views again (the next
+    step's update of the same layers), it updates that stack in place instead of restacking:
+    the factors passed in then change too. Otherwise the inputs are not modified.
     """
     stacked = torch.stack(rows)  # (k, N, d)
     if with_bias:
         stacked = torch.cat([stacked, stacked.new_ones(*stacked.shape[:2], 1)], dim=2)
-    if scale != 1.0:
-        stacked = stacked * scale
-    running = torch.stack(runnings)
     n = stacked.shape[1]
-    running.mul_(decay).baddbmm_(stacked.transpose(1, 2), stacked, alpha=(1.0 - decay) / n)
+    alpha = (1.0 - decay) * scale * scale / n
+    running = _stack_of(runnings)
+    if running is not None:
+        running.mul_(decay).baddbmm_(stacked.transpose(1, 2), stacked, alpha=alpha)
+        return runnings
+    running = torch.stack(runnings)
+    running.mul_(decay).baddbmm_(stacked.transpose(1, 2), stacked, alpha=alpha)
     return list(running.unbind(0))
+
+
+def _stack_of(views: list[torch.Tensor]) -> torch.Tensor | None:
+    """The (k, d, d) tensor whose k slices ``views`` are, in order, or None."""
+    base = views[0]._base
+    if base is None or base.dim() != 3 or base.shape[0] != len(views):
+        return None
+    for j, view in enumerate(views):
+        if (
+            view._base is not base
+            or view.shape != base.shape[1:]
+            or view.stride() != base.stride()[1:]
+            or view.storage_offset() != base.storage_offset() + j * base.stride(0)
+        ):
+            return None
+    return base

@@ -34,7 +34,7 @@ called under ``torch.no_grad()``, only on the steps where the strategy updates Î
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -389,8 +389,8 @@ class KFAC(Optimizer):
             else:
                 self._streams.update(layer, capture.inputs)
             if g is not None:
-                out_key = (g.shape, capture.output_grads.shape, g.dtype, g.device)
-                output_groups.setdefault(out_key, []).append((layer, capture.output_grads * scale))
+                out_key = (g.shape, capture.output_grads.shape, g.dtype, g.device, scale)
+                output_groups.setdefault(out_key, []).append((layer, capture.output_grads))
             else:
                 layer.factor_g = update_output_factor(
                     None, capture.output_grads, scale, self.factor_decay
@@ -398,8 +398,9 @@ class KFAC(Optimizer):
         for members in input_groups.values():
             for (layer, _), factor in zip(members, self._updated(members, True), strict=True):
                 layer.factor_a = factor
-        for members in output_groups.values():
-            for (layer, _), factor in zip(members, self._updated(members, False), strict=True):
+        for group_key, members in output_groups.items():
+            factors = self._updated(members, False, scale=cast(float, group_key[-1]))
+            for (layer, _), factor in zip(members, factors, strict=True):
                 layer.factor_g = factor
         updated = any(
             c.inputs is not None and c.output_grads is not None for c in self._capture.layers
@@ -407,21 +408,25 @@ class KFAC(Optimizer):
         self._counters["factor_updates" if updated else "steps_without_capture"] += 1
 
     def _updated(
-        self, members: list[tuple[LayerState, torch.Tensor]], input_side: bool
+        self,
+        members: list[tuple[LayerState, torch.Tensor]],
+        input_side: bool,
+        scale: float = 1.0,
     ) -> list[torch.Tensor]:
         """The members' running A (``input_side``, with the bias's column of ones) or G after one
-        update with rows ``members[j][1]`` (already scaled): stacked when there are several."""
+        update with rows ``scale Â· members[j][1]``: stacked when there are several."""
         decay = self.factor_decay
         runnings = [layer.factor_a if input_side else layer.factor_g for layer, _ in members]
         if len(members) == 1:
             layer, rows = members[0]
             if input_side:
                 return [update_input_factor(runnings[0], rows, layer.has_bias, decay)]
-            return [update_output_factor(runnings[0], rows, 1.0, decay)]
+            return [update_output_factor(runnings[0], rows, scale, decay)]
         present = [r for r in runnings if r is not None]
         assert len(present) == len(runnings)  # grouped only after their first update
         with_bias = input_side and members[0][0].has_bias
-        return update_stacked(present, [rows for _, rows in members], decay, with_bias)
+        all_rows = [rows for _, rows in members]
+        return update_stacked(present, all_rows, decay, with_bias, scale)
 
     def _update_inverses(self) -> None:
         self._spectrum_cache.clear()
