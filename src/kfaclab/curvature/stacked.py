@@ -11,21 +11,34 @@ the formula is exactly ``ExactInverse.precondition``'s, layer by layer.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from dataclasses import dataclass, field
 
 import torch
 
 from kfaclab.curvature.exact import ExactInverse
 
 
-class StackedExactInverse(NamedTuple):
+@dataclass
+class StackedExactInverse:
     """k dense exact inverses of (out, in) blocks: Q_G (k, out, out), Q_A (k, in, in), the
-    eigenvalues shaped (k, out, 1) and (k, 1, in) for the broadcast g aᵀ."""
+    eigenvalues shaped (k, out, 1) and (k, 1, in) for the broadcast g aᵀ.
+
+    Built once per inversion and applied at every step until the next, so it also keeps what
+    does not change between those steps: Q_Gᵀ and Q_Aᵀ laid out contiguously (a batched product
+    with a transposed operand runs ~1.4× slower here) and, per damping vector, g aᵀ + λ.
+    """
 
     g_vectors: torch.Tensor
     a_vectors: torch.Tensor
     g_values: torch.Tensor
     a_values: torch.Tensor
+    g_vectors_t: torch.Tensor = field(init=False)
+    a_vectors_t: torch.Tensor = field(init=False)
+    _denominators: dict[tuple[float, ...], torch.Tensor] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.g_vectors_t = self.g_vectors.transpose(1, 2).contiguous()
+        self.a_vectors_t = self.a_vectors.transpose(1, 2).contiguous()
 
     @classmethod
     def stack(cls, inverses: Sequence[ExactInverse]) -> StackedExactInverse:
@@ -36,11 +49,22 @@ class StackedExactInverse(NamedTuple):
             torch.stack([inv.a.values for inv in inverses]).unsqueeze(1),
         )
 
-    def precondition(self, grads: torch.Tensor, dampings: torch.Tensor) -> torch.Tensor:
-        """(G_j⊗A_j + λ_j I)⁻¹ vec(grads[j]) for every j; grads (k, out, in), dampings (k,)."""
-        rotated = self.g_vectors.transpose(1, 2) @ grads @ self.a_vectors
-        rotated = rotated / (self.g_values * self.a_values + dampings.view(-1, 1, 1))
-        return self.g_vectors @ rotated @ self.a_vectors.transpose(1, 2)
+    def precondition(self, grads: torch.Tensor, dampings: Sequence[float]) -> torch.Tensor:
+        """(G_j⊗A_j + λ_j I)⁻¹ vec(grads[j]) for every j; grads (k, out, in), λ_j = dampings[j]."""
+        rotated = self.g_vectors_t @ grads @ self.a_vectors
+        rotated = rotated / self._denominator(tuple(dampings))
+        return self.g_vectors @ rotated @ self.a_vectors_t
+
+    def _denominator(self, dampings: tuple[float, ...]) -> torch.Tensor:
+        """g_j a_jᵀ + λ_j, computed once per damping vector (a constant λ: once per inversion)."""
+        known = self._denominators.get(dampings)
+        if known is None:
+            lam = torch.tensor(dampings, dtype=self.g_values.dtype, device=self.g_values.device)
+            known = self.g_values * self.a_values + lam.view(-1, 1, 1)
+            if len(self._denominators) >= 4:  # a changing λ (a schedule): keep only a few
+                self._denominators.clear()
+            self._denominators[dampings] = known
+        return known
 
 
 def stackable_groups(inverses: Sequence[object]) -> list[list[int]]:

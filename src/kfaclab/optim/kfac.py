@@ -527,8 +527,7 @@ class KFAC(Optimizer):
                             self._layers[i], grads[i], lambdas[i], None
                         )
                 continue
-            dampings = torch.tensor([lambdas[i] for i in members], dtype=blocks[0].dtype)
-            result = stack.precondition(torch.stack(blocks), dampings.to(blocks[0].device))
+            result = stack.precondition(torch.stack(blocks), [lambdas[i] for i in members])
             for i, direction in zip(members, result.unbind(0), strict=True):
                 directions[i] = direction
         for p in self._other_params:
