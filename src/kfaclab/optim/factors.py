@@ -112,12 +112,11 @@ def update_stacked(
     n = stacked.shape[1]
     alpha = (1.0 - decay) * scale * scale / n
     running = _stack_of(runnings)
-    if running is not None:
-        running.mul_(decay).baddbmm_(stacked.transpose(1, 2), stacked, alpha=alpha)
-        return runnings
-    running = torch.stack(runnings)
+    in_place = running is not None
+    if running is None:
+        running = torch.stack(runnings)
     running.mul_(decay).baddbmm_(stacked.transpose(1, 2), stacked, alpha=alpha)
-    return list(running.unbind(0))
+    return runnings if in_place else list(running.unbind(0))
 
 
 def _stack_of(views: list[torch.Tensor]) -> torch.Tensor | None:
