@@ -26,18 +26,17 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _data import mnist_dir
 from kfaclab import KFAC
 from kfaclab.optim import InputStreamCache
 
 SIZES = [784, 100, 100, 100, 100, 100, 10]
 BATCH = 128
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
 
 def build_model(seed: int = 0) -> nn.Sequential:
@@ -51,10 +50,11 @@ def build_model(seed: int = 0) -> nn.Sequential:
 
 
 def load_batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    if SHARED_MNIST.is_dir():
+    folder = mnist_dir()
+    if folder is not None:
         from kfaclab.data import load_dataset
 
-        data = load_dataset("mnist", data_dir=SHARED_MNIST)
+        data = load_dataset("mnist", data_dir=folder)
         x, y = data.train_x, data.train_y
     else:  # synthetic stand-in with MNIST's sparsity (about a third of the pixels blank)
         g = torch.Generator().manual_seed(0)

@@ -20,13 +20,11 @@ import time
 import tomllib
 from pathlib import Path
 
+from _data import REPO, mnist_dir
 from kfaclab.study.cells import build_cells
 from kfaclab.study.protocol import parse_protocol
 from kfaclab.study.runner import run_sweep
 from kfaclab.study.storage import StorageSpec
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 
 
 def measure(
@@ -59,7 +57,7 @@ def main() -> None:
     parser.add_argument(
         "--data-dir",
         type=Path,
-        default=SHARED_MNIST if SHARED_MNIST.is_dir() else None,
+        default=mnist_dir(),
         help="MNIST folder (default: the project's shared copy, else cache/download)",
     )
     args = parser.parse_args()

@@ -34,17 +34,17 @@ import statistics
 import time
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from _data import mnist_dir
 from kfaclab import KFAC
 from kfaclab.data import load_dataset
 from kfaclab.train import run_trial
 from kfaclab.train.build import (
-    _INPUT_STREAMS,
+    INPUT_STREAMS,
     build_model,
     build_optimizer,
     linear_layers,
@@ -53,7 +53,6 @@ from kfaclab.train.build import (
 from kfaclab.train.observe import GradHistogram, evaluate
 from kfaclab.trial_types import TrialConfig
 
-MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 CONFIGS = {
     "sgd": TrialConfig(optimizer="sgd", lr=0.05, momentum=0.9),
     "kfac": TrialConfig(optimizer="kfac", lr=0.02, momentum=0.9, damping=0.1),
@@ -126,7 +125,7 @@ def observe_seconds(config: TrialConfig) -> float:
 
 
 def _cold(fn: Callable[[TrialConfig], float], config: TrialConfig) -> float:
-    _INPUT_STREAMS.clear()
+    INPUT_STREAMS.clear()
     return fn(config)
 
 
@@ -138,7 +137,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--optimizers", default="sgd,kfac")
-    parser.add_argument("--data-dir", default=str(MNIST))
+    folder = mnist_dir()
+    parser.add_argument("--data-dir", default=None if folder is None else str(folder))
     args = parser.parse_args()
     torch.set_num_threads(1)
 

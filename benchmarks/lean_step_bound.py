@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
+from _data import mnist_dir
 from kfaclab.data import load_dataset
 
-MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 ACTIVE = 697  # layer 1's active input coordinates in a typical MNIST running factor
 
 
@@ -107,7 +106,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    data = load_dataset("mnist", MNIST if MNIST.exists() else None)
+    data = load_dataset("mnist", mnist_dir())
     sizes = (1, 2, 4, 8)
     for k in sizes:
         per_trial_step_ms(k, 10, data.train_x, data.train_y)  # warm-up
