@@ -3,7 +3,8 @@
     PYTHONPATH=src python benchmarks/trial_floor.py [--repeats 3] [--damping 1.0]
 
 For an SGD trial and a K-FAC trial as a sweep's worker runs them (one epoch of MNIST, batch 128,
-one thread, warm input stream, the six histograms), it counts
+one thread, warm input stream, the six histograms), and for the K-FAC trial once more through the
+general ``KFAC`` optimizer (``run_trial(..., fused=False)``) instead of the fused step, it counts
 
 * the floating-point operations of every matrix product the trial executes (torch's
   ``FlopCounterMode``, with the in-place ``baddbmm_`` of the factor updates added: the counter
@@ -23,17 +24,16 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from _data import mnist_dir
 from kfaclab.train import run_trial
 from kfaclab.trial_types import TrialConfig
 
-MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 HISTOGRAMS = (60, 120, 180, 240, 300, 360)
 
 
@@ -88,7 +88,7 @@ def _baddbmm_flops(
     return 2 * batch * rows * inner * right[-1]
 
 
-def counted(config: TrialConfig) -> tuple[float, Counter[int]]:
+def counted(config: TrialConfig, fused: bool) -> tuple[float, Counter[int]]:
     """(matrix-product FLOPs, eigendecompositions by size) of one warm trial."""
     counter = FlopCounterMode(
         display=False,
@@ -96,7 +96,7 @@ def counted(config: TrialConfig) -> tuple[float, Counter[int]]:
     )
     eighs = EighSizes()
     with counter, eighs:
-        run_trial(config)
+        run_trial(config, fused=fused)
     return float(counter.get_total_flops()), eighs.sizes
 
 
@@ -106,27 +106,34 @@ def main() -> None:
     parser.add_argument("--damping", type=float, default=1.0, help="K-FAC's λ (default 1)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    folder = mnist_dir()
     configs = {
         name: TrialConfig(
             optimizer=name,
             lr=0.02,
             momentum=0.9,
             damping=args.damping,
-            data_dir=str(MNIST),
+            data_dir=None if folder is None else str(folder),
             histogram_steps=HISTOGRAMS,
         )
         for name in ("sgd", "kfac")
     }
-    for config in configs.values():
-        run_trial(config)  # loads the data; records the input stream that later trials follow
-    times: dict[str, list[float]] = {name: [] for name in configs}
-    for _ in range(args.repeats):  # interleaved, so drift hits both alike
-        for name, config in configs.items():
-            times[name].append(run_trial(config).seconds)
+    # K-FAC twice: run_trial's fused step, and the general KFAC optimizer (fused=False).
+    variants = {
+        "sgd": (configs["sgd"], True),
+        "kfac": (configs["kfac"], True),
+        "kfac-general": (configs["kfac"], False),
+    }
+    for config, fused in variants.values():
+        run_trial(config, fused=fused)  # loads the data; records the input stream
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.repeats):  # interleaved, so drift hits all alike
+        for name, (config, fused) in variants.items():
+            times[name].append(run_trial(config, fused=fused).seconds)
     rate = gemm_rate()
     print(f"GEMM rate of this core (128x785 @ 785x100): {rate / 1e9:.1f} GFLOP/s")
-    for name, config in configs.items():
-        flops, eighs = counted(config)
+    for name, (config, fused) in variants.items():
+        flops, eighs = counted(config, fused)
         eigh_total = sum(count * eigh_seconds(n) for n, count in eighs.items())
         floor = flops / rate + eigh_total
         measured = statistics.median(times[name])
@@ -135,6 +142,12 @@ def main() -> None:
             f"{sum(eighs.values())} eigh ({eigh_total:.2f} s) = floor {floor:.2f} s; "
             f"measured {measured:.2f} s (median of {args.repeats}), {measured / floor:.2f}x"
         )
+    median = {name: statistics.median(t) for name, t in times.items()}
+    print(
+        f"ratios in this run: kfac / sgd {median['kfac'] / median['sgd']:.2f}, "
+        f"kfac-general / sgd {median['kfac-general'] / median['sgd']:.2f}, "
+        f"kfac-general / kfac {median['kfac-general'] / median['kfac']:.2f}"
+    )
 
 
 if __name__ == "__main__":

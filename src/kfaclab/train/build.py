@@ -22,7 +22,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # One per process: trials that see the same batches in the same order (a sweep's trials share the
 # data seed) share layer 1's input-factor updates and decompositions, which depend on the data
 # alone. Inputs are checked for bitwise equality, so results are bitwise those of a fresh run.
-_INPUT_STREAMS = InputStreamCache()
+INPUT_STREAMS = InputStreamCache()
 
 
 @contextmanager
@@ -77,7 +77,7 @@ def build_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimi
         damping_form=config.damping_form,
         fisher=config.fisher,
         kl_clip=config.kl_clip,
-        input_stream_cache=_INPUT_STREAMS,
+        input_stream_cache=INPUT_STREAMS,
         batch_gradients_only=True,  # run_trial's .grad is exactly the captured batch's
         # Layer 1's updates stay in A's eigenbasis between inversions; the loop calls
         # materialize() before every evaluation (which bypasses the hooks).

@@ -21,7 +21,15 @@ import torch
 import torch.nn.functional as F
 
 from kfaclab.data import load_dataset
-from kfaclab.train.build import DTYPES, build_model, build_optimizer, linear_layers, seeded
+from kfaclab.train.build import (
+    DTYPES,
+    INPUT_STREAMS,
+    build_model,
+    build_optimizer,
+    linear_layers,
+    seeded,
+)
+from kfaclab.train.fused import FusedKFAC, fusable
 from kfaclab.train.observe import GradHistogram, evaluate, forward_plain
 from kfaclab.train.schedule import batch_indices, eval_points, lr_schedule, total_steps
 from kfaclab.train.validate import validate_config
@@ -34,8 +42,14 @@ if TYPE_CHECKING:
 Progress = Callable[[int, int, float], None]
 
 
-def run_trial(config: TrialConfig, progress: Progress | None = None) -> TrialResult:
+def run_trial(
+    config: TrialConfig, progress: Progress | None = None, *, fused: bool = True
+) -> TrialResult:
     """Train one model as ``config`` says and return everything recorded.
+
+    ``fused``: run K-FAC through ``FusedKFAC`` when the config allows it (``fusable``: exact
+    damping, constant λ, empirical Fisher — every trial of the reference protocols), else or
+    with ``fused=False`` through the general ``KFAC`` optimizer; the two agree up to rounding.
 
     Raises ``UsageError`` for an invalid config; never raises for divergence. A minibatch loss that
     is non-finite or above ``divergence_loss`` at step t stops the run before that step:
@@ -50,20 +64,21 @@ def run_trial(config: TrialConfig, progress: Progress | None = None) -> TrialRes
     device = torch.device(config.device)
     data = load_dataset(config.dataset, config.data_dir, device=device, dtype=DTYPES[config.dtype])
     with seeded(config.seed, device):
-        return _Trial(config, data, device).run(progress)
+        return _Trial(config, data, device, fused and fusable(config)).run(progress)
 
 
 class _Trial:
     """The state of one run; ``run`` is the hot loop, kept free of avoidable per-step work."""
 
-    def __init__(self, config: TrialConfig, data: Any, device: torch.device) -> None:
+    def __init__(self, config: TrialConfig, data: Any, device: torch.device, fused: bool) -> None:
         self.start = time.perf_counter()
         self.config = config
         self.train = (data.train_x, data.train_y)
         self.test = (data.test_x, data.test_y)
         self.total = total_steps(config, len(data.train_y))
         self.model = build_model(config, device)
-        self.opt = build_optimizer(config, self.model)
+        self.fused = FusedKFAC(self.model, config, INPUT_STREAMS) if fused else None
+        self.opt = None if self.fused is not None else build_optimizer(config, self.model)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.device = device
         self.histogram = GradHistogram(linear_layers(self.model), config.histogram_bins)
@@ -74,7 +89,10 @@ class _Trial:
         self.damping_trace: list[float] = []
 
     def run(self, progress: Progress | None) -> TrialResult:
+        if self.fused is not None:
+            return self._run_fused(self.fused, progress)
         config, model, opt, total = self.config, self.model, self.opt, self.total
+        assert opt is not None
         X, Y = self.train
         groups = opt.param_groups
         lrs = lr_schedule(config.lr, config.lr_decay, total)
@@ -134,8 +152,49 @@ class _Trial:
                 diverged_at = total
         return self._result(diverged_at)
 
+    def _run_fused(self, engine: FusedKFAC, progress: Progress | None) -> TrialResult:
+        """``run`` for a fusable K-FAC trial: the same steps, observations and divergence rule,
+        with forward, backward and step done by ``engine`` (no autograd, no hooks)."""
+        config, total = self.config, self.total
+        X, Y = self.train
+        lrs = lr_schedule(config.lr, config.lr_decay, total)
+        hist_at = {s for s in config.histogram_steps if s < total}
+        evals = eval_points(config.eval_steps, total)
+        eval_at = set(evals[:-1])
+        bound, lam = config.divergence_loss, engine.lam
+        losses, trace = self.losses, self.damping_trace
+        diverged_at: int | None = None
+        batches = batch_indices(len(Y), config.batch_size, total, self.generator, self.device)
+        for t, idx in enumerate(batches):
+            if t in eval_at:
+                engine.materialize()
+                self.evals.append(evaluate(self.model, t, self.train, self.test))
+            value = engine.forward(X.index_select(0, idx), Y.index_select(0, idx))
+            losses.append(value)
+            if not value <= bound:  # also catches NaN
+                diverged_at = t
+                break
+            engine.backward()
+            if t in hist_at:
+                engine.write_grads()
+                self.histograms[str(t)] = self.histogram()
+                engine.clear_grads()
+            trace.append(lam)
+            engine.step(lrs[t])
+            if t in hist_at:
+                self.curvature[str(t)] = engine.diagnostics()
+            if progress is not None:
+                progress(t + 1, total, value)
+        if diverged_at is None:
+            engine.materialize()
+            self.evals.append(evaluate(self.model, total, self.train, self.test))
+            if not self.evals[-1].train_loss <= bound:
+                diverged_at = total
+        return self._result(diverged_at)
+
     def _result(self, diverged_at: int | None) -> TrialResult:
-        counters = getattr(self.opt, "counters", None)
+        source = self.fused if self.fused is not None else self.opt
+        counters = getattr(source, "counters", None)
         return TrialResult(
             config=self.config,
             status="ok" if diverged_at is None else "diverged",

@@ -1,0 +1,145 @@
+"""FusedKFAC (run_trial's fast K-FAC path) against the general KFAC optimizer, its oracle.
+
+Whole trials are run both ways in float64 — forward with layer 1's pending correction, backward
+by hand, stacked factors, inversions, the deferred rotation, momentum, histograms, curvature
+diagnostics, evaluations — and must agree up to rounding. The two compute the same products in
+different groupings, and K-FAC's small-λ dynamics amplify rounding over steps, so the tolerance
+is relative 1e-9 over ~35 steps (a 1e-14 change of the learning rate moves the general path's
+own losses by up to ~1e-8 on the chaotic tanh case, which is therefore run with a smaller lr).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kfaclab.optim import InputStreamCache
+from kfaclab.train import build, loop, run_trial
+from kfaclab.train.fused import fusable
+from kfaclab.trial_types import TrialConfig, TrialResult
+
+
+def _config(mnist_dir: Path, **overrides: Any) -> TrialConfig:
+    base: dict[str, Any] = dict(
+        optimizer="kfac",
+        lr=0.01,
+        lr_decay=0.5,
+        momentum=0.9,
+        damping=1e-2,
+        steps=35,
+        inverse_every=10,
+        histogram_steps=(3, 12, 20),
+        eval_steps=(15,),
+        dtype="float64",
+        data_dir=str(mnist_dir),
+    )
+    base.update(overrides)
+    return TrialConfig(**base)
+
+
+def _assert_close(general: TrialResult, fused: TrialResult, rel: float = 1e-9) -> None:
+    assert fused.status == general.status
+    assert fused.diverged_at == general.diverged_at
+    assert len(fused.step_losses) == len(general.step_losses)
+    for a, b in zip(general.step_losses, fused.step_losses, strict=True):
+        assert b == pytest.approx(a, rel=rel)
+    assert [e.step for e in fused.evals] == [e.step for e in general.evals]
+    for a, b in zip(general.evals, fused.evals, strict=True):
+        assert b.train_loss == pytest.approx(a.train_loss, rel=rel)
+        assert b.test_loss == pytest.approx(a.test_loss, rel=rel)
+        assert b.test_accuracy == a.test_accuracy
+    assert fused.histograms == general.histograms
+    assert fused.curvature.keys() == general.curvature.keys()
+    for step, layers in general.curvature.items():
+        assert fused.curvature[step].keys() == layers.keys()
+        for name, numbers in layers.items():
+            for key, value in numbers.items():
+                other = fused.curvature[step][name][key]
+                # A minimum eigenvalue is rounding noise near 0: compare it on the max's scale.
+                scale = abs(numbers[key.replace("min", "max")]) if "min" in key else abs(value)
+                assert abs(other - value) <= rel * scale + 1e-300, (step, name, key)
+    assert fused.counters == general.counters
+    assert fused.damping_trace == general.damping_trace
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"momentum": 0.0, "damping": 1.0},
+        {"activation": "tanh", "lr": 3e-3},
+        {"activation": "identity", "lr": 1e-3},
+        {"depth": 2},
+        {"depth": 3, "width": 30, "lr": 1e-3, "inverse_every": 4},
+    ],
+    ids=["relu", "no-momentum", "tanh", "identity", "depth-2", "narrow-depth-3"],
+)
+def test_fused_trial_equals_the_general_optimizer(mnist_dir: Path, overrides: Any) -> None:
+    config = _config(mnist_dir, **overrides)
+    assert fusable(config)
+    _assert_close(run_trial(config, fused=False), run_trial(config, fused=True))
+
+
+def test_fused_trial_diverges_where_the_general_one_does(mnist_dir: Path) -> None:
+    config = _config(mnist_dir, damping=1e-5, lr=1.0, momentum=0.9)
+    general, fused = run_trial(config, fused=False), run_trial(config, fused=True)
+    assert general.status == "diverged"
+    assert math.isinf(fused.value)
+    _assert_close(general, fused)
+
+
+def test_without_the_shared_stream_layer_one_takes_the_standard_form(
+    mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream with no room records nothing: layer 1 then gets no shared projection and both
+    paths precondition it in standard coordinates (as a long training past the budget does)."""
+    no_room = InputStreamCache(max_bytes=0)
+    monkeypatch.setattr(loop, "INPUT_STREAMS", no_room)
+    monkeypatch.setattr(build, "INPUT_STREAMS", no_room)
+    config = _config(mnist_dir)
+    _assert_close(run_trial(config, fused=False), run_trial(config, fused=True))
+    assert no_room.nbytes == 0 and no_room.shared_projections == 0  # nothing to defer with
+
+
+def test_fused_trial_is_bitwise_reproducible_recording_or_following(
+    mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first trial in a process records layer 1's stream, later ones follow it: the result
+    must not depend on which (nor on the lr of the trial that recorded it)."""
+    cache = InputStreamCache()
+    monkeypatch.setattr(loop, "INPUT_STREAMS", cache)
+    config = _config(mnist_dir, dtype="float32", steps=25)
+    run_trial(dataclasses.replace(config, lr=0.05), fused=True)  # records
+    followed = run_trial(config, fused=True)
+    assert cache.shared_projections > 0 and cache.followed_updates > 0
+    cache.clear()
+    recorded = run_trial(config, fused=True)
+    for a, b in ((followed, recorded), (recorded, run_trial(config, fused=True))):
+        assert a.step_losses == b.step_losses
+        assert a.evals == b.evals
+        assert a.histograms == b.histograms
+        assert a.curvature == b.curvature
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({}, True),
+        ({"damping": {"kind": "constant", "value": 0.5}}, True),
+        ({"optimizer": "sgd"}, False),
+        ({"fisher": "mc"}, False),
+        ({"damping_form": "factored"}, False),
+        ({"kl_clip": 1e-3}, False),
+        ({"factor_every": 2}, False),
+        ({"depth": 1}, False),
+        ({"damping": {"kind": "levenberg_marquardt", "initial": 1.0}}, False),
+    ],
+)
+def test_fusable_only_where_the_fused_step_is_the_same_mathematics(
+    mnist_dir: Path, overrides: dict[str, Any], expected: bool
+) -> None:
+    assert fusable(_config(mnist_dir, **overrides)) is expected
