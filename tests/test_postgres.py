@@ -18,10 +18,11 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
 from kfaclab.study.reader import load_study_set
-from kfaclab.study.storage import StorageSpec, open_storage
+from kfaclab.study.storage import StorageSpec, driver_url, open_storage
 
 pytestmark = pytest.mark.postgres
 
@@ -30,34 +31,42 @@ SMOKE = REPO / "configs" / "smoke.toml"
 
 
 @pytest.fixture
-def postgres_url() -> str:
+def postgres_url() -> Iterator[str]:
+    """The server's URL narrowed to a new, empty schema (dropped afterwards): every test starts
+    as the first sweep on a new database does, with Optuna's tables still to be created."""
     url = os.environ.get("KFACLAB_TEST_POSTGRES")
     if not url:
         if os.environ.get("CI") == "true":
             pytest.fail("KFACLAB_TEST_POSTGRES is not set in CI (start scripts/start-postgres.sh)")
         pytest.skip("KFACLAB_TEST_POSTGRES not set (scripts/start-postgres.sh starts a server)")
-    return url
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    engine = sqlalchemy.create_engine(driver_url(url))
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
+    separator = "&" if "?" in url else "?"
+    yield f"{url}{separator}options=-csearch_path%3D{schema}"
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
+    engine.dispose()
 
 
 @pytest.fixture
-def protocol_file(tmp_path: Path, postgres_url: str) -> Iterator[tuple[Path, str]]:
-    """smoke.toml under a unique name (the database outlives the test), removed afterwards."""
+def protocol_file(tmp_path: Path) -> tuple[Path, str]:
+    """smoke.toml under a unique name, reading MNIST from the project's shared copy."""
     name = f"smoke-{uuid.uuid4().hex[:8]}"
     text = SMOKE.read_text().replace('name = "smoke"', f'name = "{name}"', 1)
     shared = (SMOKE.parent / "../../shared/data/mnist").resolve()
     text = text.replace('"../../shared/data/mnist"', f'"{shared}"')
     path = tmp_path / "smoke.toml"
     path.write_text(text)
-    yield path, name
-    storage = open_storage(StorageSpec(url=postgres_url), create=False)
-    for study in storage.get_all_studies():
-        if study.study_name == name or study.study_name.startswith(f"{name}/"):
-            optuna.delete_study(study_name=study.study_name, storage=storage)
+    return path, name
 
 
 def test_two_machines_share_one_database(
     postgres_url: str, protocol_file: tuple[Path, str], tmp_path: Path
 ) -> None:
+    """Two commands started together on a new database: both create its tables at once (a
+    race Optuna does not guard), then share every cell."""
     config, name = protocol_file
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     cli = [sys.executable, "-m", "kfaclab.cli.main"]

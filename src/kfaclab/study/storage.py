@@ -19,7 +19,7 @@ import hashlib
 import warnings
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,13 +135,17 @@ def _open_rdb(url: str) -> optuna.storages.BaseStorage:
             name = "failed_trial_callback"
         callback: dict[str, Any] = {name: retry_callback()}
         try:
-            return optuna.storages.RDBStorage(
-                driver_url(url),
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=HEARTBEAT_SECONDS,
-                grace_period=GRACE_SECONDS,
-                **callback,
-            )
+            # On a new database Optuna creates its tables; two machines starting the same
+            # command at once would race (PostgreSQL: "duplicate key value violates unique
+            # constraint pg_type_typname_nsp_index"), so creation is serialised.
+            with _schema_lock(url):
+                return optuna.storages.RDBStorage(
+                    driver_url(url),
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=HEARTBEAT_SECONDS,
+                    grace_period=GRACE_SECONDS,
+                    **callback,
+                )
         except sqlalchemy.exc.OperationalError as exc:
             raise UsageError(f"cannot reach storage {safe_url(url)}: {_reason(exc)}") from None
         except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as exc:
@@ -189,6 +193,13 @@ def _sqlite_folder(url: str) -> Path:
 
 
 _ENGINES: dict[str, Any] = {}
+_SCHEMA_LOCK = "kfaclab:create-schema"
+
+
+def _schema_lock(url: str) -> AbstractContextManager[None]:
+    if url.startswith("postgresql"):
+        return _advisory_lock(url, _SCHEMA_LOCK)
+    return nullcontext()  # SQLite: one file, its own writer lock (and a 60 s busy timeout)
 
 
 @contextmanager
@@ -199,7 +210,12 @@ def _advisory_lock(url: str, study_name: str) -> Iterator[None]:
 
     engine = _ENGINES.get(url)
     if engine is None:
-        engine = sqlalchemy.create_engine(driver_url(url), pool_size=1, pool_pre_ping=True)
+        engine = sqlalchemy.create_engine(
+            driver_url(url),
+            pool_size=1,
+            pool_pre_ping=True,
+            connect_args={"connect_timeout": 10},  # an unreachable host fails in seconds
+        )
         _ENGINES[url] = engine
     # Advisory lock keys are signed 64-bit integers.
     key = zlib.crc32(study_name.encode()) - 2**31
