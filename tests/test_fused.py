@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from torch import nn
 
 from kfaclab.optim import InputStreamCache
 from kfaclab.train import build, loop, run_trial
-from kfaclab.train.fused import fusable
+from kfaclab.train.fused import FusedKFAC, fusable
 from kfaclab.trial_types import TrialConfig, TrialResult
 
 
@@ -143,3 +144,9 @@ def test_fusable_only_where_the_fused_step_is_the_same_mathematics(
     mnist_dir: Path, overrides: dict[str, Any], expected: bool
 ) -> None:
     assert fusable(_config(mnist_dir, **overrides)) is expected
+
+
+def test_fused_refuses_a_model_that_is_not_build_mlps(mnist_dir: Path) -> None:
+    narrowing = nn.Sequential(nn.Linear(784, 100), nn.Linear(100, 50), nn.Linear(50, 10))
+    with pytest.raises(ValueError, match="every hidden layer 100 wide"):
+        FusedKFAC(narrowing, _config(mnist_dir), InputStreamCache())

@@ -75,8 +75,15 @@ class FusedKFAC:
 
     def __init__(self, model: nn.Sequential, config: TrialConfig, cache: InputStreamCache) -> None:
         named = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-        if len(named) < 2 or any(m.bias is None for _, m in named):
-            raise ValueError("FusedKFAC needs an MLP of >= 2 nn.Linear layers with biases")
+        width = named[0][1].out_features if named else 0
+        chained = all(m.in_features == width for _, m in named[1:]) and all(
+            m.out_features == width for _, m in named[:-1]
+        )
+        if len(named) < 2 or any(m.bias is None for _, m in named) or not chained:
+            raise ValueError(
+                "FusedKFAC needs build_mlp's model: >= 2 nn.Linear layers with biases, every "
+                f"hidden layer {width} wide, got {[tuple(m.weight.shape) for _, m in named]}"
+            )
         self.names = [n for n, _ in named]
         self.layers = [m for _, m in named]
         self.width = self.layers[0].out_features
