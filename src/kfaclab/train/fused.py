@@ -300,17 +300,14 @@ class FusedKFAC:
                     [self._precondition(j, blocks[j - 1]) for j in range(1, depth - 1)]
                 )
         last = self._precondition(depth - 1, o_last.T @ h[-1])
-        first_step = self.velocity_last is None
-        if first_step or self.momentum == 0.0:
-            self.velocity, self.velocity_last = middle, last  # v = d
+        if self.velocity_last is None or self.momentum == 0.0:
+            # v = d (the first step sets it). Both directions are new tensors, owned here, so
+            # later steps may update them in place.
+            self.velocity, self.velocity_last = middle, last
         else:
-            assert self.velocity_last is not None
             if middle is not None and self.velocity is not None:
                 self.velocity.mul_(self.momentum).add_(middle)
             self.velocity_last.mul_(self.momentum).add_(last)
-        if first_step and self.momentum != 0.0:  # own the buffers: later steps update in place
-            self.velocity = None if middle is None else middle.clone()
-            self.velocity_last = last.clone()
         targets: list[torch.Tensor] = []
         sources: list[torch.Tensor] = []
         for j in range(1, depth):
