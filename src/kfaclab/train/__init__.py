@@ -2,7 +2,9 @@
 
 The study calls this thousands of times; it knows nothing of Optuna. Module map:
 ``validate`` (config checks), ``schedule`` (steps, batches, learning rate), ``build`` (seeded model,
-optimizer), ``observe`` (evaluation, gradient histograms), ``loop`` (the training loop).
+optimizer), ``observe`` (evaluation, gradient histograms), ``loop`` (the training loop), ``steps``
+(what the loop calls per step; autograd with any optimizer) and ``fused`` (the same for a
+fusable K-FAC trial, by hand).
 """
 
 from kfaclab.train.loop import Progress, run_trial

@@ -67,8 +67,9 @@ def fusable(config: TrialConfig) -> bool:
 class FusedKFAC:
     """Forward, backward and K-FAC step of one trial of ``build_mlp``'s model (see module doc).
 
-    Per step: ``loss = forward(x, y)`` (a float), ``backward()``, optionally
-    ``write_grads()`` (fills ``.grad`` for observers; ``clear_grads()`` after), ``step(lr)``.
+    Per step (``kfaclab.train.steps.TrialSteps``): ``loss = forward(x, y)`` (a float),
+    ``backward()``, optionally ``write_grads()`` (fills ``.grad`` for observers;
+    ``clear_grads()`` after), ``step(lr)``.
     The model's parameters are updated in place; ``materialize()`` before reading them outside
     ``forward`` (layer 1's update is pending in A's eigenbasis, as in ``KFAC``).
     """
@@ -346,6 +347,10 @@ class FusedKFAC:
         torch._foreach_add_([first.weight, first.bias], [buffer[:, :-1], buffer[:, -1]], alpha=-lr)
 
     # --- read-outs ------------------------------------------------------------------------------
+
+    def damping(self) -> float:
+        """λ, the same at every step (``fusable`` admits only a constant)."""
+        return self.lam
 
     def materialize(self) -> None:
         """Fold layer 1's pending rotated update into its weights (before evaluation)."""
