@@ -202,7 +202,7 @@ class FusedKFAC:
     def step(self, lr: float) -> None:
         h, o, x, o_last = self._h, self._o, self._x, self._o_last
         assert h is not None and o is not None and x is not None and o_last is not None
-        t, lam = self.steps, self.lam
+        t = self.steps
         self._update_factors(x, h, o, o_last)
         if t % self.inverse_every == 0 or any(inv is None for inv in self.inverses):
             self._invert()
@@ -216,7 +216,7 @@ class FusedKFAC:
             if (t + 1) % self.inverse_every == 0:  # the next step inverts: fold in before it
                 self.deferred.materialize(self.first, self.first_state)
         else:
-            self._step_first_standard(x, o[0], lr, lam)
+            self._step_first_standard(lr)
         self.first_batch.clear()
         self.steps += 1
 
@@ -329,17 +329,15 @@ class FusedKFAC:
             return block / self.lam  # no curvature yet
         return inverse.precondition(block, self.lam)
 
-    def _step_first_standard(
-        self, x: torch.Tensor, out_grads: torch.Tensor, lr: float, lam: float
-    ) -> None:
+    def _step_first_standard(self, lr: float) -> None:
         """Layer 1 without the stream's projection: d = (G⊗A + λI)⁻¹∇ in standard coordinates."""
         self.deferred.materialize(self.first, self.first_state)
         direction = self._precondition(0, self._block(0))
         buffer = self.first_state.get("momentum_buffer")
         if self.momentum == 0.0:
             buffer = direction
-        elif buffer is None:
-            buffer = self.first_state["momentum_buffer"] = direction.clone()
+        elif buffer is None:  # the first step sets v = d (a fresh tensor, owned from here)
+            buffer = self.first_state["momentum_buffer"] = direction
         else:
             buffer.mul_(self.momentum).add_(direction)
         first = self.layers[0]
