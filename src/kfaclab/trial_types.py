@@ -12,7 +12,17 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-OptimizerName = Literal["sgd", "kfac"]
+from kfaclab import choices as ch
+from kfaclab.choices import (
+    Activation,
+    DampingForm,
+    DatasetName,
+    DtypeName,
+    FactorInit,
+    FisherType,
+    OptimizerName,
+)
+
 Status = Literal["ok", "diverged"]
 
 
@@ -42,26 +52,28 @@ class TrialConfig:
     lr: float = 0.05
     lr_decay: float = 1.0  # α: final learning rate as a fraction of lr; η_t = η₀(1 − (1 − α)t/T)
     momentum: float = 0.0
-    damping: float | dict[str, Any] = 1e-3
-    damping_form: Literal["exact", "factored"] = "exact"
-    fisher: Literal["empirical", "mc"] = "empirical"
-    factor_decay: float = 0.95
-    factor_every: int = 1
-    inverse_every: int = 10
+    damping: float | dict[str, Any] = ch.DEFAULT_DAMPING
+    damping_form: DampingForm = ch.DEFAULT_DAMPING_FORM
+    fisher: FisherType = ch.DEFAULT_FISHER
+    factor_decay: float = ch.DEFAULT_FACTOR_DECAY
+    factor_every: int = ch.DEFAULT_FACTOR_EVERY
+    inverse_every: int = ch.DEFAULT_INVERSE_EVERY
     kl_clip: float | None = None
+    factor_init: FactorInit = ch.DEFAULT_FACTOR_INIT
+    eigen_floor: float = ch.DEFAULT_EIGEN_FLOOR
     # data and model
-    dataset: Literal["mnist", "fashion-mnist"] = "mnist"
+    dataset: DatasetName = "mnist"
     data_dir: str | None = None
     depth: int = 6  # number of nn.Linear layers
     width: int = 100
-    activation: Literal["relu", "tanh", "identity"] = "relu"
+    activation: Activation = "relu"
     # length and batches
     batch_size: int = 128
     epochs: int = 1
     steps: int | None = None  # overrides epochs when set
     seed: int = 0
     device: str = "cpu"
-    dtype: Literal["float32", "float64"] = "float32"
+    dtype: DtypeName = "float32"
     # observation
     eval_steps: tuple[int, ...] | None = None  # None: a default set, always including the last step
     histogram_steps: tuple[int, ...] = (60, 120, 180, 240, 300, 360)
