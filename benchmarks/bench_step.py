@@ -33,7 +33,7 @@ from torch import nn
 
 from _data import mnist_dir
 from kfaclab import KFAC
-from kfaclab.optim import InputStreamCache
+from kfaclab.optim import InputStreamCache, KFACOptions, Speedups
 
 SIZES = [784, 100, 100, 100, 100, 100, 10]
 BATCH = 128
@@ -149,19 +149,25 @@ def main() -> None:
     streams = InputStreamCache()
     configs: dict[str, Callable[[nn.Module], torch.optim.Optimizer]] = {
         "sgd": lambda m: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9),
-        "kfac-exact": lambda m: KFAC(m, lr=0.05, damping=1e-2, momentum=0.9, inverse_every=10),
+        "kfac-exact": lambda m: KFAC(
+            m, lr=0.05, damping=1e-2, momentum=0.9, options=KFACOptions(inverse_every=10)
+        ),
         "kfac-factored": lambda m: KFAC(
-            m, lr=0.05, damping=1e-2, momentum=0.9, inverse_every=10, damping_form="factored"
+            m,
+            lr=0.05,
+            damping=1e-2,
+            momentum=0.9,
+            options=KFACOptions(inverse_every=10, damping_form="factored"),
         ),
         "kfac-exact-sweep": lambda m: KFAC(
             m,
             lr=0.05,
             damping=1e-2,
             momentum=0.9,
-            inverse_every=10,
-            input_stream_cache=streams,
-            batch_gradients_only=True,
-            deferred_rotation=True,
+            options=KFACOptions(inverse_every=10),
+            speedups=Speedups(
+                input_stream_cache=streams, batch_gradients_only=True, deferred_rotation=True
+            ),
         ),
     }
     time_steps(configs["kfac-exact-sweep"], batches)  # records the stream

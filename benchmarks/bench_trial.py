@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from _data import mnist_dir
 from kfaclab import KFAC
 from kfaclab.data import load_dataset
+from kfaclab.optim import KFACOptions
 from kfaclab.train import run_trial
 from kfaclab.train.build import (
     INPUT_STREAMS,
@@ -89,8 +90,7 @@ def _plain_optimizer(config: TrialConfig, model: torch.nn.Module) -> torch.optim
         lr=config.lr,
         damping=config.damping,
         momentum=config.momentum,
-        factor_decay=config.factor_decay,
-        inverse_every=config.inverse_every,
+        options=KFACOptions(factor_decay=config.factor_decay, inverse_every=config.inverse_every),
     )
 
 

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kfac_kwargs import make_kfac
 from kfaclab import KFAC, LevenbergMarquardt
-from kfaclab.optim import InputStreamCache
+from kfaclab.optim import InputStreamCache, KFACOptions, Speedups
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -40,7 +41,7 @@ def _batches(n: int, seed: int = 7, dtype: torch.dtype = torch.float32) -> Batch
 def _run(batches: Batches, cache: InputStreamCache | None, **kwargs: Any) -> list[torch.Tensor]:
     model = _mlp(0, batches[0][0].dtype)
     options: dict[str, Any] = {"lr": 0.05, "damping": 1e-2, "inverse_every": 3} | kwargs
-    opt = KFAC(model, input_stream_cache=cache, **options)
+    opt = make_kfac(model, **options, input_stream_cache=cache)
     for x, y in batches:
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
@@ -115,9 +116,15 @@ def test_state_dict_between_inversions_is_exact_and_resumes_bitwise() -> None:
     cache = InputStreamCache()
     _run(batches, cache)
     model = _mlp(0)
-    opt = KFAC(model, lr=0.05, damping=1e-2, inverse_every=3, input_stream_cache=cache)
+    opt = KFAC(
+        model,
+        lr=0.05,
+        damping=1e-2,
+        options=KFACOptions(inverse_every=3),
+        speedups=Speedups(input_stream_cache=cache),
+    )
     fresh_model = _mlp(0)
-    fresh = KFAC(fresh_model, lr=0.05, damping=1e-2, inverse_every=3)
+    fresh = KFAC(fresh_model, lr=0.05, damping=1e-2, options=KFACOptions(inverse_every=3))
     for x, y in batches[:5]:  # update 5 is followed, after the snapshot at update 4
         for m, o in ((model, opt), (fresh_model, fresh)):
             loss = F.cross_entropy(m(x), y)
@@ -155,7 +162,7 @@ def test_preconditioning_from_shared_batch_projections_is_the_same_direction() -
 
 def test_batch_gradients_only_must_be_a_bool() -> None:
     with pytest.raises(ValueError, match="batch_gradients_only must be True or False"):
-        KFAC(_mlp(0), lr=0.1, batch_gradients_only="yes")  # type: ignore[arg-type]
+        KFAC(_mlp(0), lr=0.1, speedups=Speedups(batch_gradients_only="yes"))  # type: ignore[arg-type]
 
 
 def _deferred_options(**extra: Any) -> dict[str, Any]:
@@ -188,13 +195,13 @@ def test_deferred_layer_is_exact_mid_window_for_forward_eval_and_state() -> None
     runs = []
     for options in (_deferred_options(momentum=0.6), {"momentum": 0.6}):
         model = _mlp(0, torch.float64)
-        opt = KFAC(
+        opt = make_kfac(
             model,
             lr=0.05,
             damping=1e-2,
+            **options,
             inverse_every=10,
             input_stream_cache=cache if "deferred_rotation" in options else None,
-            **options,
         )
         for x, y in batches:
             loss = F.cross_entropy(model(x), y)
@@ -229,8 +236,13 @@ def test_inputs_changed_in_place_after_the_forward_check_are_compared_again() ->
     results = []
     for options, shared in ((_deferred_options(), cache), ({}, None)):
         model = _mlp(0, torch.float64)
-        opt = KFAC(
-            model, lr=0.05, damping=1e-2, inverse_every=3, input_stream_cache=shared, **options
+        opt = make_kfac(
+            model,
+            lr=0.05,
+            damping=1e-2,
+            **options,
+            inverse_every=3,
+            input_stream_cache=shared,
         )
         for step, (x, y) in enumerate(batches):
             x = x.clone()
@@ -249,4 +261,8 @@ def test_inputs_changed_in_place_after_the_forward_check_are_compared_again() ->
 
 def test_deferred_rotation_needs_its_prerequisites() -> None:
     with pytest.raises(ValueError, match="deferred_rotation needs batch_gradients_only=True"):
-        KFAC(_mlp(0), lr=0.1, deferred_rotation=True, input_stream_cache=InputStreamCache())
+        KFAC(
+            _mlp(0),
+            lr=0.1,
+            speedups=Speedups(deferred_rotation=True, input_stream_cache=InputStreamCache()),
+        )

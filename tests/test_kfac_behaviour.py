@@ -11,8 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kfac_kwargs import make_kfac
 from kfaclab import KFAC, LevenbergMarquardt
 from kfaclab.curvature import decompose
+from kfaclab.optim import KFACOptions
 
 
 def _mlp(seed: int, dtype: torch.dtype = torch.float64) -> nn.Sequential:
@@ -55,7 +57,7 @@ def test_factors_match_curvlinops_empirical_fisher() -> None:
     opt = KFAC(model, lr=0.1, damping=1e-2)
     F.cross_entropy(model(x), y).backward()
     opt.step()
-    for layer in opt._layers:
+    for layer in opt.engine.layers:
         torch.testing.assert_close(layer.factor_a, peer._input_covariances[layer.name])
         torch.testing.assert_close(layer.factor_g, peer._gradient_covariances[layer.name])
 
@@ -65,7 +67,13 @@ def test_state_dict_round_trip_resumes_bit_for_bit(form: str) -> None:
     batches = _batches(12, torch.float32)
     model = _mlp(1, torch.float32)
     damping = LevenbergMarquardt(initial=1.0, every=2)
-    opt = KFAC(model, lr=0.05, damping=damping, momentum=0.9, damping_form=form, inverse_every=3)  # type: ignore[arg-type]
+    opt = KFAC(
+        model,
+        lr=0.05,
+        damping=damping,
+        momentum=0.9,
+        options=KFACOptions(damping_form=form, inverse_every=3),
+    )  # type: ignore[arg-type]
     _train(model, opt, batches[:5])
     saved_model = copy.deepcopy(model.state_dict())
     saved_opt = copy.deepcopy(opt.state_dict())
@@ -77,8 +85,7 @@ def test_state_dict_round_trip_resumes_bit_for_bit(form: str) -> None:
         lr=0.05,
         damping=LevenbergMarquardt(initial=7.0, every=2),
         momentum=0.9,
-        damping_form=form,
-        inverse_every=3,  # type: ignore[arg-type]
+        options=KFACOptions(damping_form=form, inverse_every=3),
     )
     twin_opt.load_state_dict(saved_opt)
     # Stepped in lockstep, original and resumed copy stay identical to the last bit.
@@ -132,7 +139,9 @@ def test_kfac_beats_sgd_on_ill_conditioned_least_squares() -> None:
         run(lambda m, lr=lr: torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9))
         for lr in (1e-4, 3e-4, 1e-3)
     )
-    kfac = run(lambda m: KFAC(m, lr=0.5, damping=1e-4, fisher="mc", inverse_every=5))
+    kfac = run(
+        lambda m: KFAC(m, lr=0.5, damping=1e-4, options=KFACOptions(fisher="mc", inverse_every=5))
+    )
     assert math.isfinite(sgd_best)
     assert kfac < 0.01 * sgd_best, (kfac, sgd_best)
 
@@ -140,8 +149,15 @@ def test_kfac_beats_sgd_on_ill_conditioned_least_squares() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"lr": 0.0}, "lr must be > 0, got 0.0"),
-        ({"lr": -1.0}, "lr must be > 0, got -1.0"),
+        ({"lr": 0.0}, "lr must be > 0 and <= 3.4e38, got 0.0"),
+        ({"lr": -1.0}, "lr must be > 0 and <= 3.4e38, got -1.0"),
+        ({"lr": 1e39}, "lr must be > 0 and <= 3.4e38, got 1e+39"),
+        ({"factor_init": "zeros"}, "factor_init must be one of 'batch', 'identity', got 'zeros'"),
+        (
+            {"eigen_floor": 1e-10, "damping_form": "factored"},
+            "eigen_floor needs damping_form='exact'",
+        ),
+        ({"eigen_floor": -1.0}, "eigen_floor must be >= 0, got -1.0"),
         ({"damping": -1.0}, "damping must be > 0"),
         ({"damping": 0.0}, "damping must be > 0"),
         ({"momentum": 1.0}, "momentum must be in [0, 1), got 1.0"),
@@ -154,13 +170,14 @@ def test_kfac_beats_sgd_on_ill_conditioned_least_squares() -> None:
         ({"factor_decay": 1.0}, "factor_decay must be in [0, 1), got 1.0"),
         ({"factor_decay": -0.5}, "factor_decay must be in [0, 1), got -0.5"),
         ({"inverse_every": 0}, "inverse_every must be an integer >= 1, got 0"),
-        ({"kl_clip": 0.0}, "kl_clip must be None or > 0, got 0.0"),
+        ({"kl_clip": 0.0}, "kl_clip must be None or a finite number > 0, got 0.0"),
+        ({"kl_clip": math.inf}, "kl_clip must be None or a finite number > 0, got inf"),
     ],
 )
 def test_bad_arguments_name_argument_rule_and_value(kwargs: dict, message: str) -> None:
     args = {"lr": 0.1, **kwargs}
     with pytest.raises(ValueError) as info:
-        KFAC(_mlp(0), **args)
+        make_kfac(_mlp(0), **args)
     assert message in str(info.value)
 
 
@@ -192,7 +209,7 @@ def test_mc_fisher_uses_sampled_labels() -> None:
     """G from sample_fisher equals the factor of a loss on the very labels it sampled."""
     model = _mlp(5)
     x, _ = _batches(1)[0]
-    opt = KFAC(model, lr=0.1, damping=0.1, fisher="mc")
+    opt = KFAC(model, lr=0.1, damping=0.1, options=KFACOptions(fisher="mc"))
     logits = model(x)
     torch.manual_seed(77)
     opt.sample_fisher(logits)
@@ -201,10 +218,10 @@ def test_mc_fisher_uses_sampled_labels() -> None:
     F.cross_entropy(logits, sampled).backward()  # gradient from the sampled labels
     opt.step()
     oracle = _mlp(5)
-    oracle_opt = KFAC(oracle, lr=0.1, damping=0.1, fisher="empirical")
+    oracle_opt = KFAC(oracle, lr=0.1, damping=0.1, options=KFACOptions(fisher="empirical"))
     F.cross_entropy(oracle(x), sampled).backward()
     oracle_opt.step()
-    for mine, ref in zip(opt._layers, oracle_opt._layers, strict=True):
+    for mine, ref in zip(opt.engine.layers, oracle_opt.engine.layers, strict=True):
         torch.testing.assert_close(mine.factor_g, ref.factor_g)
         torch.testing.assert_close(mine.factor_a, ref.factor_a)
 
@@ -214,7 +231,7 @@ def test_kl_clip_scales_the_step_and_is_counted() -> None:
     deltas = []
     for clip in (None, 1e-8):
         model = _mlp(6)
-        opt = KFAC(model, lr=0.1, damping=0.1, kl_clip=clip)
+        opt = KFAC(model, lr=0.1, damping=0.1, options=KFACOptions(kl_clip=clip))
         before = [p.detach().clone() for p in model.parameters()]
         F.cross_entropy(model(x), y).backward()
         opt.step()
@@ -246,10 +263,10 @@ def test_failed_float32_eigh_falls_back_to_float64(monkeypatch: pytest.MonkeyPat
 
 def test_non_finite_factor_keeps_the_previous_decomposition() -> None:
     model = _mlp(8)
-    opt = KFAC(model, lr=0.1, damping=1e-2, inverse_every=1)
+    opt = KFAC(model, lr=0.1, damping=1e-2, options=KFACOptions(inverse_every=1))
     batches = _batches(2)
     _train(model, opt, batches[:1])
-    kept = opt._layers[0].inverse
+    kept = opt.engine.layers[0].inverse
     x, y = batches[1]
     x = x.clone()
     x[0, 0] = float("nan")
@@ -258,16 +275,16 @@ def test_non_finite_factor_keeps_the_previous_decomposition() -> None:
     loss.backward()
     opt.step()
     assert opt.counters["decomposition_failures"] > 0
-    assert opt._layers[0].inverse is kept
+    assert opt.engine.layers[0].inverse is kept
 
 
 def test_diagnostics_agree_with_dense_spectrum() -> None:
     model = _mlp(9)
     # inverse_every=1: diagnostics describe the last decomposition, here of the current factors.
-    opt = KFAC(model, lr=0.1, damping=0.05, inverse_every=1)
+    opt = KFAC(model, lr=0.1, damping=0.05, options=KFACOptions(inverse_every=1))
     _train(model, opt, _batches(2))
     diag = opt.diagnostics()
-    layer = opt._layers[1]
+    layer = opt.engine.layers[1]
     assert layer.factor_a is not None and layer.factor_g is not None
     eig = torch.linalg.eigvalsh(torch.kron(layer.factor_g, layer.factor_a)).clamp_min(0)
     d = diag[layer.name]
@@ -308,7 +325,7 @@ def test_spectrum_relative_damping_is_per_layer_and_matches_dense_spectrum() -> 
     F.cross_entropy(model(x), y).backward()
     opt.step()
     lams = []
-    for layer in opt._layers:
+    for layer in opt.engine.layers:
         assert layer.factor_a is not None and layer.factor_g is not None
         dense = torch.linalg.eigvalsh(torch.kron(layer.factor_g, layer.factor_a))
         assert layer.damping == pytest.approx(0.1 * float(dense.mean()), rel=1e-9)

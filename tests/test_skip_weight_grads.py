@@ -3,6 +3,7 @@ and nothing the optimizer or a trial produces changes."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import kfaclab.optim
+from kfac_kwargs import make_kfac
 from kfaclab import KFAC, LevenbergMarquardt
-from kfaclab.optim import InputStreamCache
+from kfaclab.optim import InputStreamCache, KFACOptions, Speedups
 from kfaclab.train import run_trial
 from kfaclab.trial_types import TrialConfig
 
@@ -40,15 +42,15 @@ def _batches(n: int) -> Batches:
 
 def _train(batches: Batches, cache: InputStreamCache, **options: Any) -> tuple[nn.Sequential, KFAC]:
     model = _mlp()
-    opt = KFAC(
+    opt = make_kfac(
         model,
         lr=0.05,
         momentum=0.8,
+        **options,
         inverse_every=3,
         input_stream_cache=cache,
         batch_gradients_only=True,
         deferred_rotation=True,
-        **options,
     )
     for x, y in batches:
         loss = F.cross_entropy(model(x), y)
@@ -99,17 +101,21 @@ def test_restored_weight_gradient_is_backwards() -> None:
 
 def test_skip_weight_grads_needs_deferral_and_a_capture_every_step() -> None:
     with pytest.raises(ValueError, match="skip_weight_grads needs deferred_rotation=True"):
-        KFAC(_mlp(), lr=0.1, skip_weight_grads=True)
-    with pytest.raises(ValueError, match="factor_every=2"):
-        KFAC(
+        KFAC(_mlp(), lr=0.1, speedups=Speedups(skip_weight_grads=True))
+    with pytest.warns(UserWarning, match=r"skip_weight_grads: it needs factor_every=1"):
+        opt = KFAC(
             _mlp(),
             lr=0.1,
-            factor_every=2,
-            input_stream_cache=InputStreamCache(),
-            batch_gradients_only=True,
-            deferred_rotation=True,
-            skip_weight_grads=True,
+            options=KFACOptions(factor_every=2),
+            speedups=Speedups(
+                input_stream_cache=InputStreamCache(),
+                batch_gradients_only=True,
+                deferred_rotation=True,
+                skip_weight_grads=True,
+            ),
         )
+    assert "skip_weight_grads" in opt.speedups  # reported, and not applied:
+    assert not opt.engine.in_effect.skip_weight_grads
 
 
 def test_trial_results_do_not_depend_on_the_skip(
@@ -130,7 +136,7 @@ def test_trial_results_do_not_depend_on_the_skip(
     real = kfaclab.optim.KFAC
 
     def without_skip(*args: Any, **kwargs: Any) -> KFAC:
-        kwargs["skip_weight_grads"] = False
+        kwargs["speedups"] = dataclasses.replace(kwargs["speedups"], skip_weight_grads=False)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(kfaclab.optim, "KFAC", without_skip)

@@ -10,16 +10,18 @@ from kfaclab.damping import (
     SpectrumRelative,
     build_damping,
 )
-from kfaclab.optim import KFAC
+from kfaclab.optim import KFAC, KFACOptions, Speedups
 
 __all__ = [
     "KFAC",
     "Constant",
     "Damping",
     "ExponentialDecay",
+    "KFACOptions",
     "LevenbergMarquardt",
     "Schedule",
     "SpectrumRelative",
+    "Speedups",
     "build_damping",
     "from_b2_scaled",
     "to_b2_scaled",

@@ -1,11 +1,18 @@
-"""Forward/backward capture of what K-FAC needs from each nn.Linear layer.
+"""The autograd-hook capture backend: what K-FAC needs from each nn.Linear layer of any model.
 
 For a layer s = W a + b, the factors need the layer inputs aᵢ and the per-example output
 gradients gᵢ = ∂ℓᵢ/∂sᵢ. A forward hook keeps the input (detached: no extra graph) and, for the
-empirical Fisher, registers a hook on the output tensor that keeps ∂L/∂s when the training loss is
-back-propagated. For the Monte-Carlo Fisher the output tensor itself is kept instead, so that
-``sample_fisher`` can differentiate a sampled loss with respect to it directly (autograd.grad on
-the outputs: no parameter gradients are computed, and the user's .grad stays untouched).
+empirical Fisher, registers a hook on the output tensor that receives ∂L/∂s when the training loss
+is back-propagated. For the Monte-Carlo Fisher the output tensor itself is kept instead, so that
+``sample_fisher`` can differentiate a sampled loss with respect to it directly.
+
+Each (input, output gradient) pair whose backward arrived since the last step is kept, and the
+step uses all of them, concatenated: several backward passes before one ``step()`` (gradient
+accumulation over micro-batches) give the factors of the concatenated batch. A forward that is
+never back-propagated (a side computation) contributes nothing. A layer applied twice in one
+graph (weight sharing) is refused when its first application's gradient arrives: its K-FAC
+factors would need the weight-sharing ("expand"/"reduce") treatment, which Linear layers here do
+not have.
 
 Capture is off outside factor-update steps, under ``torch.no_grad()`` (evaluation, closures) and
 for outputs that do not require grad, so it costs nothing there.
@@ -13,6 +20,7 @@ for outputs that do not require grad, so it costs nothing there.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -20,10 +28,17 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+# More micro-batches than this before one step() is almost surely a loop that forgot step().
+MANY_ACCUMULATED = 64
+
 
 @dataclass
 class LayerCapture:
-    """What one forward/backward pass left for one layer; cleared after every optimizer step."""
+    """What the forward/backward passes since the last step left for one layer.
+
+    The engine reads ``inputs`` / ``output_grads`` (and ``loss_grads``); the hook backend fills
+    them in ``collect`` from the pairs it received, the fused backend sets them directly.
+    """
 
     name: str
     module: nn.Linear
@@ -32,9 +47,45 @@ class LayerCapture:
     outputs: torch.Tensor | None = None  # (N, out) with graph, kept only for the MC Fisher
     grad_scale: float = 1.0  # gᵢ = grad_scale · output_grads[i]
     input_requires_grad: bool = True  # False when the input is data, independent of θ
+    # (N, out) ∂L/∂s of the training loss when it differs from ``output_grads`` (the MC Fisher's
+    # sampled gradients) and the gradient block is taken from the batch; None: output_grads.
+    loss_grads: torch.Tensor | None = None
+    # hook bookkeeping: the latest forward's inputs, and the completed (inputs, grads) pairs
+    forwards: int = 0
+    latest: torch.Tensor | None = None
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
     def clear(self) -> None:
-        self.inputs = self.output_grads = self.outputs = None
+        self.inputs = self.output_grads = self.outputs = self.loss_grads = None
+        self.latest = None
+        self.pairs.clear()
+
+    def receive(self, forward: int, grads: torch.Tensor) -> None:
+        """The output gradient of forward number ``forward`` arrived (a backward pass)."""
+        if forward != self.forwards:
+            raise ValueError(
+                f"layer {self.name!r} was applied more than once in one graph (weight sharing): "
+                "K-FAC's factors for nn.Linear assume one application per example; apply each "
+                "nn.Linear once per forward pass"
+            )
+        assert self.latest is not None
+        self.pairs.append((self.latest, grads.detach().reshape(-1, grads.shape[-1])))
+        if len(self.pairs) == MANY_ACCUMULATED + 1:
+            warnings.warn(
+                f"layer {self.name!r} received {len(self.pairs)} backward passes since the last "
+                "step(): captures are piling up (call step() after accumulating)",
+                stacklevel=2,
+            )
+
+    def collect(self) -> None:
+        """``inputs`` / ``output_grads`` from every pair received since the last step."""
+        if not self.pairs:
+            return
+        if len(self.pairs) == 1:
+            self.inputs, self.output_grads = self.pairs[0]
+        else:
+            self.inputs = torch.cat([x for x, _ in self.pairs])
+            self.output_grads = torch.cat([g for _, g in self.pairs])
 
 
 @dataclass
@@ -55,6 +106,10 @@ class Capture:
             handle.remove()
         self.handles.clear()
 
+    def collect(self) -> None:
+        for layer in self.layers:
+            layer.collect()
+
     def clear(self) -> None:
         for layer in self.layers:
             layer.clear()
@@ -66,18 +121,24 @@ class Capture:
             if not (self.enabled and torch.is_grad_enabled() and output.requires_grad):
                 return
             x = inputs[0]
-            layer.inputs = x.detach().reshape(-1, x.shape[-1])
+            if x.numel() == 0:
+                raise ValueError(
+                    f"layer {layer.name!r} got an empty batch of shape {tuple(x.shape)}: "
+                    "K-FAC needs at least one example per step"
+                )
+            layer.forwards += 1
+            layer.latest = x.detach().reshape(-1, x.shape[-1])
             layer.input_requires_grad = x.requires_grad
             if self.keep_outputs:
                 layer.outputs = output
             else:
-                output.register_hook(_keep_grad(layer))
+                output.register_hook(_receiver(layer, layer.forwards))
 
         return hook
 
 
-def _keep_grad(layer: LayerCapture) -> Callable[[torch.Tensor], None]:
+def _receiver(layer: LayerCapture, forward: int) -> Callable[[torch.Tensor], None]:
     def hook(grad: torch.Tensor) -> None:
-        layer.output_grads = grad.detach().reshape(-1, grad.shape[-1])
+        layer.receive(forward, grad)
 
     return hook

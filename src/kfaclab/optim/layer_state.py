@@ -35,6 +35,21 @@ class LayerState:
     def has_bias(self) -> bool:
         return self.module.bias is not None
 
+    @property
+    def size_a(self) -> int:
+        """Rows of A: the layer's inputs, plus one for the bias."""
+        return self.module.in_features + (1 if self.has_bias else 0)
+
+    @property
+    def size_g(self) -> int:
+        return self.module.out_features
+
+    def identity_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(I, I) of A's and G's sizes, in the weight's dtype and device (``factor_init``)."""
+        dtype, device = self.module.weight.dtype, self.module.weight.device
+        eye_a = torch.eye(self.size_a, dtype=dtype, device=device)
+        return eye_a, torch.eye(self.size_g, dtype=dtype, device=device)
+
     def gradient_block(self, weight_grad: torch.Tensor | None = None) -> torch.Tensor | None:
         """[∇W | ∇b] as one (out, in[+1]) matrix (∇W: ``weight_grad`` if given, else the
         weight's ``.grad``); None if the weight got no gradient."""
@@ -97,11 +112,23 @@ class LayerState:
             state["inverse"] = None
         return state
 
-    def load_state(self, state: dict[str, Any]) -> None:
+    def check_state(self, state: dict[str, Any]) -> None:
+        """Refuse a saved layer that is not this one (another name, or factors of another
+        shape: a model of the same depth but another width)."""
         if state["name"] != self.name:
             raise ValueError(
                 f"state_dict layer must match the model's, got {state['name']!r} for {self.name!r}"
             )
+        for key, size in (("factor_a", self.size_a), ("factor_g", self.size_g)):
+            factor = state[key]
+            if factor is not None and tuple(factor.shape) != (size, size):
+                raise ValueError(
+                    f"state_dict layer {self.name!r} must have {key} of shape ({size}, {size}), "
+                    f"got {tuple(factor.shape)} (saved from a model of another width?)"
+                )
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.check_state(state)
         device = self.module.weight.device
         self.factor_a = _to(state["factor_a"], device)
         self.factor_g = _to(state["factor_g"], device)

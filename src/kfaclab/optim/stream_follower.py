@@ -177,6 +177,13 @@ class InputFactorStreams:
             and seen._version == version
         )
 
+    def leave_all(self, layers: list[LayerState]) -> None:
+        """Stop sharing, keeping exact private factors: from here on every layer takes the plain
+        path, the one a run restored from this point takes too (so the two stay bitwise equal)."""
+        for layer in layers:
+            self.settle(layer, own=True)
+        self.detach_all()
+
     def detach_all(self) -> None:
         """Stop sharing for every layer (after ``load_state_dict``: factors are exact and ours)."""
         for name in list(self._cursors):

@@ -64,25 +64,21 @@ def build_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimi
         )
     # Imported here so an SGD trial does not pay for (or depend on) the K-FAC machinery.
     from kfaclab.damping import build_damping
-    from kfaclab.optim import KFAC
+    from kfaclab.optim import KFAC, Speedups, applicable
+    from kfaclab.train.fused import kfac_options
 
+    options = kfac_options(config)
+    # run_trial's .grad is exactly the captured batch's (batch_gradients_only); layer 1's updates
+    # stay in A's eigenbasis between inversions (the loop calls materialize() before every
+    # evaluation, which bypasses the hooks), and backward skips layer 1's weight gradient, which
+    # that step never reads (the loop restores it where it records gradient histograms). Only
+    # what applies to this trial's options is asked for.
+    wanted = Speedups(INPUT_STREAMS, True, deferred_rotation=True, skip_weight_grads=True)
     return KFAC(
         model,
         lr=config.lr,
         damping=build_damping(config.damping),
         momentum=config.momentum,
-        factor_decay=config.factor_decay,
-        factor_every=config.factor_every,
-        inverse_every=config.inverse_every,
-        damping_form=config.damping_form,
-        fisher=config.fisher,
-        kl_clip=config.kl_clip,
-        input_stream_cache=INPUT_STREAMS,
-        batch_gradients_only=True,  # run_trial's .grad is exactly the captured batch's
-        # Layer 1's updates stay in A's eigenbasis between inversions; the loop calls
-        # materialize() before every evaluation (which bypasses the hooks).
-        deferred_rotation=config.fisher == "empirical",
-        # ...and backward skips layer 1's weight gradient, which that step never reads; the
-        # loop restores it (restore_weight_grads) where it records gradient histograms.
-        skip_weight_grads=config.fisher == "empirical" and config.factor_every == 1,
+        options=options,
+        speedups=applicable(wanted, options, 0.0),
     )

@@ -1,0 +1,255 @@
+"""The engine's step side: gradient blocks, preconditioned directions and the heavy ball.
+
+Shapes: a preconditioned layer's gradient block is (out, in[+1]) = [∇W | ∇b]. Directions are
+d = (G⊗A + λI)⁻¹∇ (exact, in the eigenbases; several equally shaped layers as one stack) or the
+factored form's (G + √λ/π I)⁻¹∇(A + π√λ I)⁻¹; parameters outside the preconditioned layers get
+d = ∇. Momentum is heavy-ball on the direction: v ← μv + d, θ ← θ − ηv.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, MutableMapping
+from typing import Any
+
+import torch
+
+from kfaclab.curvature.eigen import diagonal_eigen
+from kfaclab.curvature.exact import ExactInverse
+from kfaclab.curvature.factored import FactoredInverse
+from kfaclab.optim.capture import LayerCapture
+from kfaclab.optim.deferred import DeferredLayers, InactivePart, batch_weight_grad
+from kfaclab.optim.engine_factors import FactorSide
+from kfaclab.optim.layer_state import LayerState
+
+Deferred = tuple[torch.Tensor, InactivePart]  # a deferred layer's step: (rotated M, inactive d)
+ParamState = MutableMapping[torch.Tensor, dict[str, Any]]
+
+
+class DirectionSide:
+    """Directions and parameter updates of the engine's layers (and its other parameters)."""
+
+    def __init__(
+        self,
+        factors: FactorSide,
+        other_params: list[torch.Tensor],
+        param_state: ParamState,
+        grads_from_batches: bool,
+    ) -> None:
+        self.factors = factors
+        self.layers = factors.layers
+        self.other_params = other_params
+        self.param_state = param_state
+        # True for a backend without autograd (the fused MLP): no ``.grad`` is ever written, the
+        # gradient blocks come from the captured batch, Oᵀ[X | 1].
+        self.grads_from_batches = grads_from_batches
+        self.deferred = DeferredLayers()
+        self.diagonal_fallbacks = 0
+
+    def gradient_block(self, layer: LayerState, batch: LayerCapture) -> torch.Tensor | None:
+        """[∇W | ∇b], from the captured batch when no ``.grad`` holds it."""
+        weight_grad = layer.module.weight.grad
+        if weight_grad is None and (self.grads_from_batches or layer.name in self.deferred.skipped):
+            rows = batch.loss_grads if batch.loss_grads is not None else batch.output_grads
+            if batch.inputs is None or rows is None:
+                return None
+            if not layer.has_bias:
+                return batch_weight_grad(rows, batch.inputs)
+            with_ones = torch.cat([batch.inputs, batch.inputs.new_ones(len(batch.inputs), 1)], 1)
+            return batch_weight_grad(rows, with_ones)
+        return layer.gradient_block()
+
+    def directions(
+        self,
+        batches: list[LayerCapture],
+        lambdas: list[float],
+        weight_decay: float,
+        from_batch: bool,
+        defer: bool,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], dict[int, Deferred]]:
+        """Gradients and preconditioned directions: the layers (stacked where possible), then
+        the other parameters (d = ∇). A layer without gradient gets empty tensors, and so does
+        a deferred layer, whose (rotated M, inactive part) goes in the third result."""
+        grads: list[torch.Tensor] = []
+        directions: list[torch.Tensor] = []
+        deferred: dict[int, Deferred] = {}
+        stacked = {i for members, _ in self.factors.stacks for i in members}
+        empty = torch.zeros(0)
+        for i, (layer, batch, lam) in enumerate(zip(self.layers, batches, lambdas, strict=True)):
+            layer.damping = lam
+            if defer:  # without weight decay: the block is the batch's gradient
+                split = self._deferred_direction(layer, batch, lam)
+                if split is not None:
+                    deferred[i] = split
+                    grads.append(empty)  # read only by KL clipping and model reduction
+                    directions.append(empty)
+                    continue
+            block = self.gradient_block(layer, batch)
+            if block is None:
+                grads.append(empty)
+                directions.append(empty)
+                continue
+            if weight_decay:
+                block = block + weight_decay * layer.parameter_block()
+            grads.append(block)
+            if layer.name in self.deferred.pending:  # not deferred this step: standard form
+                self.deferred.materialize(layer, self.param_state[layer.module.weight])
+            if i in stacked:
+                directions.append(block)  # replaced by the stacked product below
+                continue
+            directions.append(self.precondition(layer, block, lam, batch if from_batch else None))
+        for members, stack in self.factors.stacks:
+            blocks = [grads[i] for i in members]
+            if any(b.numel() == 0 for b in blocks):  # a layer without gradient: one at a time
+                for i in members:
+                    if grads[i].numel():
+                        directions[i] = self.precondition(self.layers[i], grads[i], lambdas[i])
+                continue
+            result = stack.precondition(torch.stack(blocks), [lambdas[i] for i in members])
+            for i, direction in zip(members, result.unbind(0), strict=True):
+                directions[i] = direction
+        for p in self.other_params:
+            g = torch.zeros_like(p) if p.grad is None else p.grad
+            if weight_decay:
+                g = g + weight_decay * p
+            grads.append(g)
+            directions.append(g)
+        return grads, directions, deferred
+
+    def _deferred_direction(
+        self, layer: LayerState, batch: LayerCapture, lam: float
+    ) -> Deferred | None:
+        """(M, d outside the active block) if this layer's step can stay rotated, else None."""
+        inverse = layer.inverse
+        if not isinstance(inverse, ExactInverse) or inverse.g.active is not None:
+            return None
+        rows = batch.loss_grads if batch.loss_grads is not None else batch.output_grads
+        if batch.inputs is None or rows is None:
+            return None
+        weightless = self.grads_from_batches or layer.name in self.deferred.skipped
+        if layer.module.weight.grad is None and not weightless:
+            return None  # no gradient this step: the layer is left alone
+        projected = self.factors.streams.projection(layer, inverse.a)
+        if projected is None:
+            return None
+        rotated = inverse.damped(inverse.rotated_batch_gradient(rows, projected), lam)
+
+        def block() -> torch.Tensor:
+            full = self.gradient_block(layer, batch)
+            assert full is not None
+            return full
+
+        return rotated, self.deferred.inactive_part(layer, inverse, batch, lam, block)
+
+    def precondition(
+        self, layer: LayerState, block: torch.Tensor, lam: float, batch: LayerCapture | None = None
+    ) -> torch.Tensor:
+        """d for one layer; ``batch``: this step's capture when block is its batch gradient."""
+        inverse = layer.inverse
+        if inverse is None:
+            if layer.factor_a is None or layer.factor_g is None:
+                return block / lam  # no curvature at all yet (nothing captured): F̂ = 0
+            # The first factorisation failed: the diagonal of G⊗A, exactly damped, until a later
+            # inversion succeeds (counted).
+            self.diagonal_fallbacks += 1
+            diagonal = ExactInverse(diagonal_eigen(layer.factor_a), diagonal_eigen(layer.factor_g))
+            return diagonal.precondition(block, lam)
+        if isinstance(inverse, ExactInverse):
+            rows = None if batch is None else batch.loss_grads
+            rows = batch.output_grads if batch is not None and rows is None else rows
+            if batch is not None and batch.inputs is not None and rows is not None:
+                projected = self.factors.streams.projection(layer, inverse.a)
+                if projected is not None:
+                    return inverse.precondition_from_batch(block, lam, rows, projected)
+            return inverse.precondition(block, lam)
+        assert isinstance(inverse, FactoredInverse)
+        return inverse.precondition(block)
+
+    def apply(
+        self, directions: list[torch.Tensor], lr: float, momentum: float, want_steps: bool
+    ) -> list[torch.Tensor]:
+        """Heavy-ball momentum and the parameter update, as a few multi-tensor (foreach)
+        operations; returns the steps δ = −η v aligned with ``directions`` if ``want_steps``
+        (empty tensors where a layer had no gradient), else an empty list."""
+        n_layers = len(self.layers)
+        positions = [i for i, d in enumerate(directions) if d.numel()]
+        keys = [
+            self.layers[i].module.weight if i < n_layers else self.other_params[i - n_layers]
+            for i in positions
+        ]
+        velocities = [directions[i] for i in positions]
+        if momentum != 0.0:
+            running, incoming = [], []
+            for j, (key, direction) in enumerate(zip(keys, velocities, strict=True)):
+                state = self.param_state[key]
+                buffer = state.get("momentum_buffer")
+                if buffer is None:  # the first step sets v = d
+                    state["momentum_buffer"] = direction.clone()
+                else:
+                    running.append(buffer)
+                    incoming.append(direction)
+                velocities[j] = state["momentum_buffer"]
+            if running:
+                torch._foreach_mul_(running, momentum)
+                torch._foreach_add_(running, incoming)
+        targets: list[torch.Tensor] = []
+        sources: list[torch.Tensor] = []
+        for i, velocity in zip(positions, velocities, strict=True):
+            if i >= n_layers:
+                targets.append(self.other_params[i - n_layers])
+                sources.append(velocity)
+                continue
+            layer = self.layers[i]
+            weight_part, bias_part = layer.split_block(velocity)
+            targets.append(layer.module.weight)
+            sources.append(weight_part)
+            if bias_part is not None and layer.module.bias is not None:
+                targets.append(layer.module.bias)
+                sources.append(bias_part)
+        if targets:
+            torch._foreach_add_(targets, sources, alpha=-lr)
+        if not want_steps:
+            return []
+        steps = list(directions)
+        for i, velocity in zip(positions, velocities, strict=True):
+            steps[i] = velocity * (-lr)
+        return steps
+
+    def apply_deferred(
+        self,
+        deferred: dict[int, Deferred],
+        lr: float,
+        momentum: float,
+        fold_now: bool,
+        skip_weight_grads: bool,
+    ) -> None:
+        """The deferred layers' steps, kept in A's eigenbasis (``fold_now``: the next step inverts,
+        so fold them into the weights now)."""
+        for i, (rotated, inactive) in deferred.items():
+            layer = self.layers[i]
+            assert isinstance(layer.inverse, ExactInverse)
+            state = self.param_state[layer.module.weight]
+            self.deferred.apply(layer, layer.inverse, rotated, inactive, lr, momentum, state)
+            if fold_now:
+                self.deferred.materialize(layer, state)
+            if skip_weight_grads:
+                self.deferred.skip_weight_grad(layer)
+
+    def materialize(self) -> None:
+        """Write pending rotated updates into the weights and momentum buffers."""
+        for layer in self.layers:
+            if layer.name in self.deferred.pending:
+                self.deferred.materialize(layer, self.param_state[layer.module.weight])
+
+    def forward_correction(
+        self, index: int, inputs: torch.Tensor
+    ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """For a training batch's forward: what to subtract from layer ``index``'s output while
+        its rotated update is pending (``deferred``), as a function of the output's shape; None
+        when nothing is pending. ``inputs``: (N, in)."""
+        layer = self.layers[index]
+        pending = self.deferred.pending.get(layer.name)
+        if pending is None:
+            return None
+        projected = self.factors.streams.next_batch_projection(layer, inputs, pending.basis.a)
+        correction = pending.correction(projected)
+        return lambda output: output - correction.reshape(output.shape)

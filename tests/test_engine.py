@@ -1,0 +1,238 @@
+"""The engine's implementation-profile options and the hook backend's contracts, against dense
+float64 oracles: identity-initialised factors, factor statistics every N steps, the eigenvalue
+floor, the first-inversion fall-back, gradient accumulation, and every misuse that used to fail
+silently or deep inside (weight sharing, step without backward, a state_dict of another width,
+an empty batch, parameters K-FAC does not precondition, speed-ups that cannot apply)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kfac_kwargs import make_kfac
+from kfaclab.curvature import eigen as eigen_module
+from kfaclab.optim import KFAC, InputStreamCache, KFACOptions, Speedups
+
+Pairs = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def _mlp(seed: int = 0, width: int = 4) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, width), nn.Tanh(), nn.Linear(width, 3)).double()
+
+
+def _data(seed: int, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 5, generator=g, dtype=torch.float64)
+    return x, torch.randint(0, 3, (n,), generator=g)
+
+
+def _batch_factors(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor) -> Pairs:
+    """Per layer (A, G) of one batch from first principles (no hooks): ā = [a; 1], g = ∂ℓᵢ/∂sᵢ."""
+    inputs, pre, h = [], [], x
+    for module in model:
+        if isinstance(module, nn.Linear):
+            inputs.append(torch.cat([h.detach(), torch.ones(len(h), 1, dtype=h.dtype)], 1))
+            h = F.linear(h, module.weight, module.bias)
+            pre.append(h)
+        else:
+            h = module(h)
+    grads = torch.autograd.grad(F.cross_entropy(h, y, reduction="sum"), pre)
+    return [(a.T @ a / len(x), g.T @ g / len(x)) for a, g in zip(inputs, grads, strict=True)]
+
+
+def _step(model: nn.Module, opt: KFAC, x: torch.Tensor, y: torch.Tensor) -> None:
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step(loss=loss)
+
+
+def _blocks(model: nn.Sequential) -> list[torch.Tensor]:
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    return [torch.cat([m.weight.detach(), m.bias.detach()[:, None]], 1) for m in linears]
+
+
+def _grad_blocks(model: nn.Sequential) -> list[torch.Tensor]:
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    return [torch.cat([m.weight.grad, m.bias.grad[:, None]], 1) for m in linears]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("factor_every", [1, 3])
+def test_identity_initialised_factors_are_the_decayed_identity_plus_the_ema(
+    factor_every: int,
+) -> None:
+    """factor_init="identity": after k updates A = β^k I + Σ_j (1−β) β^(k−1−j) Â_j (the same
+    for G), updates only on every ``factor_every``-th step."""
+    model, decay = _mlp(1), 0.95
+    opt = make_kfac(model, lr=0.01, damping=0.1, factor_init="identity", factor_every=factor_every)
+    eye = torch.eye
+    expected = [
+        (eye(s_a, dtype=torch.float64), eye(s_g, dtype=torch.float64))
+        for s_a, s_g in ((6, 4), (5, 3))
+    ]
+    updates = 0
+    for t in range(7):
+        x, y = _data(t)
+        if t % factor_every == 0:
+            batch = _batch_factors(model, x, y)
+            expected = [
+                (decay * ea + (1 - decay) * a, decay * eg + (1 - decay) * g)
+                for (ea, eg), (a, g) in zip(expected, batch, strict=True)
+            ]
+            updates += 1
+        _step(model, opt, x, y)
+    assert opt.counters["factor_updates"] == updates
+    for layer, (a, g) in zip(opt.engine.layers, expected, strict=True):
+        torch.testing.assert_close(layer.factor_a, a, rtol=1e-13, atol=1e-15)
+        torch.testing.assert_close(layer.factor_g, g, rtol=1e-13, atol=1e-15)
+    # The identity's remaining weight is β^updates in both factors (extra damping on top of λ).
+    identity_weight = decay**updates
+    assert float(opt.engine.layers[0].factor_a[0, 1]) != identity_weight  # off-diagonal: no I
+    assert identity_weight == pytest.approx(0.95**updates)
+
+
+def _floored(factor: torch.Tensor, floor: float) -> torch.Tensor:
+    values, vectors = torch.linalg.eigh(factor)
+    values = torch.where(values < floor, torch.zeros_like(values), values)
+    return vectors @ torch.diag(values) @ vectors.T
+
+
+@pytest.mark.parametrize("floor", [0.0, 1e-10, 0.05])
+def test_eigen_floor_first_step_equals_the_dense_floored_damped_inverse(floor: float) -> None:
+    """eigen_floor: eigenvalues of A and G below it become 0, then d = (G̃⊗Ã + λI)⁻¹∇."""
+    model, lam, lr = _mlp(2), 1e-3, 0.1
+    opt = make_kfac(model, lr=lr, damping=lam, eigen_floor=floor)
+    x, y = _data(11)
+    factors = _batch_factors(model, x, y)
+    before = _blocks(model)
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    grads = _grad_blocks(model)
+    opt.step()
+    for (a, g), theta, grad, after in zip(factors, before, grads, _blocks(model), strict=True):
+        a_f, g_f = _floored(a, floor), _floored(g, floor)
+        n = a.shape[0] * g.shape[0]
+        curvature = torch.kron(g_f, a_f) + lam * torch.eye(n, dtype=torch.float64)
+        direction = torch.linalg.solve(curvature, grad.reshape(-1)).reshape(grad.shape)
+        torch.testing.assert_close(after, theta - lr * direction, rtol=1e-8, atol=1e-12)
+
+
+def test_a_failed_first_inversion_steps_with_the_exactly_damped_diagonal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No basis to keep yet: the step uses (diag G ⊗ diag A + λI)⁻¹∇, not ∇/λ, and counts it."""
+    model, lam, lr = _mlp(3), 1e-2, 0.1
+    opt = make_kfac(model, lr=lr, damping=lam)
+    monkeypatch.setattr(eigen_module, "robust_eigh", lambda m, counter: None)
+    x, y = _data(5)
+    factors = _batch_factors(model, x, y)
+    before = _blocks(model)
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    grads = _grad_blocks(model)
+    opt.step()
+    assert opt.counters["diagonal_fallback_steps"] == 2  # both layers
+    for (a, g), theta, grad, after in zip(factors, before, grads, _blocks(model), strict=True):
+        denominator = torch.outer(torch.diagonal(g), torch.diagonal(a)) + lam
+        torch.testing.assert_close(after, theta - lr * grad / denominator, rtol=1e-10, atol=1e-13)
+
+
+def test_gradient_accumulation_gives_the_factors_and_step_of_the_concatenated_batch() -> None:
+    """Two micro-batches, each mean loss halved (the usual accumulation), then one step: the
+    same factors and parameters as one step on the concatenated batch."""
+    x, y = _data(21, n=12)
+    whole_model, parts_model = _mlp(4), _mlp(4)
+    whole = make_kfac(whole_model, lr=0.1, damping=0.1, momentum=0.5)
+    parts = make_kfac(parts_model, lr=0.1, damping=0.1, momentum=0.5)
+    _step(whole_model, whole, x, y)
+    parts.zero_grad()
+    for sl in (slice(0, 5), slice(5, 12)):
+        n = sl.stop - sl.start
+        (F.cross_entropy(parts_model(x[sl]), y[sl]) * n / 12).backward()
+    parts.step()
+    for ours, theirs in zip(parts.engine.layers, whole.engine.layers, strict=True):
+        torch.testing.assert_close(ours.factor_a, theirs.factor_a, rtol=1e-13, atol=1e-15)
+        torch.testing.assert_close(ours.factor_g, theirs.factor_g, rtol=1e-13, atol=1e-15)
+    for p, q in zip(parts_model.parameters(), whole_model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+
+
+def test_many_backward_passes_without_a_step_warn_once() -> None:
+    model = _mlp(4)
+    opt = make_kfac(model, lr=0.1, damping=0.1)
+    x, y = _data(1)
+    with pytest.warns(UserWarning, match="captures are piling up"):
+        for _ in range(70):
+            F.cross_entropy(model(x), y).backward()
+    opt.step()  # consumes them all
+
+
+def test_a_layer_applied_twice_in_one_graph_is_refused() -> None:
+    layer = nn.Linear(4, 4).double()
+    model = nn.Sequential(layer, nn.Tanh(), layer)
+    make_kfac(model, lr=0.1, damping=0.1)
+    x = torch.randn(6, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"layer '0' was applied more than once in one graph"):
+        model(x).pow(2).sum().backward()
+
+
+def test_a_forward_that_is_never_backpropagated_does_not_enter_the_factors() -> None:
+    model, reference = _mlp(5), _mlp(5)
+    opt, ref = make_kfac(model, lr=0.1, damping=0.1), make_kfac(reference, lr=0.1, damping=0.1)
+    x, y = _data(3)
+    model(_data(4)[0])  # a side computation with gradients enabled, then discarded
+    _step(model, opt, x, y)
+    _step(reference, ref, x, y)
+    for ours, theirs in zip(opt.engine.layers, ref.engine.layers, strict=True):
+        assert torch.equal(ours.factor_a, theirs.factor_a)
+
+
+def test_step_without_backward_says_so() -> None:
+    model = _mlp()
+    opt = make_kfac(model, lr=0.1)
+    model(_data(0)[0])
+    with pytest.raises(ValueError, match=r"call loss.backward\(\) before step\(\)"):
+        opt.step()
+
+
+def test_a_state_dict_of_another_width_is_refused_before_anything_changes() -> None:
+    narrow, wide = _mlp(0, width=4), _mlp(0, width=7)
+    opt_narrow, opt_wide = make_kfac(narrow, lr=0.1), make_kfac(wide, lr=0.1)
+    for model, opt in ((narrow, opt_narrow), (wide, opt_wide)):
+        _step(model, opt, *_data(0))
+    before = opt_wide.engine.layers[0].factor_g.clone()  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match=r"'0' must have factor_g of shape \(7, 7\), got \(4, 4\)"):
+        opt_wide.load_state_dict(opt_narrow.state_dict())
+    assert torch.equal(opt_wide.engine.layers[0].factor_g, before)  # type: ignore[arg-type]
+
+
+def test_an_empty_batch_is_refused_by_name() -> None:
+    model = _mlp()
+    make_kfac(model, lr=0.1)
+    with pytest.raises(ValueError, match=r"layer '0' got an empty batch of shape \(0, 5\)"):
+        model(torch.zeros(0, 5, dtype=torch.float64))
+
+
+def _with_norm() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(5, 4), nn.LayerNorm(4), nn.Linear(4, 3))
+
+
+def test_unpreconditioned_parameters_are_named_once_or_refused() -> None:
+    with pytest.warns(UserWarning, match=r"plain gradient .*: 1\.weight, 1\.bias"):
+        opt = KFAC(_with_norm(), lr=0.1)
+    assert opt.diagnostics()["(unpreconditioned)"]["parameters"] == ["1.weight", "1.bias"]
+    with pytest.raises(ValueError, match=r"would get the plain gradient: 1\.weight, 1\.bias"):
+        KFAC(_with_norm(), lr=0.1, unpreconditioned="error")
+
+
+def test_a_speedup_that_cannot_apply_is_reported() -> None:
+    speedups = Speedups(InputStreamCache(), batch_gradients_only=True)
+    with pytest.warns(UserWarning, match=r"batch_gradients_only: the MC Fisher"):
+        opt = KFAC(_mlp(), lr=0.1, options=KFACOptions(fisher="mc"), speedups=speedups)
+    assert set(opt.speedups) == {"batch_gradients_only"}
+    assert not opt.engine.in_effect.from_batch
