@@ -33,7 +33,9 @@ which is F itself when every g_{n,t} is the same vector (∇ₙ = ḡₙ ā̄ₙ
 (the patch means are kh·kw strided sums of the padded input) and its factors have N rows, not N·T.
 
 These are curvlinops-for-pytorch's KFAC conventions for Conv2d (``kfac_approx="expand"|"reduce"``,
-``separate_weight_and_bias=False``, one batch as the data set; tests/test_conv.py compares).
+``separate_weight_and_bias=False``, one batch as the data set) for a loss with reduction "mean";
+for "sum" its G is N times ours (the curvature of the summed loss), while ours stays the
+per-example average whatever the reduction (tests/test_conv_peer.py compares, to ~1e-15).
 
 What λ means: the same as for nn.Linear. Exact damping is (G⊗A + λI)⁻¹ ∇ with ∇ the minibatch
 gradient block, and G⊗A estimates the per-example Fisher average F of the layer's [W̃ | b], so λ
