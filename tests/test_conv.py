@@ -1,13 +1,12 @@
 """Conv2d K-FAC math (kfaclab.optim.conv) against independent float64 oracles.
 
 The oracles never use F.unfold: patches come from explicit loops over output locations and kernel
-offsets, per-example output gradients from torch.func on a per-example loss, and per-example
-parameter gradients from torch.func.vmap(grad) over the whole network's parameters.
+offsets (tests/conv_oracle.py), per-example output gradients from torch.func on a per-example
+loss, and per-example parameter gradients from torch.func.vmap(grad) over the whole network.
 """
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import pytest
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from conv_oracle import loop_patches, oracle_factors
 from kfaclab.optim.conv import (
     ConvApprox,
     check_conv,
@@ -45,23 +45,6 @@ def _conv(seed: int, c_in: int = 2, c_out: int = 3, **kwargs: Any) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, **kwargs).double()
 
 
-def _loop_patches(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """(N, T, C·kh·kw) by explicit loops: the input pixel under each kernel tap, 0 in padding."""
-    geo = conv_geometry(conv, (x.shape[2], x.shape[3]))
-    left, _, top, _ = geo.padding
-    (kh, kw), (sh, sw), (dh, dw), (oh, ow) = geo.kernel, geo.stride, geo.dilation, geo.output
-    n, c, h, w = x.shape
-    rows = []
-    for i, j in itertools.product(range(oh), range(ow)):
-        taps = torch.zeros(n, c, kh, kw, dtype=x.dtype)
-        for ki, kj in itertools.product(range(kh), range(kw)):
-            r, s = i * sh - top + ki * dh, j * sw - left + kj * dw
-            if 0 <= r < h and 0 <= s < w:
-                taps[:, :, ki, kj] = x[:, :, r, s]
-        rows.append(taps.reshape(n, -1))
-    return torch.stack(rows, dim=1)
-
-
 # PyTorch warns that 'same' with an even kernel pads a copy of the input: expected here.
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
 @pytest.mark.parametrize("config", CONFIGS)
@@ -76,7 +59,7 @@ def test_patches_reproduce_the_convolution(config: dict[str, Any]) -> None:
     bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels).double()
     rebuilt = (weight @ unfolded + bias[:, None]).reshape(out.shape)
     torch.testing.assert_close(rebuilt, out, rtol=0, atol=1e-13)
-    torch.testing.assert_close(unfolded.transpose(1, 2), _loop_patches(x, conv), rtol=0, atol=0)
+    torch.testing.assert_close(unfolded.transpose(1, 2), loop_patches(x, conv), rtol=0, atol=0)
     torch.testing.assert_close(mean_patches(x, conv), unfolded.mean(dim=2), rtol=0, atol=1e-15)
 
 
@@ -196,7 +179,7 @@ def _per_location(
     """∇_{n,t} = g_{n,t} ā_{n,t}ᵀ for conv ``net[index]``: (N, T, O, d+1), g from torch.func."""
     prefix, conv, suffix = net[:index], _at(net, index), net[index + 1 :]
     with torch.no_grad():
-        a = _loop_patches(prefix(x), conv)  # (N, T, d)
+        a = loop_patches(prefix(x), conv)  # (N, T, d)
         s = conv(prefix(x))  # (N, O, H', W')
 
     def loss_one(s_one: torch.Tensor, y_one: torch.Tensor) -> torch.Tensor:
@@ -253,7 +236,7 @@ def test_factors_equal_their_definitions_from_per_location_gradients(
     per_loc = _per_location(net, index, x, y, c)  # (N, T, O, d+1)
     g = per_loc[:, :, :, -1]  # the bias part of ∇_{n,t} is g_{n,t}: (N, T, O)
     a_bar = torch.cat(
-        [_loop_patches(x_in, _at(net, index)), torch.ones(*g.shape[:2], 1).double()], -1
+        [loop_patches(x_in, _at(net, index)), torch.ones(*g.shape[:2], 1).double()], -1
     )
     t = g.shape[1]
     if approx == "expand":
@@ -274,6 +257,32 @@ def test_factors_equal_their_definitions_from_per_location_gradients(
     assert _rel(x_bar.T @ x_bar / r, a_oracle) < 1e-13
     y_rows = rows.output_grads
     assert _rel(y_rows.T @ y_rows * rows.grad_scale**2 / r, g_oracle) < 1e-12
+
+
+@pytest.mark.parametrize("approx", ["expand", "reduce"])
+def test_oracle_module_factors_agree(approx: ConvApprox) -> None:
+    """tests/conv_oracle.py (used by the whole-step test) gives the same factors as the
+    per-location construction above, for the convolutions and for the Linear head."""
+    net, x, y, c = _setup()
+    n = x.shape[0]
+
+    def ce_one(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out, target, reduction="sum")
+
+    factors = oracle_factors(net, x, y, ce_one, approx)
+    assert set(factors) == {"0", "2", "5"}
+    for index, (x_in, grad_out) in _captures(net, x, y, c).items():
+        a, g = kronecker_factors(x_in, grad_out, _at(net, index), approx, grad_scale=n)
+        assert _rel(a, factors[str(index)][0]) < 1e-13
+        assert _rel(g, factors[str(index)][1]) < 1e-12
+    head = net[5]
+    assert isinstance(head, nn.Linear)
+    h = net[:5](x).detach()
+    h_bar = torch.cat([h, torch.ones(n, 1).double()], dim=1)
+    s = net[:6](x)
+    g_head = torch.autograd.grad(F.cross_entropy(s, y, reduction="sum"), s)[0]
+    assert _rel(factors["5"][0], h_bar.T @ h_bar / n) < 1e-14
+    assert _rel(factors["5"][1], g_head.T @ g_head / n) < 1e-13
 
 
 def test_readout_net_expand_is_the_location_diagonal_fisher_and_reduce_the_fisher() -> None:
