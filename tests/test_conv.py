@@ -30,6 +30,9 @@ from kfaclab.optim.conv import (
     split_gradient_block,
 )
 
+# CPU always, CUDA where present (issue 16: library tests run on every available device).
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
 CONFIGS: list[dict[str, Any]] = [
     {"kernel_size": 3, "stride": 1, "padding": 0},
     {"kernel_size": 3, "stride": 2, "padding": 1},
@@ -225,10 +228,11 @@ def test_per_location_oracle_sums_to_the_per_example_gradient(index: int) -> Non
     )
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("approx", ["expand", "reduce"])
 @pytest.mark.parametrize("index", [0, 2])
 def test_factors_equal_their_definitions_from_per_location_gradients(
-    approx: ConvApprox, index: int
+    approx: ConvApprox, index: int, device: str
 ) -> None:
     net, x, y, c = _setup()
     x_in, grad_out = _captures(net, x, y, c)[index]
@@ -245,17 +249,22 @@ def test_factors_equal_their_definitions_from_per_location_gradients(
     else:
         a_mean, g_sum = a_bar.mean(dim=1), g.sum(dim=1)
         a_oracle, g_oracle = a_mean.T @ a_mean / n, g_sum.T @ g_sum / n
-    a_ours, g_ours = kronecker_factors(x_in, grad_out, _at(net, index), approx, grad_scale=n)
-    assert _rel(a_ours, a_oracle) < 1e-13
-    assert _rel(g_ours, g_oracle) < 1e-12
+    # Ours on the device under test (the oracle stays on the CPU).
+    conv = _at(net, index).to(device)
+    x_in, grad_out = x_in.to(device), grad_out.to(device)
+    a_ours, g_ours = kronecker_factors(x_in, grad_out, conv, approx, grad_scale=n)
+    assert a_ours.device.type == g_ours.device.type == device
+    assert _rel(a_ours.cpu(), a_oracle) < 1e-13
+    assert _rel(g_ours.cpu(), g_oracle) < 1e-12
 
     # The engine's form: A = (1/R) Σ [x;1][x;1]ᵀ, G = (scale²/R) Σ y yᵀ over R rows.
-    rows = conv_rows(x_in, grad_out, _at(net, index), approx, grad_scale=n)
+    rows = conv_rows(x_in, grad_out, conv, approx, grad_scale=n)
     r = rows.inputs.shape[0]
     assert r == rows.output_grads.shape[0] == (n * t if approx == "expand" else n)
-    x_bar = torch.cat([rows.inputs, torch.ones(r, 1).double()], dim=1)
+    assert (rows.examples, rows.locations) == (n, t)
+    x_bar = torch.cat([rows.inputs, rows.inputs.new_ones(r, 1)], dim=1).cpu()
     assert _rel(x_bar.T @ x_bar / r, a_oracle) < 1e-13
-    y_rows = rows.output_grads
+    y_rows = rows.output_grads.cpu()
     assert _rel(y_rows.T @ y_rows * rows.grad_scale**2 / r, g_oracle) < 1e-12
 
 
