@@ -93,6 +93,16 @@ def test_unsupported_layers_are_refused_by_name(module: nn.Module, message: str)
     assert str(info.value) == message
 
 
+def test_every_function_refuses_unsupported_layers() -> None:
+    grouped = nn.Conv2d(4, 4, 3, groups=2)
+    x = torch.randn(1, 4, 5, 5)
+    rule = "groups=1 only, got groups=2"
+    with pytest.raises(ValueError, match=rf"^Conv2d\(4, 4, kernel_size=\(3, 3\).*{rule}$"):
+        input_factor(x, grouped, "reduce")
+    with pytest.raises(ValueError, match=rule):
+        conv_rows(x, grouped(x).detach(), grouped, "expand")
+
+
 def test_unknown_approximation_is_refused() -> None:
     conv = _conv(0, kernel_size=3)
     with pytest.raises(

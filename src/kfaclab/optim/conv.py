@@ -72,7 +72,8 @@ ConvApprox = Literal["expand", "reduce"]
 CONV_APPROXIMATIONS: tuple[str, ...] = get_args(ConvApprox)
 # The classic KFC of Grosse & Martens and curvlinops' default, so our factors compare with the
 # published conv K-FAC results as they stand. Reduce is cheaper (N rows instead of N·T, no
-# unfold) and exact in more cases of classification nets (Eschenhagen et al. 2023), an option.
+# unfold) and exact for deep linear nets whose weight-sharing dimension is pooled before the
+# loss, as in classification CNNs (Eschenhagen et al. 2023's "reduce setting"): an option.
 DEFAULT_CONV_APPROX: ConvApprox = "expand"
 
 # Expand's A is accumulated over batch chunks whose unfolded patches hold at most this many
@@ -125,7 +126,11 @@ def check_conv(module: nn.Module, name: str) -> nn.Conv2d:
 
 
 def conv_geometry(conv: nn.Conv2d, input_size: tuple[int, int]) -> ConvGeometry:
-    """The geometry of ``conv`` on an input of spatial size ``input_size`` = (H, W)."""
+    """The geometry of ``conv`` on an input of spatial size ``input_size`` = (H, W).
+
+    Every function here goes through this one, so an unsupported layer (``check_conv``) is refused
+    here too, named by its repr when the caller has no module name for it."""
+    check_conv(conv, f"Conv2d({conv.extra_repr()})")
     kernel = _pair(conv.kernel_size)
     stride = _pair(conv.stride)
     dilation = _pair(conv.dilation)
