@@ -18,7 +18,6 @@ would time SGD on them and call it K-FAC).
 from __future__ import annotations
 
 import argparse
-import inspect
 import statistics
 import sys
 import time
@@ -28,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kfaclab import KFAC
+from kfaclab import KFAC, KFACOptions
+from kfaclab.choices import CONV_APPROXIMATIONS, DAMPING_FORMS
 from kfaclab.data import load_dataset
 from kfaclab.errors import UsageError
 from kfaclab.models import build_cnn
@@ -114,18 +114,12 @@ def check_preconditions_convs(
 
 
 def kfac_configs() -> dict[str, Callable[[nn.Module], torch.optim.Optimizer]]:
-    approxes: tuple[str | None, ...] = (None,)
-    if "conv_approx" in inspect.signature(KFAC).parameters:
-        approxes = ("expand", "reduce")
     configs: dict[str, Callable[[nn.Module], torch.optim.Optimizer]] = {}
-    for approx in approxes:
-        for form in ("exact", "factored"):
-            extra: dict[str, object] = {"damping_form": form}
-            if approx is not None:
-                extra["conv_approx"] = approx
-            name = f"kfac-{form}" + (f"-{approx}" if approx else "")
-            configs[name] = lambda m, extra=extra: KFAC(  # type: ignore[misc]
-                m, lr=0.05, damping=1e-2, momentum=0.9, inverse_every=10, **extra
+    for approx in CONV_APPROXIMATIONS:
+        for form in DAMPING_FORMS:
+            options = KFACOptions(inverse_every=10, damping_form=form, conv_approx=approx)  # type: ignore[arg-type]
+            configs[f"kfac-{form}-{approx}"] = lambda m, options=options: KFAC(
+                m, lr=0.05, damping=1e-2, momentum=0.9, options=options
             )
     return configs
 

@@ -4,9 +4,7 @@ Every layer's block (two Conv2d, one Linear) must move by −lr·(G⊗A + λI)�
 factored form, with A and G from first principles (tests/conv_oracle.py: loop patches, torch.func
 per-example gradients) for the approximation asked for, "expand" by default.
 
-The engine does not precondition Conv2d yet: these tests are expected to fail until it does, and
-``strict=True`` turns their first pass into a failure, so whoever lands Conv2d support removes the
-mark. They assume the option is spelled ``KFAC(..., conv_approx="expand"|"reduce")``.
+The approximation is ``KFACOptions(conv_approx="expand"|"reduce")``; None here means the default.
 """
 
 from __future__ import annotations
@@ -19,12 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conv_oracle import oracle_factors
-from kfaclab import KFAC
-
-pytestmark = pytest.mark.xfail(
-    reason="the K-FAC engine has no Conv2d support yet (issue 16): remove when it does",
-    strict=True,
-)
+from kfac_kwargs import make_kfac
 
 
 def _net(seed: int) -> nn.Sequential:
@@ -76,7 +69,7 @@ def test_first_step_equals_dense_damped_inverse(approx: str | None, form: str, l
     lr = 0.1
     factors = oracle_factors(net, x, y, _ce_one, approx or "expand")  # expand: the default
     extra = {} if approx is None else {"conv_approx": approx}
-    opt = KFAC(net, lr=lr, damping=lam, damping_form=form, **extra)  # type: ignore[arg-type]
+    opt = make_kfac(net, lr=lr, damping=lam, damping_form=form, **extra)
     loss = F.cross_entropy(net(x), y)
     opt.zero_grad()
     loss.backward()

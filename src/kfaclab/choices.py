@@ -17,6 +17,11 @@ FisherType = Literal["empirical", "mc"]
 # extra damping whose weight decays as factor_decay**updates).
 FactorInit = Literal["batch", "identity"]
 LossReduction = Literal["mean", "sum"]
+# How an nn.Conv2d layer's spatial locations enter its Kronecker factors (Eschenhagen et al.
+# 2023): "expand" treats locations like extra examples (Grosse & Martens' KFC), "reduce" sums
+# output gradients and averages patches over them first. See kfaclab.optim.conv.
+ConvApprox = Literal["expand", "reduce"]
+ModelName = Literal["mlp", "cnn"]
 DatasetName = Literal["mnist", "fashion-mnist"]
 Activation = Literal["relu", "tanh", "identity"]
 DtypeName = Literal["float32", "float64"]
@@ -26,6 +31,8 @@ DAMPING_FORMS: tuple[str, ...] = get_args(DampingForm)
 FISHER_TYPES: tuple[str, ...] = get_args(FisherType)
 FACTOR_INITS: tuple[str, ...] = get_args(FactorInit)
 LOSS_REDUCTIONS: tuple[str, ...] = get_args(LossReduction)
+CONV_APPROXIMATIONS: tuple[str, ...] = get_args(ConvApprox)
+MODELS: tuple[str, ...] = get_args(ModelName)
 DATASETS: tuple[str, ...] = get_args(DatasetName)
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 DTYPES: tuple[str, ...] = get_args(DtypeName)
@@ -38,4 +45,5 @@ DEFAULT_INVERSE_EVERY = 10
 DEFAULT_DAMPING_FORM: DampingForm = "exact"
 DEFAULT_FISHER: FisherType = "empirical"
 DEFAULT_FACTOR_INIT: FactorInit = "batch"
+DEFAULT_CONV_APPROX: ConvApprox = "expand"  # the classic KFC, and curvlinops' default
 DEFAULT_EIGEN_FLOOR = 0.0  # eigenvalues of A and G below this are set to 0 before damping

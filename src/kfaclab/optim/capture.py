@@ -28,6 +28,10 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from kfaclab.choices import ConvApprox, LossReduction
+from kfaclab.optim.conv import conv_rows
+from kfaclab.optim.layer_state import factor_dtype_of
+
 # More micro-batches than this before one step() is almost surely a loop that forgot step().
 MANY_ACCUMULATED = 64
 
@@ -41,11 +45,13 @@ class LayerCapture:
     """
 
     name: str
-    module: nn.Linear
+    module: nn.Linear | nn.Conv2d
     inputs: torch.Tensor | None = None  # (N, in), N = examples (leading dims flattened)
     output_grads: torch.Tensor | None = None  # (N, out): ∂L/∂s of the loss that was back-propagated
     outputs: torch.Tensor | None = None  # (N, out) with graph, kept only for the MC Fisher
-    grad_scale: float = 1.0  # gᵢ = grad_scale · output_grads[i]
+    # gᵢ = grad_scale · output_grads[i]; None: the training loss's ∂L/∂s, whose scale the engine
+    # derives from the rows and the loss reduction (N for "mean", 1 for "sum")
+    grad_scale: float | None = None
     input_requires_grad: bool = True  # False when the input is data, independent of θ
     # (N, out) ∂L/∂s of the training loss when it differs from ``output_grads`` (the MC Fisher's
     # sampled gradients) and the gradient block is taken from the batch; None: output_grads.
@@ -54,10 +60,13 @@ class LayerCapture:
     forwards: int = 0
     latest: torch.Tensor | None = None
     pairs: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    sampled: bool = False  # the pairs hold the MC Fisher's per-example (sum) gradients
 
     def clear(self) -> None:
         self.inputs = self.output_grads = self.outputs = self.loss_grads = None
+        self.grad_scale = None
         self.latest = None
+        self.sampled = False
         self.pairs.clear()
 
     def receive(self, forward: int, grads: torch.Tensor) -> None:
@@ -69,7 +78,7 @@ class LayerCapture:
                 "nn.Linear once per forward pass"
             )
         assert self.latest is not None
-        self.pairs.append((self.latest, grads.detach().reshape(-1, grads.shape[-1])))
+        self.pairs.append((self.latest, _rows(self.module, grads.detach())))
         if len(self.pairs) == MANY_ACCUMULATED + 1:
             warnings.warn(
                 f"layer {self.name!r} received {len(self.pairs)} backward passes since the last "
@@ -77,15 +86,32 @@ class LayerCapture:
                 stacklevel=2,
             )
 
-    def collect(self) -> None:
-        """``inputs`` / ``output_grads`` from every pair received since the last step."""
+    def add_sampled(self, grads: torch.Tensor) -> None:
+        """The MC Fisher's per-example output gradients for the latest forward."""
+        assert self.latest is not None
+        self.pairs.append((self.latest, _rows(self.module, grads.detach())))
+        self.sampled = True
+        self.outputs = None
+
+    def collect(self, reduction: LossReduction = "mean", approx: ConvApprox = "expand") -> None:
+        """``inputs`` / ``output_grads`` from every pair received since the last step, in the
+        factor dtype (float32 for a half-precision layer); a Conv2d's become rows (``conv``)."""
         if not self.pairs:
             return
         if len(self.pairs) == 1:
-            self.inputs, self.output_grads = self.pairs[0]
+            inputs, grads = self.pairs[0]
         else:
-            self.inputs = torch.cat([x for x, _ in self.pairs])
-            self.output_grads = torch.cat([g for _, g in self.pairs])
+            inputs = torch.cat([x for x, _ in self.pairs])
+            grads = torch.cat([g for _, g in self.pairs])
+        dtype = factor_dtype_of(self.module.weight.dtype)
+        inputs, grads = inputs.to(dtype), grads.to(dtype)
+        if isinstance(self.module, nn.Conv2d):
+            per_example = 1.0 if self.sampled or reduction == "sum" else float(grads.shape[0])
+            rows = conv_rows(inputs, grads, self.module, approx, per_example)
+            inputs, grads, self.grad_scale = rows.inputs, rows.output_grads, rows.grad_scale
+        elif self.sampled:
+            self.grad_scale = 1.0  # reduction "sum": already per-example gradients
+        self.inputs, self.output_grads = inputs, grads
 
 
 @dataclass
@@ -106,9 +132,9 @@ class Capture:
             handle.remove()
         self.handles.clear()
 
-    def collect(self) -> None:
+    def collect(self, reduction: LossReduction = "mean", approx: ConvApprox = "expand") -> None:
         for layer in self.layers:
-            layer.collect()
+            layer.collect(reduction, approx)
 
     def clear(self) -> None:
         for layer in self.layers:
@@ -127,7 +153,7 @@ class Capture:
                     "K-FAC needs at least one example per step"
                 )
             layer.forwards += 1
-            layer.latest = x.detach().reshape(-1, x.shape[-1])
+            layer.latest = _rows(module, x.detach())
             layer.input_requires_grad = x.requires_grad
             if self.keep_outputs:
                 layer.outputs = output
@@ -142,3 +168,11 @@ def _receiver(layer: LayerCapture, forward: int) -> Callable[[torch.Tensor], Non
         layer.receive(forward, grad)
 
     return hook
+
+
+def _rows(module: nn.Module, t: torch.Tensor) -> torch.Tensor:
+    """A Linear's inputs or output gradients with leading dimensions flattened (N, features);
+    a Conv2d's stay (N, C, H, W) until ``collect`` turns them into rows."""
+    if isinstance(module, nn.Conv2d):
+        return t
+    return t.reshape(-1, t.shape[-1])

@@ -61,20 +61,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# TODO(lead): move to kfaclab.choices once the engine exposes the option there.
-ConvApprox = Literal["expand", "reduce"]
-CONV_APPROXIMATIONS: tuple[str, ...] = get_args(ConvApprox)
-# The classic KFC of Grosse & Martens and curvlinops' default, so our factors compare with the
-# published conv K-FAC results as they stand. Reduce is cheaper (N rows instead of N·T, no
-# unfold) and exact for deep linear nets whose weight-sharing dimension is pooled before the
-# loss, as in classification CNNs (Eschenhagen et al. 2023's "reduce setting"): an option.
-DEFAULT_CONV_APPROX: ConvApprox = "expand"
+from kfaclab.choices import CONV_APPROXIMATIONS, DEFAULT_CONV_APPROX, ConvApprox
 
 # Expand's A is accumulated over batch chunks whose unfolded patches hold at most this many
 # entries (32 MiB in float64), so the whole (N, d, T) unfold never exists at once.

@@ -84,7 +84,7 @@ class DeferredLayers:
         whose weight gradient was skipped they come from the batch, Oᵀ X[:, cols], without ever
         forming the whole gradient; the columns are found once per basis."""
         known = self._inactive.get(layer.name)
-        n_in = layer.module.in_features
+        n_in = layer.size_a - (1 if layer.has_bias else 0)
         if known is None or known[0] is not basis:
             n_cols = n_in + 1 if layer.has_bias else n_in
             columns = basis.a.inactive(n_cols)

@@ -120,7 +120,9 @@ class DirectionSide:
     ) -> Deferred | None:
         """(M, d outside the active block) if this layer's step can stay rotated, else None."""
         inverse = layer.inverse
-        if not isinstance(inverse, ExactInverse) or inverse.g.active is not None:
+        if not layer.is_linear or not isinstance(inverse, ExactInverse):
+            return None  # a conv's rows are not its batch gradient's (reduce), nor data-only
+        if inverse.g.active is not None:
             return None
         rows = batch.loss_grads if batch.loss_grads is not None else batch.output_grads
         if batch.inputs is None or rows is None:
@@ -156,7 +158,12 @@ class DirectionSide:
         if isinstance(inverse, ExactInverse):
             rows = None if batch is None else batch.loss_grads
             rows = batch.output_grads if batch is not None and rows is None else rows
-            if batch is not None and batch.inputs is not None and rows is not None:
+            if (
+                layer.is_linear
+                and batch is not None
+                and batch.inputs is not None
+                and rows is not None
+            ):
                 projected = self.factors.streams.projection(layer, inverse.a)
                 if projected is not None:
                     return inverse.precondition_from_batch(block, lam, rows, projected)

@@ -70,7 +70,7 @@ class FactorSide:
             updated = True
             layer.input_is_data = layer.input_is_data and not capture.input_requires_grad
             scale = capture.grad_scale
-            if options.fisher == "empirical":
+            if scale is None:  # the training loss's ∂L/∂s rows: undo the loss's reduction
                 scale = float(output_grads.shape[0]) if options.loss_reduction == "mean" else 1.0
             a, g = layer.factor_a, layer.factor_g
             if a is not None and not layer.input_is_data and inputs.shape[1] < MIN_COLUMNS:

@@ -45,6 +45,8 @@ from torch.optim import Optimizer
 
 from kfaclab.damping.base import Damping
 from kfaclab.optim.capture import Capture, LayerCapture
+from kfaclab.optim.conv import check_conv
+from kfaclab.optim.distributed import gather_captures, process_group_of
 from kfaclab.optim.engine import KFACEngine, LossClosure, as_float
 from kfaclab.optim.layer_state import LayerState
 from kfaclab.optim.mc_fisher import sampled_output_grads
@@ -99,14 +101,10 @@ class KFAC(Optimizer):
             raise ValueError(f"options must be a KFACOptions, got {options!r}")
         if not isinstance(speedups, Speedups):
             raise ValueError(f"speedups must be a Speedups, got {speedups!r}")
-        layers = [
-            LayerState(name, module)
-            for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and module.weight.requires_grad
-        ]
+        layers, refused = _preconditioned_layers(model)
         if not layers:
             raise ValueError(
-                f"model must contain at least one trainable nn.Linear layer, "
+                f"model must contain at least one trainable nn.Linear or nn.Conv2d layer, "
                 f"got none in {type(model).__name__}"
             )
         params = [p for p in model.parameters() if p.requires_grad]
@@ -115,8 +113,14 @@ class KFAC(Optimizer):
         others = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         others = [(n, p) for n, p in others if id(p) not in in_layers]
         self.unpreconditioned_names = [n for n, _ in others]
-        _report_unpreconditioned(self.unpreconditioned_names, unpreconditioned)
+        _report_unpreconditioned(self.unpreconditioned_names, refused, unpreconditioned)
         self.options = options
+        self._group = process_group_of(model)
+        if self._group is not None and speedups.batch_gradients_only:
+            raise ValueError(
+                "batch_gradients_only cannot apply under DistributedDataParallel (.grad is the "
+                "all-reduced gradient, the capture a rank's shard), got batch_gradients_only=True"
+            )
         self._capture = Capture(
             [LayerCapture(layer.name, layer.module) for layer in layers],
             keep_outputs=options.fisher == "mc",
@@ -204,10 +208,7 @@ class KFAC(Optimizer):
             raise ValueError("sample_fisher must follow a forward pass with gradients enabled")
         grads = sampled_output_grads(logits, outputs, likelihood)  # type: ignore[arg-type]
         for capture, grad in zip(self._capture.layers, grads, strict=True):
-            assert capture.latest is not None
-            capture.pairs.append((capture.latest, grad.detach().reshape(-1, grad.shape[-1])))
-            capture.grad_scale = 1.0  # reduction="sum": already per-example gradients
-            capture.outputs = None
+            capture.add_sampled(grad)
 
     # --- the step ---------------------------------------------------------------------------
 
@@ -224,8 +225,11 @@ class KFAC(Optimizer):
                 strategy (``StepOutcome.loss_before``).
         Returns ``loss``.
         """
-        self._capture.collect()
+        self._capture.collect(self.options.loss_reduction, self.options.conv_approx)
         self._require_gradients()
+        if self._group is not None and self._capture.enabled:
+            mean_loss = self.options.loss_reduction == "mean"
+            gather_captures(self._capture.layers, self._group, mean_loss)
         group = self.param_groups[0]
         check_lr(group["lr"])
         engine = self._engine
@@ -302,7 +306,7 @@ class KFAC(Optimizer):
     def restore_weight_grads(self) -> None:
         """``skip_weight_grads``: write the skipped layers' ``.grad`` from this step's captured
         batch (call after backward, before ``step``); a no-op for the other layers."""
-        self._capture.collect()
+        self._capture.collect(self.options.loss_reduction, self.options.conv_approx)
         layers = zip(self._engine.layers, self._capture.layers, strict=True)
         self._engine.directions.deferred.restore_weight_grads(
             {layer.name: batch for layer, batch in layers}
@@ -315,19 +319,37 @@ class KFAC(Optimizer):
         self._engine.directions.deferred.unskip_all()
 
 
-def _report_unpreconditioned(names: list[str], policy: str) -> None:
+def _preconditioned_layers(model: nn.Module) -> tuple[list[LayerState], list[str]]:
+    """The trainable nn.Linear and nn.Conv2d layers K-FAC can precondition, and a reason for
+    each Conv2d it cannot (grouped, non-zero padding modes: ``conv.check_conv``)."""
+    layers, refused = [], []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear | nn.Conv2d) or not module.weight.requires_grad:
+            continue
+        if isinstance(module, nn.Conv2d):
+            try:
+                check_conv(module, name)
+            except ValueError as error:
+                refused.append(str(error))
+                continue
+        layers.append(LayerState(name, module))
+    return layers, refused
+
+
+def _report_unpreconditioned(names: list[str], reasons: list[str], policy: str) -> None:
     if policy not in ("warn", "error", "allow"):
         raise ValueError(f"unpreconditioned must be 'warn', 'error' or 'allow', got {policy!r}")
     if not names or policy == "allow":
         return
-    listed = ", ".join(names)
+    listed = ", ".join(names) + "".join(f" ({reason})" for reason in reasons)
     if policy == "error":
         raise ValueError(
-            f"K-FAC preconditions nn.Linear layers only; these parameters would get the plain "
-            f"gradient: {listed} (pass unpreconditioned='warn' or 'allow' to accept that)"
+            f"K-FAC preconditions nn.Linear and nn.Conv2d layers only; these parameters would "
+            f"get the plain gradient: {listed} (pass unpreconditioned='warn' or 'allow' to "
+            "accept that)"
         )
     warnings.warn(
-        f"K-FAC preconditions nn.Linear layers only; these parameters get the plain gradient "
-        f"with the same lr and momentum: {listed}",
+        f"K-FAC preconditions nn.Linear and nn.Conv2d layers only; these parameters get the "
+        f"plain gradient with the same lr and momentum: {listed}",
         stacklevel=3,
     )

@@ -18,11 +18,26 @@ from kfaclab.curvature.eigen import FactorEigen
 from kfaclab.curvature.exact import ExactInverse
 from kfaclab.curvature.factored import FactoredInverse
 
+# Half-precision models keep their curvature in float32: eigh has no bfloat16/float16 kernels,
+# and the factors' small eigenvalues would not survive 8 bits of mantissa anyway.
+_FACTOR_DTYPES = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
+
+
+def factor_dtype_of(weight_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of a layer's factors: the weight's, or float32 for a half-precision weight."""
+    return _FACTOR_DTYPES.get(weight_dtype, weight_dtype)
+
+
+Preconditioned = nn.Linear | nn.Conv2d
+
 
 @dataclass
 class LayerState:
+    """One preconditioned layer: an nn.Linear, or an nn.Conv2d whose weight (O, C, kh, kw) is
+    read as the matrix (O, C·kh·kw) (``kfaclab.optim.conv``); its block is [W̃ | b]."""
+
     name: str
-    module: nn.Linear
+    module: Preconditioned
     factor_a: torch.Tensor | None = None  # (in[+1], in[+1])
     factor_g: torch.Tensor | None = None  # (out, out)
     inverse: ExactInverse | FactoredInverse | None = None
@@ -36,45 +51,64 @@ class LayerState:
         return self.module.bias is not None
 
     @property
+    def is_linear(self) -> bool:
+        return isinstance(self.module, nn.Linear)
+
+    @property
     def size_a(self) -> int:
-        """Rows of A: the layer's inputs, plus one for the bias."""
-        return self.module.in_features + (1 if self.has_bias else 0)
+        """Rows of A: the layer's inputs (a conv's patch size C·kh·kw), plus one for the bias."""
+        return self.module.weight[0].numel() + (1 if self.has_bias else 0)
 
     @property
     def size_g(self) -> int:
-        return self.module.out_features
+        return self.module.weight.shape[0]
+
+    @property
+    def factor_dtype(self) -> torch.dtype:
+        """The weight's dtype, or float32 for a float16/bfloat16 weight."""
+        return factor_dtype_of(self.module.weight.dtype)
 
     def identity_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(I, I) of A's and G's sizes, in the weight's dtype and device (``factor_init``)."""
-        dtype, device = self.module.weight.dtype, self.module.weight.device
+        """(I, I) of A's and G's sizes, in the factor dtype and the weight's device."""
+        dtype, device = self.factor_dtype, self.module.weight.device
         eye_a = torch.eye(self.size_a, dtype=dtype, device=device)
         return eye_a, torch.eye(self.size_g, dtype=dtype, device=device)
 
     def gradient_block(self, weight_grad: torch.Tensor | None = None) -> torch.Tensor | None:
-        """[∇W | ∇b] as one (out, in[+1]) matrix (∇W: ``weight_grad`` if given, else the
-        weight's ``.grad``); None if the weight got no gradient."""
+        """[∇W̃ | ∇b] as one (out, in[+1]) matrix in the factor dtype (∇W: ``weight_grad`` if
+        given, else the weight's ``.grad``); None if the weight got no gradient."""
         if weight_grad is None:
             weight_grad = self.module.weight.grad
         if weight_grad is None:
             return None
+        weight_grad = weight_grad.reshape(weight_grad.shape[0], -1)
         bias = self.module.bias
         if bias is None:
-            return weight_grad
-        bias_grad = bias.grad if bias.grad is not None else torch.zeros_like(bias)
-        return torch.cat([weight_grad, bias_grad.unsqueeze(1)], dim=1)
+            block = weight_grad
+        else:
+            bias_grad = bias.grad if bias.grad is not None else torch.zeros_like(bias)
+            block = torch.cat([weight_grad, bias_grad.unsqueeze(1).to(weight_grad.dtype)], dim=1)
+        return block.to(self.factor_dtype)
 
     def split_block(self, block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Inverse of ``gradient_block``: (weight part, bias part or None)."""
+        """Inverse of ``gradient_block``: (weight-shaped part, bias part or None), in the
+        parameters' dtype."""
+        weight = self.module.weight
+        weight_part = block if self.module.bias is None else block[:, :-1]
+        if weight.dim() != 2:
+            weight_part = weight_part.reshape(weight.shape)
+        weight_part = weight_part.to(weight.dtype)
         if self.module.bias is None:
-            return block, None
-        return block[:, :-1], block[:, -1]
+            return weight_part, None
+        return weight_part, block[:, -1].to(self.module.bias.dtype)
 
     def parameter_block(self) -> torch.Tensor:
-        """[W | b] as a new (out, in[+1]) tensor."""
+        """[W̃ | b] as a new (out, in[+1]) tensor in the factor dtype."""
         weight, bias = self.module.weight.detach(), self.module.bias
+        weight = weight.reshape(weight.shape[0], -1).to(self.factor_dtype)
         if bias is None:
             return weight.clone()
-        return torch.cat([weight, bias.detach().unsqueeze(1)], dim=1)
+        return torch.cat([weight, bias.detach().unsqueeze(1).to(weight.dtype)], dim=1)
 
     def write_parameter_block(self, block: torch.Tensor) -> None:
         """Copy an (out, in[+1]) block into W and b."""

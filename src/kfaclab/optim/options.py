@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kfaclab import choices as ch
-from kfaclab.choices import DampingForm, FactorInit, FisherType, LossReduction
+from kfaclab.choices import ConvApprox, DampingForm, FactorInit, FisherType, LossReduction
 from kfaclab.optim.input_stream import InputStreamCache
 
 
@@ -62,7 +62,9 @@ class KFACOptions:
       (exact form only);
     - ``kl_clip``: None, or c > 0 to scale steps by ν = min(1, sqrt(c / (η² dᵀ∇)));
     - ``loss_reduction``: how the loss combines examples ("mean" or "sum"), so gᵢ = ∂ℓᵢ/∂sᵢ
-      can be recovered from ∂L/∂s.
+      can be recovered from ∂L/∂s;
+    - ``conv_approx``: how an nn.Conv2d's spatial locations enter its factors, "expand" (KFC)
+      or "reduce" (``kfaclab.optim.conv``).
     """
 
     factor_decay: float = ch.DEFAULT_FACTOR_DECAY
@@ -74,6 +76,7 @@ class KFACOptions:
     eigen_floor: float = ch.DEFAULT_EIGEN_FLOOR
     kl_clip: float | None = None
     loss_reduction: LossReduction = "mean"
+    conv_approx: ConvApprox = ch.DEFAULT_CONV_APPROX
 
     def __post_init__(self) -> None:
         decay = self.factor_decay
@@ -86,6 +89,7 @@ class KFACOptions:
             ("fisher", ch.FISHER_TYPES),
             ("factor_init", ch.FACTOR_INITS),
             ("loss_reduction", ch.LOSS_REDUCTIONS),
+            ("conv_approx", ch.CONV_APPROXIMATIONS),
         ):
             value = getattr(self, name)
             _require(value in allowed, name, "one of " + ", ".join(map(repr, allowed)), value)

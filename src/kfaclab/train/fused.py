@@ -181,7 +181,7 @@ class FusedKFAC:
         self._back_propagate(grad, o)
         for j, batch in enumerate(self.batches):
             batch.output_grads = grad if j == len(self.batches) - 1 else o[j]
-            batch.grad_scale = 1.0
+            batch.grad_scale = 1.0  # reduction "sum": already per-example gradients
 
     def _inputs(self, j: int) -> torch.Tensor:
         """Layer j's input without the ones column: (B, in)."""
