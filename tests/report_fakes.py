@@ -247,13 +247,16 @@ def build_study(specs: list[CellSpec], seed: int = 0) -> tuple[FakeStudySet, dic
         study.cells.append(FakeCell(cname, opt, sp.lam, label, len(values), len(sp.losses)))
         lrs = sp.lr if isinstance(sp.lr, list) else [sp.lr] * len(sp.losses)
         for k, value in enumerate(values):
-            params = {"lr": lrs[k] if k < len(lrs) else 0.01, "momentum": 0.5, "lr_decay": 0.5}
+            lr = lrs[k] if k < len(lrs) else 0.01
+            params: dict[str, Any] = {"lr": lr, "momentum": 0.5, "lr_decay": 0.5}
             cfg = TrialConfig(
                 optimizer=opt,  # type: ignore[arg-type]
                 damping=sp.lam if sp.lam is not None else 0.0,
                 seed=0,
                 histogram_steps=steps,
-                **params,
+                lr=lr,
+                momentum=0.5,
+                lr_decay=0.5,
             )
             ok = math.isfinite(value)
             hists = {

@@ -27,7 +27,7 @@ where a real optimum sits (momentum 0.95 of [0, 0.99])."""
 
 TOP_FRACTION = 0.10
 """A range binds when more than this fraction of the top-k sits in the outer band at one end, even
-if the best trial does not: the top-k mean, which the claims compare, is then shaped by the bound."""
+if the best trial does not: the top-k mean, which the claims compare, is then shaped by it."""
 
 NATURAL_BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "lr_decay": (0.0, 1.0),  # α = final lr / initial lr: 1 is "no decay", 0 "decay to zero"
@@ -67,6 +67,11 @@ def _position(x: float, r: Range) -> float:
     return (x - r.low) / (r.high - r.low)
 
 
+def _in_band(x: float, r: Range, edge: str, band: float) -> bool:
+    pos = _position(x, r)
+    return pos <= band if edge == "low" else pos >= 1 - band
+
+
 def _natural(param: str, edge: str, bound: float) -> bool:
     lo, hi = NATURAL_BOUNDS.get(param, (None, None))
     ref = lo if edge == "low" else hi
@@ -93,12 +98,8 @@ def cell_bindings(
             if _natural(r.name, edge, bound):
                 continue
 
-            def in_band(x: float, edge: str = edge) -> bool:
-                pos = _position(x, r)
-                return pos <= band if edge == "low" else pos >= 1 - band
-
-            frac = sum(in_band(v) for v in values) / len(values) if values else 0.0
-            best_in = in_band(float(best))
+            frac = sum(_in_band(v, r, edge, band) for v in values) / len(values) if values else 0.0
+            best_in = _in_band(float(best), r, edge, band)
             if best_in or frac > TOP_FRACTION:
                 out.append(Binding(cell.label, r.name, edge, bound, float(best), best_in, frac))
     return out

@@ -13,6 +13,7 @@ configuration over new seeds (reruns.py).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -263,7 +264,7 @@ def separation_warning(fixed: Sequence[CellSummary]) -> str:
     cells = sorted((c for c in fixed if c.final_loss.n), key=lambda c: c.lam or 0.0)
     pairs = [
         f"{a.label}/{b.label}"
-        for a, b in zip(cells, cells[1:], strict=False)
+        for a, b in itertools.pairwise(cells)
         if a.final_loss.n < 2
         or b.final_loss.n < 2
         or (a.final_loss.lo <= b.final_loss.hi and b.final_loss.lo <= a.final_loss.hi)

@@ -40,7 +40,7 @@ def _layer_verdict(lo: float, hi: float) -> str:
         return "supports"
     if hi < 0:
         return "reverses"
-    if -EQUAL_DECADES <= lo and hi <= EQUAL_DECADES:
+    if lo >= -EQUAL_DECADES and hi <= EQUAL_DECADES:
         return "equal"
     return "undecided"
 
@@ -86,7 +86,13 @@ def gradient_claim(s: StudySummary, *, early: bool) -> Claim:
             "lo": lo,
             "hi": hi,
             **{
-                lab: dict(zip(("median", "lo", "hi"), bootstrap_median(x, rng, BOOTSTRAP_SAMPLES)))
+                lab: dict(
+                    zip(
+                        ("median", "lo", "hi"),
+                        bootstrap_median(x, rng, BOOTSTRAP_SAMPLES),
+                        strict=True,
+                    )
+                )
                 for lab, x in ((large, a), (small, b))
             },
         }
