@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,8 +66,9 @@ def anchor(text: str) -> str:
 
 
 def _md(text: str) -> str:
-    """Text safe in Markdown: no raw HTML (a protocol name is user input), no table breaks."""
-    return html.escape(text, quote=False)
+    """Text safe in Markdown: no raw HTML (a protocol name is user input). Only what starts a tag
+    or an entity is escaped, so a plain-text reader still sees "λ > 1" as written."""
+    return re.sub(r"&(?=#?\w+;)", "&amp;", text).replace("<", "&lt;")
 
 
 def to_markdown(blocks: list[Block], base: Path) -> str:

@@ -132,6 +132,8 @@ def claim_best(s: StudySummary) -> Claim:
         topk_holds,
     )
     claim.evidence["reruns"] = why
+    if reruns:
+        claim.finding += "; " + why
     bound = _binds(s, s.fixed)
     if bound:
         claim.reason = BINDS
@@ -200,7 +202,12 @@ def claim_small_unstable(s: StudySummary) -> Claim:
     }
     claim.finding = (
         f"{small.label}: {small.divergence_rate:.0%} of trials diverged "
-        f"({best.label}: {best.divergence_rate:.0%}); top-k loss {num(ratio)}× the best's"
+        f"({best.label}: {best.divergence_rate:.0%}); "
+        + (
+            f"top-k loss {num(ratio)}× the best's"
+            if small.final_loss.n
+            else "no trial survived to a final loss"
+        )
     )
     unstable_div = excess >= DIVERGENCE_EXCESS
     unstable_loss = ratio >= UNSTABLE_LOSS_RATIO and (small.final_loss.n == 0 or d.lo > 0)

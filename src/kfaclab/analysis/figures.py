@@ -71,7 +71,7 @@ def learning_curves(summary: StudySummary, out_dir: Path) -> DrawnFigure | None:
         row[0].set_ylabel("minibatch loss")
     fig.suptitle(
         "Mean learning curve of the top-k trials per cell (band: 95% t-interval of the mean; "
-        "grey: the best fixed λ)",
+        "dotted grey: the best fixed λ)",
         fontsize=9,
     )
     return finish(fig, out_dir, "learning_curves", "Learning curves (paper figure a)")

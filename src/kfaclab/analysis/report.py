@@ -152,7 +152,9 @@ def _blocks(
 def _overview(s: StudySummary) -> Table:
     cells = s.cells
     best = [c.best.params if c.best else {} for c in cells]
-    loss = column([c.final_loss.mean for c in cells] + [c.final_loss.sd for c in cells])
+    # one notation per quantity: means and interval bounds share one, sds have their own
+    mean = column([c.final_loss.mean for c in cells])
+    sd = column([c.final_loss.sd for c in cells])
     ci = column([c.final_loss.lo for c in cells] + [c.final_loss.hi for c in cells])
     n = len(cells)
     cols = {
@@ -171,7 +173,7 @@ def _overview(s: StudySummary) -> Table:
                 + (f" (+{c.n_running} running)" if c.n_running else ""),
                 percent(c.divergence_rate),
                 str(f.n),
-                f"{loss[i]} ± {loss[n + i]}" if f.n else "all diverged" if c.n_complete else "–",
+                f"{mean[i]} ± {sd[i]}" if f.n else "all diverged" if c.n_complete else "–",
                 f"[{ci[i]}, {ci[n + i]}]" if f.n > 1 else "–",
                 cols["acc"][i],
                 cols["best"][i],
