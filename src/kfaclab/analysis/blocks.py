@@ -65,7 +65,7 @@ def anchor(text: str) -> str:
     return kept.replace(" ", "-")
 
 
-def _md(text: str) -> str:
+def md_escape(text: str) -> str:
     """Text safe in Markdown: no raw HTML (a protocol name is user input). Only what starts a tag
     or an entity is escaped, so a plain-text reader still sees "λ > 1" as written."""
     return re.sub(r"&(?=#?\w+;)", "&amp;", text).replace("<", "&lt;")
@@ -75,29 +75,31 @@ def to_markdown(blocks: list[Block], base: Path) -> str:
     out: list[str] = []
     for i, b in enumerate(blocks):
         if isinstance(b, Heading):
-            out.append(f"{'#' * b.level} {_md(b.text)}")
+            out.append(f"{'#' * b.level} {md_escape(b.text)}")
         elif isinstance(b, Toc):
             heads = [h.text for h in blocks[i + 1 :] if isinstance(h, Heading) and h.level == 2]
-            out.append("\n".join(f"- [{_md(h)}](#{anchor(h)})" for h in heads))
+            out.append("\n".join(f"- [{md_escape(h)}](#{anchor(h)})" for h in heads))
         elif isinstance(b, Para):
-            out.append(f"> **{b.kind.capitalize()}:** {_md(b.text)}" if b.kind else _md(b.text))
+            out.append(
+                f"> **{b.kind.capitalize()}:** {md_escape(b.text)}" if b.kind else md_escape(b.text)
+            )
         elif isinstance(b, Bullets):
             mark = "> " if b.kind else ""
-            out.append("\n".join(f"{mark}- {_md(x)}" for x in b.items))
+            out.append("\n".join(f"{mark}- {md_escape(x)}" for x in b.items))
         elif isinstance(b, Table):
             rows = [b.header, ["---"] * len(b.header), *b.rows]
             lines = []
             for k, r in enumerate(rows):
-                cells = [_md(c).replace("|", "\\|") for c in r]
+                cells = [md_escape(c).replace("|", "\\|") for c in r]
                 if b.highlight is not None and k == b.highlight + 2:
                     cells = [f"**{c}**" if c else c for c in cells]
                 lines.append("| " + " | ".join(cells) + " |")
             text = "\n".join(lines)
-            out.append(f"{text}\n\n*{_md(b.caption)}*" if b.caption else text)
+            out.append(f"{text}\n\n*{md_escape(b.caption)}*" if b.caption else text)
         elif isinstance(b, Image):
             png, svg = b.png.relative_to(base).as_posix(), b.svg.relative_to(base).as_posix()
-            t = _md(b.title)
-            out.append(f"![{t}]({png})\n\n*{t}* ([SVG]({svg})). {_md(b.reading)}")
+            t = md_escape(b.title)
+            out.append(f"![{t}]({png})\n\n*{t}* ([SVG]({svg})). {md_escape(b.reading)}")
         elif isinstance(b, Code):
             out.append(f"```toml\n{b.text.rstrip()}\n```")
     return "\n\n".join(out) + "\n"

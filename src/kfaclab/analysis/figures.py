@@ -47,7 +47,7 @@ def learning_curves(summary: StudySummary, out_dir: Path) -> DrawnFigure | None:
         st = style(c)
         if ref is not None and ref.curve is not None and ref is not c:
             ax.plot(ref.curve.steps, ref.curve.mean, color="0.55", lw=1.0, ls=":")
-        ax.plot(x, y, color=st["color"], lw=1.3)  # type: ignore[arg-type]
+        ax.plot(x, y, color=st["color"], lw=1.3)
         if c.curve.n > 1:
             lo = np.clip(np.asarray(c.curve.lo), 1e-12, None)  # log axis: keep the band positive
             ax.fill_between(x, lo, np.asarray(c.curve.hi), color=st["color"], alpha=0.25, lw=0)

@@ -127,9 +127,11 @@ def claims_from_report(folder: Path) -> ClaimSet:
     for c in cs.claims:
         if c.key in ("C4", "C5"):
             c.finding = _pooled_medians(text, early=c.key == "C4")
-            c.reason = "the per-trial histograms of this run were not kept (no study storage)"
+            c.reason = "the per-trial histograms of this run were not kept"
         else:
             c.evidence["source"] = (
-                "read back from report.md (binding known only from its 2%-edge warnings)"
+                "read back from report.md and reruns.json (the run predates claims.json and "
+                "kept no study storage; it searched lr in [1e-6, 1], and binding is known only "
+                "from its 2%-edge warnings)"
             )
     return cs
