@@ -83,6 +83,14 @@ def test_c1_inconclusive_when_reruns_cannot_separate_what_topk_separates() -> No
     assert c1.verdict == INCONCLUSIVE and "cannot separate" in c1.reason
 
 
+def test_c1_inconclusive_when_reruns_separate_what_topk_ties() -> None:
+    # λ=1 tied with λ=10 on the top-k, but on new seeds λ=10's configuration is clearly better
+    over = {"p1": CellSpec(10.0, vals(0.099, 0.01), reruns=[0.05, 0.051, 0.052])}
+    c1 = claims(grid(**over))["C1"]
+    assert c1.evidence["tied"] == ["λ=1e+00"]
+    assert c1.verdict == INCONCLUSIVE and "separate what the top-k did not" in c1.reason
+
+
 def test_c1_inconclusive_without_reruns_and_when_a_range_binds() -> None:
     assert claims(grid(), with_reruns=False)["C1"].verdict == INCONCLUSIVE
     # λ=100's learning rates crowd the top of lr's range: any cell binding makes C1 inconclusive
