@@ -193,3 +193,96 @@ def smoke_dir(tmp_root: Path) -> Path:
         assert rc == 0, "the smoke sweep did not complete"
         _SMOKE["dir"] = out
     return _SMOKE["dir"]
+
+
+# --- constructed studies whose claims' verdicts are known by construction ---------------------
+
+
+@dataclass
+class CellSpec:
+    """One cell of a constructed study: its finished losses, diverged count and what each trial's
+    learning rate and gradient histograms look like."""
+
+    lam: float | None  # None: SGD
+    losses: list[float]
+    n_diverged: int = 0
+    lr: float | list[float] = 0.01  # one value for every trial, or one per finite trial
+    # log10 (∂L/∂θ)² centre per histogram step; every trial gets it plus N(0, hist_noise) jitter
+    hist_centre: dict[int, float] = field(default_factory=dict)
+    hist_noise: float = 0.05
+    reruns: list[float] | None = None  # the best configuration's losses on new seeds
+
+
+SEARCH = {
+    "lr": {"low": 1e-6, "high": 1e3, "log": True},
+    "lr_decay": {"low": 0.0, "high": 1.0},
+    "momentum": {"low": 0.0, "high": 0.99},
+}
+
+
+def _histogram(rng: np.random.Generator, bins: HistogramBins, centre: float) -> list[int]:
+    x = rng.normal(centre, 1.0, 3000)
+    width = (bins.log10_max - bins.log10_min) / bins.n_bins
+    idx = np.clip(np.floor((x - bins.log10_min) / width).astype(int) + 1, 0, bins.n_bins + 1)
+    counts = np.zeros(bins.n_bins + 2, dtype=int)
+    np.add.at(counts, idx, 1)
+    return [int(c) for c in counts]
+
+
+def build_study(specs: list[CellSpec], seed: int = 0) -> tuple[FakeStudySet, dict[str, Any]]:
+    """A study from cell specs, and its rerun records (as ``summarize`` takes them)."""
+    from kfaclab.analysis.reruns import RerunRecord
+
+    rng = np.random.default_rng(seed)
+    protocol: dict[str, Any] = {"protocol": {"name": "constructed"}, "search": SEARCH}
+    study = FakeStudySet(protocol, [])
+    reruns: dict[str, Any] = {}
+    bins = HistogramBins()
+    steps = tuple(sorted({s for sp in specs for s in sp.hist_centre}))
+    for sp in specs:
+        cname = "sgd" if sp.lam is None else f"kfac-lam={sp.lam:.0e}"
+        label = "sgd" if sp.lam is None else f"{sp.lam:.0e}"
+        values = [*sp.losses, *([math.inf] * sp.n_diverged)]
+        opt = "sgd" if sp.lam is None else "kfac"
+        study.cells.append(FakeCell(cname, opt, sp.lam, label, len(values), len(sp.losses)))
+        lrs = sp.lr if isinstance(sp.lr, list) else [sp.lr] * len(sp.losses)
+        for k, value in enumerate(values):
+            lr = lrs[k] if k < len(lrs) else 0.01
+            params: dict[str, Any] = {"lr": lr, "momentum": 0.5, "lr_decay": 0.5}
+            cfg = TrialConfig(
+                optimizer=opt,  # type: ignore[arg-type]
+                damping=sp.lam if sp.lam is not None else 0.0,
+                seed=0,
+                histogram_steps=steps,
+                lr=lr,
+                momentum=0.5,
+                lr_decay=0.5,
+            )
+            ok = math.isfinite(value)
+            hists = {
+                str(s): {
+                    layer: _histogram(rng, bins, c + rng.normal(0, sp.hist_noise))
+                    for layer in LAYERS
+                }
+                for s, c in sp.hist_centre.items()
+            }
+            rec = TrialResult(
+                config=cfg,
+                status="ok" if ok else "diverged",
+                value=value,
+                steps_done=3,
+                seconds=1.0,
+                step_losses=[2.3, 1.0, value if ok else math.inf],
+                evals=[],
+                histograms=hists if ok else {},
+                diverged_at=None if ok else 3,
+            )
+            study.trials.append(
+                FakeTrial(cname, k, "COMPLETE", rec.status, value, params, 1.0, rec)
+            )
+        if sp.reruns is not None:
+            best, n = int(np.argmin(sp.losses)), len(sp.reruns)
+            reruns[cname] = RerunRecord(
+                cname, best, list(range(n)), list(sp.reruns), [0.9] * n, [1.0] * n
+            )
+    return study, reruns

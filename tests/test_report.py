@@ -76,7 +76,7 @@ def test_report_on_smoke_study_via_cli(
     md = (tmp_path / "report.md").read_text()
     assert "kfaclab report: smoke" in md
     for label in ("SGD", "λ=1e-03", "λ=1e+00"):
-        assert f"| {label} |" in md
+        assert f"| {label} |" in md or f"| **{label}** |" in md  # bold: the best row
     assert "skipped (--no-reruns)" in md
     assert "[search] lr" in md and "git commit" in md
     assert not (tmp_path / "reruns.json").exists()

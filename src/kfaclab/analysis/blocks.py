@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ class Para:
 @dataclass
 class Bullets:
     items: list[str]
+    kind: str = ""  # "" | "warning": a warning list is drawn like a warning callout
 
 
 @dataclass
@@ -32,6 +34,12 @@ class Table:
     header: list[str]
     rows: list[list[str]]
     caption: str = ""
+    highlight: int | None = None  # index of the row to emphasise (the best cell)
+
+
+@dataclass
+class Toc:
+    """A table of contents of the level-2 headings that follow it."""
 
 
 @dataclass
@@ -47,27 +55,51 @@ class Code:
     text: str
 
 
-Block = Heading | Para | Bullets | Table | Image | Code
+Block = Heading | Para | Bullets | Table | Image | Code | Toc
+
+
+def anchor(text: str) -> str:
+    """GitHub's heading slug (lower case, punctuation dropped, spaces to '-'); the HTML uses the
+    same ids so one TOC works in both."""
+    kept = "".join(ch for ch in text.lower() if ch.isalnum() or ch in " -_")
+    return kept.replace(" ", "-")
+
+
+def md_escape(text: str) -> str:
+    """Text safe in Markdown: no raw HTML (a protocol name is user input). Only what starts a tag
+    or an entity is escaped, so a plain-text reader still sees "λ > 1" as written."""
+    return re.sub(r"&(?=#?\w+;)", "&amp;", text).replace("<", "&lt;")
 
 
 def to_markdown(blocks: list[Block], base: Path) -> str:
     out: list[str] = []
-    for b in blocks:
+    for i, b in enumerate(blocks):
         if isinstance(b, Heading):
-            out.append(f"{'#' * b.level} {b.text}")
+            out.append(f"{'#' * b.level} {md_escape(b.text)}")
+        elif isinstance(b, Toc):
+            heads = [h.text for h in blocks[i + 1 :] if isinstance(h, Heading) and h.level == 2]
+            out.append("\n".join(f"- [{md_escape(h)}](#{anchor(h)})" for h in heads))
         elif isinstance(b, Para):
-            out.append(f"> **{b.kind.capitalize()}:** {b.text}" if b.kind else b.text)
+            out.append(
+                f"> **{b.kind.capitalize()}:** {md_escape(b.text)}" if b.kind else md_escape(b.text)
+            )
         elif isinstance(b, Bullets):
-            out.append("\n".join(f"- {x}" for x in b.items))
+            mark = "> " if b.kind else ""
+            out.append("\n".join(f"{mark}- {md_escape(x)}" for x in b.items))
         elif isinstance(b, Table):
             rows = [b.header, ["---"] * len(b.header), *b.rows]
-            text = "\n".join(
-                "| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows
-            )
-            out.append(f"{text}\n\n*{b.caption}*" if b.caption else text)
+            lines = []
+            for k, r in enumerate(rows):
+                cells = [md_escape(c).replace("|", "\\|") for c in r]
+                if b.highlight is not None and k == b.highlight + 2:
+                    cells = [f"**{c}**" if c else c for c in cells]
+                lines.append("| " + " | ".join(cells) + " |")
+            text = "\n".join(lines)
+            out.append(f"{text}\n\n*{md_escape(b.caption)}*" if b.caption else text)
         elif isinstance(b, Image):
             png, svg = b.png.relative_to(base).as_posix(), b.svg.relative_to(base).as_posix()
-            out.append(f"![{b.title}]({png})\n\n*{b.title}* ([SVG]({svg})). {b.reading}")
+            t = md_escape(b.title)
+            out.append(f"![{t}]({png})\n\n*{t}* ([SVG]({svg})). {md_escape(b.reading)}")
         elif isinstance(b, Code):
             out.append(f"```toml\n{b.text.rstrip()}\n```")
     return "\n\n".join(out) + "\n"
@@ -84,7 +116,12 @@ figure{margin:1.2rem 0}figure img{max-width:100%;height:auto;border:1px solid #e
 figcaption{font-size:.9rem;color:#333}.warning{background:#fff4e5;border-left:4px solid #e69f00;
 padding:.4rem .8rem}.note{background:#eef6fb;border-left:4px solid #0072b2;padding:.4rem .8rem}
 pre{background:#f6f6f6;padding:.6rem;overflow-x:auto;font-size:.8rem}caption{caption-side:bottom;
-font-size:.8rem;color:#555;text-align:left}
+font-size:.8rem;color:#555;text-align:left}.scroll{overflow-x:auto;max-width:100%}
+tr.best td{background:#e8f4ea;font-weight:600}ul.warning{list-style-position:inside;margin:.5rem 0}
+ul.warning li{margin:.15rem 0}nav.toc{background:#f7f7f7;padding:.4rem 1rem;font-size:.9rem}
+nav.toc ul{margin:.2rem 0;padding-left:1.2rem}td.wrap{white-space:normal;text-align:left;
+min-width:14rem}.verdict-reproduced{color:#006d2c;font-weight:600}.verdict-not{color:#b30000;
+font-weight:600}.verdict-inconclusive{color:#8a5a00;font-weight:600}
 """
 
 
@@ -96,21 +133,21 @@ def to_html(blocks: list[Block], title: str) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{e(title)}</title><style>{_CSS}</style></head><body>",
     ]
-    for b in blocks:
+    for i, b in enumerate(blocks):
         if isinstance(b, Heading):
-            out.append(f"<h{b.level}>{e(b.text)}</h{b.level}>")
+            out.append(f'<h{b.level} id="{anchor(b.text)}">{e(b.text)}</h{b.level}>')
+        elif isinstance(b, Toc):
+            heads = [h.text for h in blocks[i + 1 :] if isinstance(h, Heading) and h.level == 2]
+            items = "".join(f'<li><a href="#{anchor(h)}">{e(h)}</a></li>' for h in heads)
+            out.append(f'<nav class="toc"><b>Contents</b><ul>{items}</ul></nav>')
         elif isinstance(b, Para):
             cls = f' class="{b.kind}"' if b.kind else ""
             out.append(f"<p{cls}>{e(b.text)}</p>")
         elif isinstance(b, Bullets):
-            out.append("<ul>" + "".join(f"<li>{e(x)}</li>" for x in b.items) + "</ul>")
+            cls = f' class="{b.kind}"' if b.kind else ""
+            out.append(f"<ul{cls}>" + "".join(f"<li>{e(x)}</li>" for x in b.items) + "</ul>")
         elif isinstance(b, Table):
-            head = "".join(f"<th>{e(h)}</th>" for h in b.header)
-            body = "".join(
-                "<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in b.rows
-            )
-            cap = f"<caption>{e(b.caption)}</caption>" if b.caption else ""
-            out.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            out.append(_html_table(b))
         elif isinstance(b, Image):
             data = base64.b64encode(b.png.read_bytes()).decode("ascii")
             out.append(
@@ -121,3 +158,34 @@ def to_html(blocks: list[Block], title: str) -> str:
             out.append(f"<pre>{e(b.text)}</pre>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
+
+
+_VERDICT_CLASSES = (
+    ("not reproduced", "not"),
+    ("reproduced", "reproduced"),
+    ("inconclusive", "inconclusive"),
+)
+
+
+def _html_table(b: Table) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in b.header)
+
+    def cell(c: str) -> str:
+        classes = ["wrap"] if len(c) > 40 else []  # long text (the claims) wraps; numbers don't
+        for verdict, name in _VERDICT_CLASSES:
+            if c.startswith(verdict):
+                classes.append(f"verdict-{name}")
+                break
+        cls = f' class="{" ".join(classes)}"' if classes else ""
+        return f"<td{cls}>{e(c)}</td>"
+
+    body = "".join(
+        ('<tr class="best">' if k == b.highlight else "<tr>") + "".join(map(cell, r)) + "</tr>"
+        for k, r in enumerate(b.rows)
+    )
+    cap = f"<caption>{e(b.caption)}</caption>" if b.caption else ""
+    return (
+        f'<div class="scroll"><table>{cap}<thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div>"
+    )

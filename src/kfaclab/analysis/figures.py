@@ -27,33 +27,51 @@ from kfaclab.analysis.summaries import StudySummary
 
 
 def learning_curves(summary: StudySummary, out_dir: Path) -> DrawnFigure | None:
-    """Paper figure (a): mean minibatch loss of the top-k trials, one line per λ and SGD."""
+    """Paper figure (a) as small multiples: one panel per cell (its mean minibatch loss and 95%
+    band), every panel on the same log axes with the best fixed λ's mean in grey for reference,
+    so nine cells stay readable where one panel of nine overlapping bands was not."""
     cells = [c for c in summary.cells if c.curve is not None and c.strategy is None]
     if not cells:
         return None
     style = cell_style(summary)
-    fig = new_figure(6.4, 3.6)
-    ax = fig.add_subplot()
+    ref = summary.best_fixed
+    ncols = min(3, len(cells))
+    nrows = math.ceil(len(cells) / ncols)
+    fig = new_figure(2.6 * ncols + 0.4, 2.0 * nrows + 0.5)
+    axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
     lowest, highest = math.inf, 0.0
-    for c in cells:
+    for k, c in enumerate(cells):
         assert c.curve is not None
+        ax: Axes = axes[k // ncols][k % ncols]
         x, y = np.asarray(c.curve.steps), np.asarray(c.curve.mean)
         st = style(c)
-        ax.plot(x, y, label=f"{c.label} (n={c.curve.n})", **st)  # type: ignore[arg-type]
+        if ref is not None and ref.curve is not None and ref is not c:
+            ax.plot(ref.curve.steps, ref.curve.mean, color="0.55", lw=1.0, ls=":")
+        ax.plot(x, y, color=st["color"], lw=1.3)
         if c.curve.n > 1:
             lo = np.clip(np.asarray(c.curve.lo), 1e-12, None)  # log axis: keep the band positive
-            ax.fill_between(x, lo, np.asarray(c.curve.hi), color=st["color"], alpha=0.15, lw=0)
+            ax.fill_between(x, lo, np.asarray(c.curve.hi), color=st["color"], alpha=0.25, lw=0)
+        ax.set_title(f"{c.label} (n={c.curve.n})", fontsize=9)
         finite = y[np.isfinite(y) & (y > 0)]
         if finite.size:
             lowest, highest = min(lowest, finite.min()), max(highest, finite.max())
+    for k in range(len(cells), nrows * ncols):
+        axes[k // ncols][k % ncols].set_visible(False)
     if math.isfinite(lowest):
         # limits from the means: a band whose lower edge crosses zero must not stretch the axis
-        ax.set_ylim(lowest / 1.5, highest * 1.5)
-    log_axis(ax)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("training loss (minibatch, cross-entropy)")
-    ax.set_title("Mean learning curve of the top-k trials (band: 95% t-interval of the mean)")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        axes[0][0].set_ylim(lowest / 1.3, highest * 1.3)
+    for row in axes:
+        for ax in row:
+            log_axis(ax)
+    for ax in axes[-1]:
+        ax.set_xlabel("iteration")
+    for row in axes:
+        row[0].set_ylabel("minibatch loss")
+    fig.suptitle(
+        "Mean learning curve of the top-k trials per cell (band: 95% t-interval of the mean; "
+        "dotted grey: the best fixed λ)",
+        fontsize=9,
+    )
     return finish(fig, out_dir, "learning_curves", "Learning curves (paper figure a)")
 
 

@@ -151,3 +151,49 @@ def _ordered_layers(names: set[str]) -> list[str]:
         return [(0, int(p)) if p.isdigit() else (1, p) for p in name.replace(".", " ").split()]
 
     return sorted(names, key=key)
+
+
+# per_trial[label][step][layer] -> the median log10 (∂L/∂θ)² of each top-k trial, in trial order
+TrialMedians = dict[str, dict[int, dict[str, list[float]]]]
+
+
+def per_trial_medians(
+    chosen: Sequence[CellSummary], trials_by_cell: Mapping[str, Sequence[TrialLike]]
+) -> TrialMedians:
+    """Each top-k trial's median log10 (∂L/∂θ)² per step and layer: the unit a bootstrap over
+    trials resamples (the summed histograms above pool them and hide how much trials differ)."""
+    out: TrialMedians = {}
+    for cell in chosen:
+        top = set(cell.top_numbers)
+        acc: dict[int, dict[str, list[float]]] = {}
+        for t in sorted(trials_by_cell.get(cell.name, []), key=lambda t: t.number):
+            if t.number not in top or t.record is None or not t.record.histograms:
+                continue
+            edges = t.record.config.histogram_bins.edges()
+            for step_key, per_layer in t.record.histograms.items():
+                for layer, counts in per_layer.items():
+                    m = interpolated_median(np.asarray(counts, dtype=float), edges)
+                    if math.isfinite(m):
+                        acc.setdefault(int(step_key), {}).setdefault(layer, []).append(m)
+        if acc:
+            out[cell.label] = acc
+    return out
+
+
+def interpolated_median(counts: np.ndarray, edges: Sequence[float]) -> float:
+    """Median log10 g² of the parameters whose g² is in range or above it, interpolated linearly
+    within its bin (bin centres alone would quantise it to the bin width, and two λ differing by a
+    fraction of a bin would tie). The underflow count (exact zeros: dead ReLU units) is left out:
+    the paper's log-scale histograms cannot show a zero either. nan if nothing is left."""
+    body = counts[1:]  # bins, then the overflow count (placed at the top edge)
+    total = body.sum()
+    if total <= 0:
+        return math.nan
+    cdf = np.cumsum(body) / total
+    i = int(np.searchsorted(cdf, 0.5))
+    if i >= len(edges) - 1:
+        return float(edges[-1])
+    below = cdf[i - 1] if i > 0 else 0.0
+    share = cdf[i] - below
+    frac = (0.5 - below) / share if share > 0 else 0.5
+    return float(edges[i] + frac * (edges[i + 1] - edges[i]))

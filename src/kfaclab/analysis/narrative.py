@@ -6,15 +6,15 @@ from __future__ import annotations
 import math
 
 from kfaclab.analysis.cells import CellSummary
+from kfaclab.analysis.numbers import num
 from kfaclab.analysis.summaries import StudySummary
 
 
 def fmt(x: float, digits: int = 3) -> str:
-    if math.isnan(x):
-        return "–"
-    if math.isinf(x):
-        return "∞"
-    return f"{x:.{digits}g}"
+    """Every number of a reading in the report's one format (numbers.num: three significant
+    digits); ``digits`` is kept for callers but no longer changes the format."""
+    del digits
+    return num(x)
 
 
 def loss_pm(c: CellSummary) -> str:
@@ -125,10 +125,14 @@ def curvature(s: StudySummary) -> str:
         vals = [_nanmedian(cs.values[metric][k][last]) for k in range(len(cs.lambdas))]
         if all(math.isnan(v) for v in vals):
             continue
-        parts.append(
-            f"{name} is {fmt(vals[0])} at {cs.labels[0]} and {fmt(vals[-1])} at {cs.labels[-1]}."
-        )
+        sentence = f"{name} is {fmt(vals[0])} at {cs.labels[0]} and {fmt(vals[-1])} at "
+        parts.append(_capital(sentence + f"{cs.labels[-1]}."))
     return " ".join(parts) if len(parts) > 1 else "No curvature metric was recorded."
+
+
+def _capital(text: str) -> str:
+    """A sentence starts with a capital, whatever the phrase it was built from."""
+    return text[:1].upper() + text[1:]
 
 
 def _nanmedian(xs: list[float]) -> float:
@@ -172,11 +176,9 @@ def budget(s: StudySummary) -> str:
         # The median of a random half's best is the overall best itself (half of all halves hold
         # it), so the mean and the 90th percentile are what say how much the second half added.
         parts.append(
-            f"{b.label}: best found at trial {reached} of {n}; the best of the first {half} "
-            f"trials was {_percent_above(b.running_best[half - 1], final)} higher; a random "
-            f"{half} of the trials give a best {_percent_above(b.subsampled.mean[half - 1], final)}"
-            f" higher on average ({_percent_above(b.subsampled.q90[half - 1], final)} at the "
-            "90th percentile)."
+            f"{b.label}: best found at trial {reached} of {n}; "
+            + _first_half(b.running_best[half - 1], final, half)
+            + _random_half(b.subsampled.mean[half - 1], b.subsampled.q90[half - 1], final, half)
         )
     if not parts:
         return "Too few finished trials to judge the budget."
@@ -186,9 +188,32 @@ def budget(s: StudySummary) -> str:
     )
 
 
+def _first_half(first: float, final: float, half: int) -> str:
+    if not math.isfinite(first):
+        return f"every one of the first {half} trials diverged; "
+    return f"the best of the first {half} trials was {_percent_above(first, final)} higher; "
+
+
+def _random_half(mean: float, q90: float, final: float, half: int) -> str:
+    """The random-half sentence. Where some random halves hold only diverged trials their best
+    is infinite, so the mean is too: say that instead of "infinitely higher"."""
+    if not math.isfinite(mean):
+        tail = (
+            f"the 90th percentile is {_percent_above(q90, final)} higher"
+            if math.isfinite(q90)
+            else "more than 10% of them hold no surviving trial"
+        )
+        return (
+            f"some random sets of {half} trials hold only diverged trials, so their mean best "
+            f"is undefined; {tail}."
+        )
+    return (
+        f"a random {half} of the trials give a best {_percent_above(mean, final)} higher on "
+        f"average ({_percent_above(q90, final)} at the 90th percentile)."
+    )
+
+
 def _percent_above(value: float, reference: float) -> str:
-    if not math.isfinite(value):
-        return "infinitely"  # every trial of such a subset diverged
     percent = 100 * (value - reference) / reference
     return f"{percent:.0f}%" if percent >= 10 else f"{percent:.2g}%"
 

@@ -22,12 +22,16 @@ from kfaclab.analysis.blocks import (
     Image,
     Para,
     Table,
+    Toc,
     to_html,
     to_markdown,
 )
 from kfaclab.analysis.cells import CellSummary
+from kfaclab.analysis.claims import ClaimSet, evaluate
+from kfaclab.analysis.claims_io import save_claims
 from kfaclab.analysis.figures import draw_all
-from kfaclab.analysis.narrative import fmt
+from kfaclab.analysis.headline import headline_blocks
+from kfaclab.analysis.numbers import column, num, percent
 from kfaclab.analysis.reruns import Runner, ensure_reruns, rerun_seeds
 from kfaclab.analysis.style import DrawnFigure
 from kfaclab.analysis.summaries import StudySummary, summarize, trials_by_cell
@@ -56,6 +60,7 @@ class Report:
     markdown: Path
     figures: list[DrawnFigure]
     summary: StudySummary
+    claims: ClaimSet
 
 
 def build_report(
@@ -83,12 +88,14 @@ def build_report(
         )
     summary = summarize(study, records) if records else first
     figures = draw_all(summary, out_dir / "figures")
-    blocks = _blocks(summary, figures, study, storage, reruns)
+    claims = evaluate(summary)
+    save_claims(claims, out_dir / "claims.json")
+    blocks = _blocks(summary, claims, figures, study, storage, reruns)
     title = f"kfaclab report: {_name(summary.protocol)}"
     md, page = out_dir / "report.md", out_dir / "report.html"
-    md.write_text(to_markdown([Heading(title, 1), *blocks], out_dir), encoding="utf-8")
-    page.write_text(to_html([Heading(title, 1), *blocks], title), encoding="utf-8")
-    return Report(page, md, figures, summary)
+    md.write_text(to_markdown([Heading(title, 1), Toc(), *blocks], out_dir), encoding="utf-8")
+    page.write_text(to_html([Heading(title, 1), Toc(), *blocks], title), encoding="utf-8")
+    return Report(page, md, figures, summary, claims)
 
 
 def _name(protocol: Mapping[str, Any]) -> str:
@@ -97,7 +104,12 @@ def _name(protocol: Mapping[str, Any]) -> str:
 
 
 def _blocks(
-    s: StudySummary, figures: list[DrawnFigure], study: StudySetLike, storage: str, reruns: bool
+    s: StudySummary,
+    claims: ClaimSet,
+    figures: list[DrawnFigure],
+    study: StudySetLike,
+    storage: str,
+    reruns: bool,
 ) -> list[Block]:
     b: list[Block] = []
     if not s.complete:
@@ -109,10 +121,12 @@ def _blocks(
                 "warning",
             )
         )
+    binding = [x.sentence() for found in s.bindings.values() for x in found]
+    b += headline_blocks(claims, binding)
     b += [Heading("Results"), _overview(s)]
     warnings = s.notes + [w.sentence() for w in s.edge_warnings]
     if warnings:
-        b += [Heading("Warnings", 3), Bullets(warnings)]
+        b += [Heading("Warnings", 3), Bullets(warnings, "warning")]
     by_key = {f.key: f for f in figures}
     b.append(Heading("Figures"))
     for f in figures:
@@ -136,27 +150,38 @@ def _blocks(
 
 
 def _overview(s: StudySummary) -> Table:
+    cells = s.cells
+    best = [c.best.params if c.best else {} for c in cells]
+    # one notation per quantity: means and interval bounds share one, sds have their own
+    mean = column([c.final_loss.mean for c in cells])
+    sd = column([c.final_loss.sd for c in cells])
+    ci = column([c.final_loss.lo for c in cells] + [c.final_loss.hi for c in cells])
+    n = len(cells)
+    cols = {
+        "acc": column([100 * c.test_accuracy.mean for c in cells]),
+        "best": column([c.best.value if c.best else math.nan for c in cells]),
+        "sec": column([c.seconds.mean for c in cells]),
+        **{p: column([float(b.get(p, math.nan)) for b in best]) for p in HYPERS},
+    }
     rows = []
-    for c in s.cells:
-        f, best = c.final_loss, c.best
-        p = best.params if best else {}
+    for i, c in enumerate(cells):
+        f = c.final_loss
         rows.append(
             [
                 c.label,
                 f"{c.n_complete}/{c.n_target}"
                 + (f" (+{c.n_running} running)" if c.n_running else ""),
-                f"{c.divergence_rate:.0%}" if not math.isnan(c.divergence_rate) else "–",
+                percent(c.divergence_rate),
                 str(f.n),
-                f"{fmt(f.mean)} ± {fmt(f.sd)}" if f.n else "all diverged" if c.n_complete else "–",
-                f"[{fmt(f.lo)}, {fmt(f.hi)}]" if f.n > 1 else "–",
-                fmt(100 * c.test_accuracy.mean, 4),
-                fmt(best.value) if best else "–",
-                fmt(p.get("lr", math.nan)),
-                fmt(p.get("momentum", math.nan)),
-                fmt(p.get("lr_decay", math.nan)),
-                fmt(c.seconds.mean, 2),
+                f"{mean[i]} ± {sd[i]}" if f.n else "all diverged" if c.n_complete else "–",
+                f"[{ci[i]}, {ci[n + i]}]" if f.n > 1 else "–",
+                cols["acc"][i],
+                cols["best"][i],
+                *(cols[p][i] for p in HYPERS),
+                cols["sec"][i],
             ]
         )
+    top = s.best_fixed
     return Table(
         [
             "cell",
@@ -175,8 +200,13 @@ def _overview(s: StudySummary) -> Table:
         rows,
         "Final loss: full-training-set cross-entropy after the last step, over the top-k trials "
         "by that loss (diverged trials excluded and counted under 'diverged'). 95% CI: "
-        "Student-t interval of the top-k mean. Test accuracy: top-k mean.",
+        "Student-t interval of the top-k mean. Test accuracy: top-k mean. Highlighted: the "
+        "best fixed λ.",
+        highlight=cells.index(top) if top is not None else None,
     )
+
+
+HYPERS = ("lr", "momentum", "lr_decay")
 
 
 def _adaptive_table(s: StudySummary) -> Table:
@@ -185,11 +215,11 @@ def _adaptive_table(s: StudySummary) -> Table:
         [
             r.label,
             r.kind,
-            f"{fmt(r.final_loss.mean)}",
-            f"[{fmt(r.final_loss.lo)}, {fmt(r.final_loss.hi)}]",
-            fmt(r.seconds_per_trial.mean, 2),
+            num(r.final_loss.mean),
+            f"[{num(r.final_loss.lo)}, {num(r.final_loss.hi)}]",
+            num(r.seconds_per_trial.mean),
             str(r.trials_total),
-            fmt(r.seconds_total / 60, 3),
+            num(r.seconds_total / 60),
             str(r.trials_to_reach or "–"),
             r.note,
         ]
@@ -219,21 +249,19 @@ def _cell_blocks(c: CellSummary, study: StudySetLike) -> list[Block]:
     for note in c.notes:
         out.append(Para(note, "warning"))
     top = set(c.top_numbers[:10])
-    rows = []
-    for t in sorted(
+    shown_trials = sorted(
         (t for t in study.trials if t.cell == c.name and t.number in top),
         key=lambda t: c.top_numbers.index(t.number),
-    ):
-        acc = t.record.final_test_accuracy if t.record is not None else math.nan
-        rows.append(
-            [
-                str(t.number),
-                fmt(t.value if t.value is not None else math.nan, 4),
-                fmt(100 * acc, 4),
-                *(fmt(float(t.params.get(k, math.nan))) for k in ("lr", "momentum", "lr_decay")),
-                fmt(t.seconds if t.seconds is not None else math.nan, 3),
-            ]
-        )
+    )
+    cols = [
+        column([t.value if t.value is not None else math.nan for t in shown_trials]),
+        column(
+            [100 * t.record.final_test_accuracy if t.record else math.nan for t in shown_trials]
+        ),
+        *(column([float(t.params.get(k, math.nan)) for t in shown_trials]) for k in HYPERS),
+        column([t.seconds if t.seconds is not None else math.nan for t in shown_trials]),
+    ]
+    rows = [[str(t.number), *(col[i] for col in cols)] for i, t in enumerate(shown_trials)]
     if rows:
         shown = "" if len(c.top_numbers) <= 10 else f" (first 10 of the top {len(c.top_numbers)})"
         out.append(
@@ -241,6 +269,7 @@ def _cell_blocks(c: CellSummary, study: StudySetLike) -> list[Block]:
                 ["trial", "final loss", "test acc. %", "lr", "momentum", "lr decay", "seconds"],
                 rows,
                 f"Best trials of {c.label}{shown}.",
+                highlight=0,
             )
         )
     elif not c.notes:

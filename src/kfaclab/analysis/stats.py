@@ -145,3 +145,49 @@ def running_min(values: list[float]) -> list[float]:
     return (
         [float(x) for x in np.minimum.accumulate(np.asarray(values, dtype=float))] if values else []
     )
+
+
+@dataclass(frozen=True)
+class Difference:
+    """a − b with its 95% interval (nan bounds when either side has fewer than two values)."""
+
+    diff: float
+    lo: float
+    hi: float
+
+
+def welch(a: MeanCI, b: MeanCI, level: float = 0.95) -> Difference:
+    """Welch's interval for the difference of two means from their summaries (n, mean, sd): no
+    equal-variance assumption, since a cell's top-k spread depends on λ."""
+    diff = a.mean - b.mean
+    if a.n < 2 or b.n < 2 or not (math.isfinite(a.sd) and math.isfinite(b.sd)):
+        return Difference(diff, math.nan, math.nan)
+    va, vb = a.sd**2 / a.n, b.sd**2 / b.n
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return Difference(diff, diff, diff)
+    df = (va + vb) ** 2 / (va**2 / (a.n - 1) + vb**2 / (b.n - 1))
+    half = t_quantile(0.5 + level / 2, max(1, int(df))) * se  # floor: the conservative side
+    return Difference(diff, diff - half, diff + half)
+
+
+def bootstrap_median_diff(
+    a: np.ndarray, b: np.ndarray, rng: np.random.Generator, n_boot: int, level: float = 0.95
+) -> Difference:
+    """median(a) − median(b), percentile bootstrap over both samples independently."""
+    ia = rng.integers(0, a.size, (n_boot, a.size))
+    ib = rng.integers(0, b.size, (n_boot, b.size))
+    d = np.median(a[ia], axis=1) - np.median(b[ib], axis=1)
+    q = (1 - level) / 2
+    lo, hi = np.quantile(d, [q, 1 - q])
+    return Difference(float(np.median(a) - np.median(b)), float(lo), float(hi))
+
+
+def bootstrap_median(
+    a: np.ndarray, rng: np.random.Generator, n_boot: int, level: float = 0.95
+) -> tuple[float, float, float]:
+    """median, and its percentile-bootstrap interval."""
+    m = np.median(a[rng.integers(0, a.size, (n_boot, a.size))], axis=1)
+    q = (1 - level) / 2
+    lo, hi = np.quantile(m, [q, 1 - q])
+    return float(np.median(a)), float(lo), float(hi)

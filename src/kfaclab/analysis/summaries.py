@@ -12,13 +12,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kfaclab.analysis.adaptive import AdaptiveSection, adaptive_section
+from kfaclab.analysis.binding import Binding, bindings
 from kfaclab.analysis.cells import CellSummary, summarize_cell
 from kfaclab.analysis.curvature import CurvatureSummary, curvature_summary
 from kfaclab.analysis.gradients import (
     DEFAULT_HISTOGRAM_LAMBDAS,
     GradientHistograms,
+    TrialMedians,
     choose_cells,
     gradient_histograms,
+    per_trial_medians,
 )
 from kfaclab.analysis.reruns import RerunRecord, RerunSummary, rerun_summaries
 from kfaclab.analysis.search import (
@@ -48,6 +51,10 @@ class StudySummary:
     reruns: list[RerunSummary]
     adaptive: AdaptiveSection | None
     notes: list[str] = field(default_factory=list)
+    # cell label -> the search ranges that bind its optimum (binding.py); absent: none binds
+    bindings: dict[str, list[Binding]] = field(default_factory=dict)
+    # the histogram cells' per-trial medians of log10 (∂L/∂θ)², for the claims' bootstrap
+    trial_medians: TrialMedians = field(default_factory=dict)
 
     @property
     def fixed(self) -> list[CellSummary]:
@@ -97,17 +104,20 @@ def summarize(study: StudySetLike, reruns: Mapping[str, RerunRecord] | None = No
         if spreads:
             hyper[c.label] = spreads
     notes = [f"{c.label}: {n}" for c in cells for n in c.notes]
+    ranges = search_ranges(protocol)
     return StudySummary(
         protocol=protocol,
         cells=cells,
         histograms=hists,
         curvature=curvature_summary(cells, by_cell),
         hyperparams=hyper,
-        edge_warnings=edge_warnings(cells, by_cell, search_ranges(protocol)),
+        edge_warnings=edge_warnings(cells, by_cell, ranges),
         budgets=[b for c in cells if (b := budget_curve(c)) is not None],
         reruns=rerun_summaries(cells, reruns or {}),
         adaptive=adaptive_section(cells, by_cell, _fixed_grid_cells(protocol)),
         notes=notes,
+        bindings=bindings(cells, by_cell, ranges),
+        trial_medians=per_trial_medians(chosen, by_cell),
     )
 
 

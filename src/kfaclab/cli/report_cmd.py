@@ -12,10 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kfaclab.cli.targets import add_stored_sweep_arguments, stored_sweep
 from kfaclab.errors import UsageError
+
+if TYPE_CHECKING:
+    from kfaclab.analysis.report import Report
 
 PRESETS = ("quick", "paper", "paper-linear", "paper-b2", "adaptive", "adaptive-quick")
 
@@ -65,10 +68,11 @@ def run_report(args: argparse.Namespace) -> int:
         Path(args.out) if args.out else (spec.folder if spec.folder is not None else Path("report"))
     )
     study = read_study_set(spec, protocol=args.protocol)
-    return _write(study, out, spec.describe(), not args.no_reruns)
+    _write(study, out, spec.describe(), not args.no_reruns)
+    return 0
 
 
-def _write(study: Any, out: Path, storage: str, reruns: bool) -> int:
+def _write(study: Any, out: Path, storage: str, reruns: bool) -> Report:
     from kfaclab.analysis.report import build_report
 
     def log(msg: str) -> None:
@@ -76,7 +80,7 @@ def _write(study: Any, out: Path, storage: str, reruns: bool) -> int:
 
     report = build_report(study, out, storage=storage, reruns=reruns, log=log)
     sys.stdout.write(f"wrote {report.html} and {report.markdown} ({len(report.figures)} figures)\n")
-    return 0
+    return report
 
 
 def preset_path(name: str) -> Path:
@@ -109,5 +113,8 @@ def run_reproduce(args: argparse.Namespace) -> int:
     rc = run_sweep(protocol, spec, workers=args.workers)
     # A sweep interrupted or with failed trials still gets a report that says what is missing.
     study = read_study_set(spec, protocol=protocol.name)
-    _write(study, out, spec.describe(), not args.no_reruns)
+    report = _write(study, out, spec.describe(), not args.no_reruns)
+    from kfaclab.analysis.headline import headline_text
+
+    sys.stdout.write("\n" + headline_text(report.claims))  # the answer, last on the terminal
     return rc

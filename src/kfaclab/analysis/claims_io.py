@@ -1,0 +1,44 @@
+"""claims.json: a report's claims as data beside report.md, read back by ``kfaclab claims`` and
+the FINDINGS.md generator (so a folder under docs/results needs no study storage to be tabulated).
+Non-finite numbers are written as the strings "nan" / "inf" / "-inf": strict JSON has no literal
+for them."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from kfaclab.analysis.claims import ClaimSet, Headline
+from kfaclab.analysis.claims_types import Claim
+
+_SPECIAL = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def _strict(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return repr(x)
+    if isinstance(x, dict):
+        return {str(k): _strict(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_strict(v) for v in x]
+    return x
+
+
+def _number(x: Any) -> float:
+    return _SPECIAL[x] if isinstance(x, str) else float(x)
+
+
+def save_claims(cs: ClaimSet, path: Path) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(_strict(cs.to_dict()), indent=1, allow_nan=False), encoding="utf-8")
+    tmp.replace(path)  # atomic: a reader never sees half a file
+
+
+def load_claims(path: Path) -> ClaimSet:
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    h = dict(raw["headline"])
+    for k in ("best_mean", "best_lo", "best_hi", "sgd_mean", "sgd_lo", "sgd_hi"):
+        h[k] = _number(h[k])
+    return ClaimSet(raw["protocol"], Headline(**h), [Claim(**c) for c in raw["claims"]])

@@ -1,0 +1,90 @@
+"""The presets of every reading: what they assume is what their files say, the screening files
+differ from their full readings only in budget, and the lr ranges leave the optima the first
+full run measured inside the non-binding interior."""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kfaclab.analysis.binding import LOG_OUTER
+from kfaclab.errors import UsageError
+from kfaclab.study.protocol import load_protocol
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+READINGS = ("paper", "paper-linear", "paper-b2", "paper-popular", "paper-popular-noclip")
+NEW_KEYS = ("factor_init", "factor_every", "eigen_floor")  # protocol keys of the cli branch
+
+# Measured in the first full run (docs/results/paper, lr ≤ 1): SGD's best lr, and λ = 1e-5's.
+SGD_BEST_LR = 0.315
+SMALLEST_LAMBDA_BEST_LR = 3.11e-5
+TOP_K_SPREAD_DECADES = 0.5  # the top-100's lr spread around the best, in that run (λ = 1e-3)
+
+
+def raw(name: str) -> dict[str, Any]:
+    return tomllib.loads((CONFIGS / f"{name}.toml").read_text())
+
+
+def load(name: str) -> Any:
+    try:
+        return load_protocol(CONFIGS / f"{name}.toml")
+    except UsageError as exc:
+        if any(k in str(exc) for k in NEW_KEYS):
+            pytest.skip(f"{name}: the protocol does not know the new keys yet ({exc})")
+        raise
+
+
+@pytest.mark.parametrize("reading", READINGS)
+def test_screening_file_is_its_reading_with_a_smaller_budget(reading: str) -> None:
+    full, quick = raw(reading), raw(f"readings-quick-{reading}")
+    assert quick["protocol"]["name"] == f"readings-quick-{reading}"
+    assert (quick["search"]["n_trials"], quick["search"]["top_k"]) == (40, 10)
+    for d in (full, quick):
+        del d["protocol"], d["search"]["n_trials"], d["search"]["top_k"]
+    assert quick == full
+    assert "steps" not in quick["training"] and quick["training"]["epochs"] == 1  # a full epoch
+
+
+@pytest.mark.parametrize("reading", READINGS)
+def test_every_reading_loads(reading: str) -> None:
+    p = load(reading)
+    assert p.name == reading and p.search.n_trials == 300
+
+
+def test_popular_presets_are_the_popular_implementation_defaults() -> None:
+    pop, noclip = raw("paper-popular")["training"], raw("paper-popular-noclip")["training"]
+    expected = {
+        "factor_init": "identity",
+        "factor_decay": 0.95,
+        "factor_every": 10,
+        "inverse_every": 100,
+        "eigen_floor": 1e-10,
+        "damping_form": "exact",
+        "fisher": "mc",
+    }
+    assert {k: pop[k] for k in expected} == expected
+    assert pop["kl_clip"] == 1e-3 and "kl_clip" not in noclip
+    assert {k: v for k, v in pop.items() if k != "kl_clip"} == noclip
+    assert raw("paper-popular")["cells"]["lambda_convention"] == "ours"
+
+
+@pytest.mark.parametrize("reading", ("paper", "paper-linear", "paper-b2"))
+def test_lr_range_leaves_the_expected_optima_inside(reading: str) -> None:
+    """λ ≫ F's eigenvalues makes K-FAC SGD with lr/λ, so the largest λ's best lr is ~λ × SGD's;
+    the smallest λ needs the smallest lr measured. Both, with the top-k's spread, must lie
+    outside the outer 5% that binding.py calls binding."""
+    p = raw(reading)
+    r = p["search"]["lr"]
+    b = p["training"]["batch_size"]
+    scale = b * b if p["cells"]["lambda_convention"] == "b2_scaled" else 1.0
+    lams = sorted(x * scale for x in p["cells"]["lambdas"])
+    span = math.log10(r["high"]) - math.log10(r["low"])
+    top = math.log10(SGD_BEST_LR * lams[-1]) + TOP_K_SPREAD_DECADES
+    assert (top - math.log10(r["low"])) / span < 1 - LOG_OUTER
+    smallest = SMALLEST_LAMBDA_BEST_LR if scale == 1 else SGD_BEST_LR * 1e-2  # λ_ours ≥ 0.16
+    bottom = math.log10(smallest) - TOP_K_SPREAD_DECADES
+    assert (bottom - math.log10(r["low"])) / span > LOG_OUTER
