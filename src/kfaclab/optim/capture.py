@@ -56,6 +56,9 @@ class LayerCapture:
     # (N, out) ∂L/∂s of the training loss when it differs from ``output_grads`` (the MC Fisher's
     # sampled gradients) and the gradient block is taken from the batch; None: output_grads.
     loss_grads: torch.Tensor | None = None
+    # (N, in + 1) = [inputs | 1], when the backend has it already (the fused MLP keeps its
+    # activations with the bias's column of ones): used instead of concatenating one.
+    inputs_with_ones: torch.Tensor | None = None
     # hook bookkeeping: the latest forward's inputs, and the completed (inputs, grads) pairs
     forwards: int = 0
     latest: torch.Tensor | None = None
@@ -64,6 +67,7 @@ class LayerCapture:
 
     def clear(self) -> None:
         self.inputs = self.output_grads = self.outputs = self.loss_grads = None
+        self.inputs_with_ones = None
         self.grad_scale = None
         self.latest = None
         self.sampled = False

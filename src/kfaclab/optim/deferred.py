@@ -93,7 +93,7 @@ class DeferredLayers:
             self._inactive[layer.name] = known
         _, columns, has_bias_column = known
         inputs, output_grads = batch.inputs, batch.output_grads
-        if layer.module.weight.grad is None and not has_bias_column:
+        if layer.weight.grad is None and not has_bias_column:
             assert inputs is not None and output_grads is not None
             grads = batch_weight_grad(output_grads, inputs.index_select(1, columns))
         else:
@@ -103,7 +103,7 @@ class DeferredLayers:
     def skip_weight_grad(self, layer: LayerState) -> None:
         """Stop backward from computing this deferred layer's weight gradient (see KFAC's
         ``skip_weight_grads``): its steps need only the captured batch."""
-        weight, bias = layer.module.weight, layer.module.bias
+        weight, bias = layer.weight, layer.bias
         # Without a trainable bias the output would no longer require grad: nothing captured.
         if layer.name in self.skipped or bias is None or not bias.requires_grad:
             return
@@ -115,11 +115,11 @@ class DeferredLayers:
         for name, layer in self.skipped.items():
             batch = batches[name]
             if batch.inputs is not None and batch.output_grads is not None:
-                layer.module.weight.grad = batch_weight_grad(batch.output_grads, batch.inputs)
+                layer.weight.grad = batch_weight_grad(batch.output_grads, batch.inputs)
 
     def unskip_all(self) -> None:
         for layer in self.skipped.values():
-            layer.module.weight.requires_grad_(True)
+            layer.weight.requires_grad_(True)
         self.skipped.clear()
 
     def apply(
@@ -156,9 +156,9 @@ class DeferredLayers:
             buffer = _dense(inactive, layer)
         pending.weight.add_(pending.velocity, alpha=lr)
         weight_part, bias_part = layer.split_block(buffer)
-        layer.module.weight.add_(weight_part, alpha=-lr)
-        if bias_part is not None and layer.module.bias is not None:
-            layer.module.bias.add_(bias_part, alpha=-lr)
+        layer.weight.add_(weight_part, alpha=-lr)
+        if bias_part is not None and layer.bias is not None:
+            layer.bias.add_(bias_part, alpha=-lr)
 
     def materialize(self, layer: LayerState, state: dict[str, Any]) -> None:
         """Fold the pending rotation into the weights (W = W' − Q_G C Q_Aᵀ) and the momentum
@@ -194,7 +194,7 @@ class DeferredLayers:
 
 def _dense(inactive: InactivePart, layer: LayerState) -> torch.Tensor:
     """The inactive part as a full (out, in[+1]) block, zero on the active columns."""
-    weight = layer.module.weight
+    weight = layer.weight
     n_cols = weight.shape[1] + (1 if layer.has_bias else 0)
     dense = weight.new_zeros(weight.shape[0], n_cols)
     return dense.index_copy_(1, inactive.columns, inactive.values)

@@ -19,6 +19,7 @@ from kfaclab.curvature.factored import FactoredInverse
 from kfaclab.optim.capture import LayerCapture
 from kfaclab.optim.deferred import DeferredLayers, InactivePart, batch_weight_grad
 from kfaclab.optim.engine_factors import FactorSide
+from kfaclab.optim.factors import stack_views
 from kfaclab.optim.layer_state import LayerState
 
 Deferred = tuple[torch.Tensor, InactivePart]  # a deferred layer's step: (rotated M, inactive d)
@@ -47,16 +48,31 @@ class DirectionSide:
 
     def gradient_block(self, layer: LayerState, batch: LayerCapture) -> torch.Tensor | None:
         """[∇W | ∇b], from the captured batch when no ``.grad`` holds it."""
-        weight_grad = layer.module.weight.grad
+        weight_grad = layer.weight.grad
         if weight_grad is None and (self.grads_from_batches or layer.name in self.deferred.skipped):
-            rows = batch.loss_grads if batch.loss_grads is not None else batch.output_grads
-            if batch.inputs is None or rows is None:
+            rows, inputs = _batch_rows(layer, batch)
+            if inputs is None or rows is None:
                 return None
-            if not layer.has_bias:
-                return batch_weight_grad(rows, batch.inputs)
-            with_ones = torch.cat([batch.inputs, batch.inputs.new_ones(len(batch.inputs), 1)], 1)
-            return batch_weight_grad(rows, with_ones)
+            return batch_weight_grad(rows, inputs)
         return layer.gradient_block()
+
+    def _stacked_batch_blocks(self, batches: list[LayerCapture]) -> dict[int, torch.Tensor]:
+        """A backend without ``.grad`` (``grads_from_batches``): the gradient blocks Oᵀ[X | 1] of
+        each stack of equally shaped layers as one batched product, without copies when the
+        backend keeps those layers' rows in one block (the fused MLP)."""
+        blocks: dict[int, torch.Tensor] = {}
+        for members, _ in self.factors.stacks:
+            pairs = [_batch_rows(self.layers[i], batches[i]) for i in members]
+            rows = [r for r, _ in pairs]
+            inputs = [x for _, x in pairs]
+            if any(r is None for r in rows) or any(x is None for x in inputs):
+                continue
+            stacked = torch.bmm(
+                stack_views(rows).transpose(1, 2),  # type: ignore[arg-type]
+                stack_views(inputs),  # type: ignore[arg-type]
+            )
+            blocks.update(zip(members, stacked.unbind(0), strict=True))
+        return blocks
 
     def directions(
         self,
@@ -73,6 +89,7 @@ class DirectionSide:
         directions: list[torch.Tensor] = []
         deferred: dict[int, Deferred] = {}
         stacked = {i for members, _ in self.factors.stacks for i in members}
+        known = self._stacked_batch_blocks(batches) if self.grads_from_batches else {}
         empty = torch.zeros(0)
         for i, (layer, batch, lam) in enumerate(zip(self.layers, batches, lambdas, strict=True)):
             layer.damping = lam
@@ -83,7 +100,9 @@ class DirectionSide:
                     grads.append(empty)  # read only by KL clipping and model reduction
                     directions.append(empty)
                     continue
-            block = self.gradient_block(layer, batch)
+            block = known.get(i)
+            if block is None:
+                block = self.gradient_block(layer, batch)
             if block is None:
                 grads.append(empty)
                 directions.append(empty)
@@ -92,7 +111,7 @@ class DirectionSide:
                 block = block + weight_decay * layer.parameter_block()
             grads.append(block)
             if layer.name in self.deferred.pending:  # not deferred this step: standard form
-                self.deferred.materialize(layer, self.param_state[layer.module.weight])
+                self.deferred.materialize(layer, self.param_state[layer.weight])
             if i in stacked:
                 directions.append(block)  # replaced by the stacked product below
                 continue
@@ -104,7 +123,7 @@ class DirectionSide:
                     if grads[i].numel():
                         directions[i] = self.precondition(self.layers[i], grads[i], lambdas[i])
                 continue
-            result = stack.precondition(torch.stack(blocks), [lambdas[i] for i in members])
+            result = stack.precondition(stack_views(blocks), [lambdas[i] for i in members])
             for i, direction in zip(members, result.unbind(0), strict=True):
                 directions[i] = direction
         for p in self.other_params:
@@ -128,7 +147,7 @@ class DirectionSide:
         if batch.inputs is None or rows is None:
             return None
         weightless = self.grads_from_batches or layer.name in self.deferred.skipped
-        if layer.module.weight.grad is None and not weightless:
+        if layer.weight.grad is None and not weightless:
             return None  # no gradient this step: the layer is left alone
         projected = self.factors.streams.projection(layer, inverse.a)
         if projected is None:
@@ -207,10 +226,10 @@ class DirectionSide:
                 continue
             layer = self.layers[i]
             weight_part, bias_part = layer.split_block(velocity)
-            targets.append(layer.module.weight)
+            targets.append(layer.weight)
             sources.append(weight_part)
-            if bias_part is not None and layer.module.bias is not None:
-                targets.append(layer.module.bias)
+            if bias_part is not None and layer.bias is not None:
+                targets.append(layer.bias)
                 sources.append(bias_part)
         if targets:
             torch._foreach_add_(targets, sources, alpha=-lr)
@@ -234,7 +253,7 @@ class DirectionSide:
         for i, (rotated, inactive) in deferred.items():
             layer = self.layers[i]
             assert isinstance(layer.inverse, ExactInverse)
-            state = self.param_state[layer.module.weight]
+            state = self.param_state[layer.weight]
             self.deferred.apply(layer, layer.inverse, rotated, inactive, lr, momentum, state)
             if fold_now:
                 self.deferred.materialize(layer, state)
@@ -245,7 +264,7 @@ class DirectionSide:
         """Write pending rotated updates into the weights and momentum buffers."""
         for layer in self.layers:
             if layer.name in self.deferred.pending:
-                self.deferred.materialize(layer, self.param_state[layer.module.weight])
+                self.deferred.materialize(layer, self.param_state[layer.weight])
 
     def forward_correction(
         self, index: int, inputs: torch.Tensor
@@ -260,3 +279,17 @@ class DirectionSide:
         projected = self.factors.streams.next_batch_projection(layer, inputs, pending.basis.a)
         correction = pending.correction(projected)
         return lambda output: output - correction.reshape(output.shape)
+
+
+def _batch_rows(
+    layer: LayerState, batch: LayerCapture
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(O, [X | 1]) of the captured batch for the gradient block Oᵀ[X | 1] (X alone without
+    a bias); O is the training loss's ∂L/∂s."""
+    rows = batch.loss_grads if batch.loss_grads is not None else batch.output_grads
+    inputs = batch.inputs
+    if inputs is None or not layer.has_bias:
+        return rows, inputs
+    if batch.inputs_with_ones is not None:
+        return rows, batch.inputs_with_ones
+    return rows, torch.cat([inputs, inputs.new_ones(inputs.shape[0], 1)], 1)

@@ -74,8 +74,12 @@ class FactorSide:
                 scale = float(output_grads.shape[0]) if options.loss_reduction == "mean" else 1.0
             a, g = layer.factor_a, layer.factor_g
             if a is not None and not layer.input_is_data and inputs.shape[1] < MIN_COLUMNS:
-                key = (a.shape, inputs.shape, layer.has_bias, a.dtype, a.device)
-                input_groups.setdefault(key, []).append((layer, inputs))
+                rows = inputs  # the bias's column of ones is appended, unless the backend has it
+                if layer.has_bias and capture.inputs_with_ones is not None:
+                    rows = capture.inputs_with_ones
+                needs_ones = rows.shape[1] < a.shape[0]
+                key = (a.shape, rows.shape, needs_ones, a.dtype, a.device)
+                input_groups.setdefault(key, []).append((layer, rows))
             else:
                 self.streams.update(layer, inputs)
             if g is not None:
@@ -85,8 +89,9 @@ class FactorSide:
                 layer.factor_g = update_output_factor(
                     None, output_grads, scale, options.factor_decay
                 )
-        for members in input_groups.values():
-            for (layer, _), factor in zip(members, self._updated(members, True), strict=True):
+        for input_key, members in input_groups.items():
+            updated_a = self._updated(members, True, with_ones=bool(input_key[2]))
+            for (layer, _), factor in zip(members, updated_a, strict=True):
                 layer.factor_a = factor
         for group_key, members in output_groups.items():
             group_scale = group_key[-1]
@@ -96,20 +101,22 @@ class FactorSide:
                 layer.factor_g = factor
         return updated
 
-    def _updated(self, members: _Group, input_side: bool, scale: float = 1.0) -> list[torch.Tensor]:
-        """The members' running A (``input_side``, with the bias's column of ones) or G after one
-        update with rows ``scale · members[j][1]``: stacked when there are several."""
+    def _updated(
+        self, members: _Group, input_side: bool, scale: float = 1.0, with_ones: bool = False
+    ) -> list[torch.Tensor]:
+        """The members' running A (``input_side``; ``with_ones``: append the bias's column of
+        ones to the rows) or G after one update with rows ``scale · members[j][1]``: stacked
+        when there are several."""
         decay = self.options.factor_decay
         runnings = [layer.factor_a if input_side else layer.factor_g for layer, _ in members]
         if len(members) == 1:
-            layer, rows = members[0]
+            rows = members[0][1]
             if input_side:
-                return [update_input_factor(runnings[0], rows, layer.has_bias, decay)]
+                return [update_input_factor(runnings[0], rows, with_ones, decay)]
             return [update_output_factor(runnings[0], rows, scale, decay)]
         present = [r for r in runnings if r is not None]
         assert len(present) == len(runnings)  # grouped only after their first update
-        with_bias = input_side and members[0][0].has_bias
-        return update_stacked(present, [rows for _, rows in members], decay, with_bias, scale)
+        return update_stacked(present, [rows for _, rows in members], decay, with_ones, scale)
 
     # --- inversions -----------------------------------------------------------------------------
 

@@ -106,7 +106,7 @@ def update_stacked(
     step's update of the same layers), it updates that stack in place instead of restacking:
     the factors passed in then change too. Otherwise the inputs are not modified.
     """
-    stacked = torch.stack(rows)  # (k, N, d)
+    stacked = stack_views(rows)  # (k, N, d)
     if with_bias:
         stacked = torch.cat([stacked, stacked.new_ones(*stacked.shape[:2], 1)], dim=2)
     n = stacked.shape[1]
@@ -133,3 +133,28 @@ def _stack_of(views: list[torch.Tensor]) -> torch.Tensor | None:
         ):
             return None
     return base
+
+
+def stack_views(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack(tensors)`` without a copy when they are consecutive dim-0 slices of one
+    tensor (a backend that keeps its layers' rows in one (L, N, d) block, such as the fused MLP)."""
+    first = tensors[0]
+    base = first._base
+    if base is not None and base.dim() == first.dim() + 1:
+        step = int(base.stride(0))
+        start, rest = divmod(int(first.storage_offset()) - int(base.storage_offset()), step)
+        contiguous_run = (
+            rest == 0
+            and start + len(tensors) <= base.shape[0]
+            and first.shape == base.shape[1:]
+            and first.stride() == base.stride()[1:]
+        )
+        if contiguous_run and all(
+            t._base is base
+            and t.shape == first.shape
+            and t.stride() == first.stride()
+            and t.storage_offset() == first.storage_offset() + j * step
+            for j, t in enumerate(tensors)
+        ):
+            return base.narrow(0, start, len(tensors))
+    return torch.stack(tensors)

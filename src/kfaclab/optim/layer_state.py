@@ -46,9 +46,12 @@ class LayerState:
     # the data stream and its decompositions may be shared (curvature.cache).
     input_is_data: bool = True
 
-    @property
-    def has_bias(self) -> bool:
-        return self.module.bias is not None
+    def __post_init__(self) -> None:
+        # Read on every step of every layer: plain attributes, not nn.Module.__getattr__ (which
+        # costs ~1 µs a call). Parameters are updated in place, so the references stay valid.
+        self.weight: torch.Tensor = self.module.weight
+        self.bias: torch.Tensor | None = self.module.bias
+        self.has_bias = self.bias is not None
 
     @property
     def is_linear(self) -> bool:
@@ -57,20 +60,20 @@ class LayerState:
     @property
     def size_a(self) -> int:
         """Rows of A: the layer's inputs (a conv's patch size C·kh·kw), plus one for the bias."""
-        return self.module.weight[0].numel() + (1 if self.has_bias else 0)
+        return self.weight[0].numel() + (1 if self.has_bias else 0)
 
     @property
     def size_g(self) -> int:
-        return self.module.weight.shape[0]
+        return self.weight.shape[0]
 
     @property
     def factor_dtype(self) -> torch.dtype:
         """The weight's dtype, or float32 for a float16/bfloat16 weight."""
-        return factor_dtype_of(self.module.weight.dtype)
+        return factor_dtype_of(self.weight.dtype)
 
     def identity_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(I, I) of A's and G's sizes, in the factor dtype and the weight's device."""
-        dtype, device = self.factor_dtype, self.module.weight.device
+        dtype, device = self.factor_dtype, self.weight.device
         eye_a = torch.eye(self.size_a, dtype=dtype, device=device)
         return eye_a, torch.eye(self.size_g, dtype=dtype, device=device)
 
@@ -78,11 +81,11 @@ class LayerState:
         """[∇W̃ | ∇b] as one (out, in[+1]) matrix in the factor dtype (∇W: ``weight_grad`` if
         given, else the weight's ``.grad``); None if the weight got no gradient."""
         if weight_grad is None:
-            weight_grad = self.module.weight.grad
+            weight_grad = self.weight.grad
         if weight_grad is None:
             return None
         weight_grad = weight_grad.reshape(weight_grad.shape[0], -1)
-        bias = self.module.bias
+        bias = self.bias
         if bias is None:
             block = weight_grad
         else:
@@ -93,18 +96,18 @@ class LayerState:
     def split_block(self, block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Inverse of ``gradient_block``: (weight-shaped part, bias part or None), in the
         parameters' dtype."""
-        weight = self.module.weight
-        weight_part = block if self.module.bias is None else block[:, :-1]
+        weight = self.weight
+        weight_part = block if self.bias is None else block[:, :-1]
         if weight.dim() != 2:
             weight_part = weight_part.reshape(weight.shape)
         weight_part = weight_part.to(weight.dtype)
-        if self.module.bias is None:
+        if self.bias is None:
             return weight_part, None
-        return weight_part, block[:, -1].to(self.module.bias.dtype)
+        return weight_part, block[:, -1].to(self.bias.dtype)
 
     def parameter_block(self) -> torch.Tensor:
         """[W̃ | b] as a new (out, in[+1]) tensor in the factor dtype."""
-        weight, bias = self.module.weight.detach(), self.module.bias
+        weight, bias = self.weight.detach(), self.bias
         weight = weight.reshape(weight.shape[0], -1).to(self.factor_dtype)
         if bias is None:
             return weight.clone()
@@ -114,9 +117,9 @@ class LayerState:
         """Copy an (out, in[+1]) block into W and b."""
         weight_part, bias_part = self.split_block(block)
         with torch.no_grad():
-            self.module.weight.copy_(weight_part)
-            if bias_part is not None and self.module.bias is not None:
-                self.module.bias.copy_(bias_part)
+            self.weight.copy_(weight_part)
+            if bias_part is not None and self.bias is not None:
+                self.bias.copy_(bias_part)
 
     # --- serialisation -------------------------------------------------------------------
 
@@ -163,7 +166,7 @@ class LayerState:
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.check_state(state)
-        device = self.module.weight.device
+        device = self.weight.device
         self.factor_a = _to(state["factor_a"], device)
         self.factor_g = _to(state["factor_g"], device)
         self.damping = state["damping"]

@@ -212,8 +212,12 @@ class FusedKFAC:
 
     @torch.no_grad()
     def step(self, lr: float) -> None:
+        h = self._h
+        assert h is not None
         for j, batch in enumerate(self.batches):
             batch.inputs = self._inputs(j)
+            if j > 0:
+                batch.inputs_with_ones = h[j - 1]  # h̄_{j-1} = [h_{j-1} | 1], no copy
             loss_grads = self._output_grads(j)
             if self.mc:  # output_grads hold the sampled ones (on factor steps)
                 batch.loss_grads = loss_grads
