@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import overload
 
 import optuna
 
@@ -65,18 +66,24 @@ def resolve(target: str | None, url: str | None = None) -> Storage:
     return JournalFolder(Path(target))
 
 
-def from_url(url: str) -> Storage:
+def from_url(url: str) -> SQLiteFile | PostgresServer:
     """The storage of a database URL; a bad URL is a one-line UsageError, password redacted."""
     check_url(url)
     return SQLiteFile(url) if scheme_of(url) == "sqlite" else PostgresServer(url)
 
 
+@overload
+def StorageSpec(url: str, folder: None = None) -> SQLiteFile | PostgresServer: ...
+@overload
+def StorageSpec(url: None = None, *, folder: Path | str) -> JournalFolder: ...
 def StorageSpec(url: str | None = None, folder: Path | str | None = None) -> Storage:  # noqa: N802
     """The storage of a URL or of a journal folder (the constructor's old name and keywords,
     kept so callers and tests written against them still work)."""
-    if (url is None) == (folder is None):
-        raise TypeError("StorageSpec takes exactly one of url= and folder=")
-    return from_url(url) if url is not None else JournalFolder(Path(folder))  # type: ignore[arg-type]
+    if url is not None and folder is None:
+        return from_url(url)
+    if url is None and folder is not None:
+        return JournalFolder(Path(folder))
+    raise TypeError("StorageSpec takes exactly one of url= and folder=")
 
 
 def open_storage(spec: Storage, *, create: bool) -> optuna.storages.BaseStorage:

@@ -43,6 +43,11 @@ def parse_record(line: bytes) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) and "op_code" in obj else None
 
 
+def _begins_a_record(tail: bytes) -> bool:
+    """Whether ``tail`` is what a cut-short record looks like: its first bytes, however few."""
+    return tail.startswith(RECORD_START) or RECORD_START.startswith(tail)
+
+
 def salvage(line: bytes) -> tuple[bytes, bytes] | None:
     """``fragment + record`` → (fragment, record), for a line where a torn record was followed
     by a whole one; None if no whole record ends the line."""
@@ -88,19 +93,28 @@ def _last_lines(journal: Path) -> tuple[int, bytes, int, bytes]:
 
 
 def _problem(journal: Path) -> str | None:
-    """What needs healing: "tail", "line", "junk", "damaged", or None when the end is sound."""
+    """What needs healing: "tail", "line", "junk" (not a journal at all), "damaged", or None
+    when the end is sound."""
     if journal.stat().st_size == 0:
         return None
-    line_start, line, _, tail = _last_lines(journal)
+    first = _first_line(journal)
+    if first.endswith(b"\n"):
+        if parse_record(first) is None and salvage(first.rstrip(b"\n")) is None:
+            return "junk"
+    elif not (parse_record(first) is not None or _begins_a_record(first)):
+        return "junk"
+    _, line, _, tail = _last_lines(journal)
     if tail:
-        if parse_record(tail) is not None or tail.startswith(RECORD_START):
-            return "tail"
-        return "junk" if line_start == 0 and not line else "damaged"
+        return "tail" if parse_record(tail) is not None or _begins_a_record(tail) else "damaged"
     if line and parse_record(line) is None:
-        if salvage(line.rstrip(b"\n")) is not None:
-            return "line"
-        return "junk" if line_start == 0 else "damaged"
+        return "line" if salvage(line.rstrip(b"\n")) is not None else "damaged"
     return None
+
+
+def _first_line(journal: Path) -> bytes:
+    """The first line with its newline (without one: the whole file, a torn first record)."""
+    with open(journal, "rb") as handle:
+        return handle.readline()
 
 
 def check_journal(journal: Path, lock: BaseJournalFileLock) -> None:
