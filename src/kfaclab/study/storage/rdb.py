@@ -65,8 +65,10 @@ class SQLiteFile(Storage):
         path = self.path
         if path.is_dir():
             raise UsageError(f"storage {self.describe()} is a folder, not a SQLite database file")
-        if not path.exists() and not create:
-            raise UsageError(f"no studies in {self.describe()}: {path} does not exist")
+        if not path.exists():
+            if not create:
+                raise UsageError(f"no studies in {self.describe()}: {path} does not exist")
+            path.parent.mkdir(parents=True, exist_ok=True)  # as the journal's folder is
         if path.is_file() and path.stat().st_size and not _is_sqlite(path):
             raise UsageError(f"storage {self.describe()} is not a SQLite database: {path}")
         return _open_rdb(self.url, {"timeout": 60}, nullcontext())  # wait for the writer lock
@@ -139,6 +141,8 @@ def _open_rdb(
                     grace_period=GRACE_SECONDS,
                     **callback,
                 )
+        except UsageError:
+            raise
         except sqlalchemy.exc.OperationalError as exc:
             raise UsageError(f"cannot reach storage {shown}: {_reason(exc)}") from None
         except sqlalchemy.exc.DatabaseError as exc:
