@@ -85,6 +85,12 @@ def test_each_storage_describes_itself_and_pickles(tmp_path: Path) -> None:
         tmp_path / "db",
         None,
     )
+    # The report's default folder: the sweep's --out, or ./report for a database URL.
+    assert (journal.out_folder, sqlite.out_folder, server.out_folder) == (
+        tmp_path / "out",
+        None,
+        None,
+    )
     assert [journal.builtin_heartbeat, sqlite.builtin_heartbeat, server.builtin_heartbeat] == [
         False, True, True,
     ]  # fmt: skip

@@ -61,7 +61,7 @@ def run_report(args: argparse.Namespace) -> int:
     from kfaclab.study.reader import read_study_set
 
     spec = stored_sweep(args.target, args.storage)
-    out = Path(args.out) if args.out else (spec.folder or Path("report"))
+    out = Path(args.out) if args.out else (spec.out_folder or Path("report"))
     for name in ("report.html", "report.md", "reruns.json"):
         spec.refuse_own_file(out / name, "--out")
     study = read_study_set(spec, protocol=args.protocol)

@@ -43,6 +43,12 @@ class Storage(ABC):
         """The local folder of the study's files (journal folder, SQLite file's folder), where
         a report goes by default and per-cell lock files live; None for a server."""
 
+    @property
+    def out_folder(self) -> Path | None:
+        """The sweep's own output folder (``--out``) when its studies live in it, where its
+        report goes by default; None for a database URL (its report goes to ./report)."""
+        return None
+
     @abstractmethod
     def describe(self) -> str:
         """For messages and reports: the journal path, or the URL without any password."""

@@ -45,6 +45,10 @@ class JournalFolder(Storage):
         return self.directory
 
     @property
+    def out_folder(self) -> Path:
+        return self.directory
+
+    @property
     def journal(self) -> Path:
         return self.directory / JOURNAL_NAME
 
