@@ -188,6 +188,11 @@ def test_damage_further_up_is_refused_then_repaired_by_the_named_command(
     assert backup.read_bytes() == damaged and moved.read_bytes() == junk + glued + b"\n"
     assert str(moved) in done.stdout and str(backup) in done.stdout
     assert run_cli(["status", str(folder)], capsys)[0] == 0
+    again = subprocess.run(
+        [sys.executable, *repair.group(1).split()[1:]], env=ENV, capture_output=True, text=True
+    )
+    assert again.returncode == 0 and "nothing to repair" in again.stdout
+    assert journal.read_bytes() == finished_journal
 
 
 @pytest.mark.parametrize(
@@ -236,6 +241,10 @@ def test_a_sqlite_url_naming_a_file_that_is_not_a_database_is_refused(
         assert code == 2 and err.count("\n") == 1
         assert f"storage {url} is not a SQLite database" in err
     assert path.read_text() == "not a database\n" * 100
+    code, _, err = run_cli(["status", "--storage", f"sqlite:///{tmp_path}"], capsys)
+    assert code == 2 and err == (
+        f"kfaclab: error: storage sqlite:///{tmp_path} is a folder, not a SQLite database file\n"
+    )
 
 
 def _sweep_under_ulimit(

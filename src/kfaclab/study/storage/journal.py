@@ -83,7 +83,7 @@ class JournalFolder(Storage):
             return optuna.storages.JournalStorage(backend)
         except (ValueError, KeyError, TypeError):
             # A damaged line further up than check_journal looks (it reads only the end).
-            refuse_damaged(journal, first_bad_line(journal))
+            refuse_damaged(journal, first_bad_line(journal), replay=True)
             raise  # unreachable: refuse_damaged raises
 
 

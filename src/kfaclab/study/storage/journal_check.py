@@ -142,8 +142,10 @@ def heal_locked(journal: Path) -> None:
         refuse_damaged(journal)
 
 
-def refuse_damaged(journal: Path, line_number: int | None = None) -> None:
+def refuse_damaged(journal: Path, line_number: int | None = None, *, replay: bool = False) -> None:
     where = f"at line {line_number}" if line_number else "near its end"
+    if replay and not line_number:
+        where = "(every line is JSON, but Optuna cannot replay them)"
     raise UsageError(
         f"{journal} is damaged {where} (not a journal record); run `{REPAIR} {journal}` to keep "
         "every readable record and move the rest aside"
