@@ -21,8 +21,9 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
+from kfaclab.cli.main import main
 from kfaclab.study.reader import load_study_set
-from kfaclab.study.storage import StorageSpec, driver_url, open_storage
+from kfaclab.study.storage import driver_url, redact, resolve
 
 pytestmark = pytest.mark.postgres
 
@@ -78,7 +79,7 @@ def test_two_machines_share_one_database(
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
 
-    storage = open_storage(StorageSpec(url=postgres_url), create=False)
+    storage = resolve(None, postgres_url).open(create=False)
     pids = set()
     for summary in storage.get_all_studies():
         if not summary.study_name.startswith(f"{name}/"):
@@ -110,3 +111,58 @@ def test_two_machines_share_one_database(
         assert float(row["value"]) == t.value or (math.isinf(t.value) and row["value"] == "inf")
         assert float(row["lr"]) == t.params["lr"]
         assert t.record is not None and t.record.status == t.status
+
+
+def _password(url: str) -> str:
+    userinfo = url.split("://", 1)[1].rsplit("@", 1)[0]
+    assert ":" in userinfo, "the test server's URL carries a password"
+    return userinfo.split(":", 1)[1]
+
+
+def test_messages_never_show_the_password(
+    postgres_url: str, protocol_file: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """status on an empty database, and an unknown role with a password (the test server
+    trusts local connections, so a role it lacks is what refuses a login): one line each,
+    redacted."""
+    secret = _password(postgres_url)
+    assert main(["status", "--storage", postgres_url]) == 2
+    err = capsys.readouterr().err
+    assert err == f"kfaclab: error: no kfaclab studies in {redact(postgres_url)}\n"
+    assert f":{secret}@" not in err  # (the test server's password may equal its user name)
+    user = postgres_url.split("://", 1)[1].split(":", 1)[0]
+    wrong = postgres_url.replace(f"{user}:{secret}@", "nobody_kfaclab:Wr0ng-pw@", 1)
+    assert main(["status", "--storage", wrong]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("kfaclab: error: cannot reach storage")
+    assert "nobody_kfaclab" in err
+    assert "Wr0ng-pw" not in err and f":{secret}@" not in err
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
+def test_status_shows_a_dead_local_workers_trial_as_stale(
+    postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kfaclab.study.liveness import HOST_ATTR, PID_ATTR, START_ATTR, host_id
+    from kfaclab.study.sweep import Worker
+    from test_sweep import fake_trial, protocol
+
+    name = f"dead-{uuid.uuid4().hex[:8]}"
+    worker = Worker(
+        protocol(n_trials=2, name=name), resolve(None, postgres_url), trial_fn=fake_trial
+    )
+    dist = optuna.distributions.FloatDistribution
+    trial = worker.studies["sgd"].ask({"lr": dist(1e-3, 0.3, log=True), "lr_decay": dist(0.0, 1.0),
+                                       "momentum": dist(0.0, 0.9)})  # fmt: skip
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for key, value in {HOST_ATTR: host_id(), PID_ATTR: dead.pid, START_ATTR: None}.items():
+        worker.storage.set_trial_system_attr(trial._trial_id, key, value)  # type: ignore[arg-type]
+    assert main(["status", "--storage", postgres_url, "--protocol", name]) == 0
+    out = capsys.readouterr().out
+    assert f":{_password(postgres_url)}@" not in out
+    sgd = next(line.split() for line in out.splitlines() if line.startswith("sgd "))
+    assert sgd[1:5] == ["0/2", "0", "0", "1"], out  # done, diverged, running, stale
+    worker.run()  # the next sweep retries it
+    assert main(["status", "--storage", postgres_url, "--protocol", name]) == 0
+    assert "stale" not in capsys.readouterr().out

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import platform
-import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -21,9 +20,11 @@ PACKAGES = ("kfaclab", "torch", "numpy", "optuna", "sqlalchemy", "matplotlib")
 
 
 def strip_password(url: str) -> str:
-    """scheme://user:secret@host → scheme://user@host (also catches ?password=…)."""
-    url = re.sub(r"(://[^/@:]*):[^/@]*@", r"\1@", url)
-    return re.sub(r"(?i)(password=)[^&]*", r"\1***", url)
+    """scheme://user:secret@host → scheme://user@host (also ?password=…): the storage package's
+    one redaction function, so reports and messages hide passwords the same way."""
+    from kfaclab.study.storage.urls import redact
+
+    return redact(url)
 
 
 def versions() -> list[tuple[str, str]]:

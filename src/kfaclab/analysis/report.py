@@ -85,6 +85,7 @@ def build_report(
             out_dir / "reruns.json",
             runner,
             log,
+            study=getattr(study, "identity", ""),  # StudySet's; hand-made studies may lack it
         )
     summary = summarize(study, records) if records else first
     figures = draw_all(summary, out_dir / "figures")

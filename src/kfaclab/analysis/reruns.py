@@ -2,13 +2,17 @@
 
 The best of 300 trials is optimistic twice over: the configuration was chosen on the same seed
 it is scored on. Rerunning it on new seeds shows how much of its loss was luck. Results are
-cached in ``reruns.json`` beside the report, keyed by cell, trial and seeds, so re-running the
-report does not retrain (and a resumed study with a new best trial does).
+cached in ``reruns.json`` beside the report, so re-running the report does not retrain (and a
+resumed study with a new best trial does). An entry counts only for the same study (its storage
+identity and protocol name: ``StudySet.identity``), the same trial configuration (every field but
+the seed) and the same seeds: two studies reported into one folder, or two cells of the same name
+in two protocols, never see each other's reruns.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +37,15 @@ class RerunRecord:
     values: list[float]  # final training loss per seed (inf if diverged)
     test_accuracy: list[float]
     seconds: list[float]
+    key: str = ""  # rerun_key(study, configuration); "" in files written before it existed
+
+
+def rerun_key(study: str, config: TrialConfig) -> str:
+    """What a cached rerun is valid for: the study's identity and the trial's full
+    configuration except its seed (the reruns replace it)."""
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k != "seed"}
+    text = json.dumps({"study": study, "config": fields}, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 @dataclass
@@ -94,9 +107,14 @@ def ensure_reruns(
     path: Path,
     runner: Runner | None = None,
     log: Callable[[str], None] = lambda s: None,
+    *,
+    study: str = "",
 ) -> dict[str, RerunRecord]:
-    """Run (or load from ``path``) the reruns of every cell's best trial; saves after each cell."""
+    """Run (or load from ``path``) the reruns of every cell's best trial; saves after each cell.
+    ``study`` is the study's identity (``StudySet.identity``). Returns this study's records by
+    cell name; ``path`` keeps the others' too (one entry per cell name: the latest study wins)."""
     records = load_reruns(path)
+    mine: dict[str, RerunRecord] = {}
     if runner is None:
         from kfaclab.train import run_trial  # imported here: summaries alone need no torch training
 
@@ -109,19 +127,26 @@ def ensure_reruns(
         )
         if trial is None or trial.record is None:
             continue
+        key = rerun_key(study, trial.record.config)
         old = records.get(cell.name)
-        if old is not None and old.trial_number == cell.best.number and old.seeds == list(seeds):
+        if (
+            old is not None
+            and old.key == key
+            and old.trial_number == cell.best.number
+            and old.seeds == list(seeds)
+        ):
+            mine[cell.name] = old
             continue
-        rec = RerunRecord(cell.name, cell.best.number, list(seeds), [], [], [])
+        rec = RerunRecord(cell.name, cell.best.number, list(seeds), [], [], [], key)
         for seed in seeds:
             log(f"rerun {cell.label} (trial {cell.best.number}) seed {seed}")
             result = runner(dataclasses.replace(trial.record.config, seed=int(seed)))
             rec.values.append(float(result.value))
             rec.test_accuracy.append(result.final_test_accuracy)
             rec.seconds.append(float(result.seconds))
-        records[cell.name] = rec
+        records[cell.name] = mine[cell.name] = rec
         save_reruns(path, records)
-    return records
+    return mine
 
 
 def rerun_summaries(

@@ -64,9 +64,9 @@ def run_report(args: argparse.Namespace) -> int:
     from kfaclab.study.reader import read_study_set
 
     spec = stored_sweep(args.target, args.storage)
-    out = (
-        Path(args.out) if args.out else (spec.folder if spec.folder is not None else Path("report"))
-    )
+    out = Path(args.out) if args.out else (spec.out_folder or Path("report"))
+    for name in ("report.html", "report.md", "reruns.json"):
+        spec.refuse_own_file(out / name, "--out")
     study = read_study_set(spec, protocol=args.protocol)
     _write(study, out, spec.describe(), not args.no_reruns)
     return 0

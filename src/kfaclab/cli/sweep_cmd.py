@@ -60,20 +60,20 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from kfaclab.study.progress import cell_trials, format_table, summarize
+    from kfaclab.study.progress import cell_trials, dead_trials, format_table, summarize
     from kfaclab.study.registry import pick_protocol
-    from kfaclab.study.storage import open_storage
 
     spec = stored_sweep(args.target, args.storage)
-    storage = open_storage(spec, create=False)
+    storage = spec.open(create=False)
     stored = pick_protocol(storage, spec.describe(), args.protocol)
-    rows = summarize(stored.cells, cell_trials(storage, stored.name, stored.cells))
+    dead = dead_trials(storage, stored.name, stored.cells, journal=not spec.builtin_heartbeat)
+    rows = summarize(stored.cells, cell_trials(storage, stored.name, stored.cells), dead=dead)
     sys.stdout.write(f"protocol {stored.name} in {spec.describe()}\n{format_table(rows)}\n")
     return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from kfaclab.study.export import export_csv
+    from kfaclab.study.export import curves_path, export_csv
     from kfaclab.study.reader import read_study_set
 
     target, out = args.target, args.out_csv
@@ -81,7 +81,10 @@ def run_export(args: argparse.Namespace) -> int:
         target, out = None, target
     if out is None:
         raise UsageError("OUT.csv is required")
-    study_set = read_study_set(stored_sweep(target, args.storage), protocol=args.protocol)
+    spec = stored_sweep(target, args.storage)
+    for path in (Path(out), curves_path(Path(out))):
+        spec.refuse_own_file(path, "OUT.csv")  # `export DIR DIR/studies.journal` would erase it
+    study_set = read_study_set(spec, protocol=args.protocol)
     trials, curves = export_csv(study_set, Path(out))
     sys.stdout.write(f"wrote {trials} ({len(study_set.trials)} trials) and {curves}\n")
     return 0

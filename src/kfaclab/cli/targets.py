@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from kfaclab.errors import UsageError
-from kfaclab.study.storage import StorageSpec, resolve
+from kfaclab.study.storage import Storage, resolve
 
 
 def add_stored_sweep_arguments(parser: argparse.ArgumentParser, out_csv: bool = False) -> None:
@@ -17,7 +17,7 @@ def add_stored_sweep_arguments(parser: argparse.ArgumentParser, out_csv: bool = 
     parser.add_argument("--protocol", help="which protocol, when the storage holds several")
 
 
-def stored_sweep(target: str | None, storage: str | None) -> StorageSpec:
+def stored_sweep(target: str | None, storage: str | None) -> Storage:
     """The storage of a finished or running sweep, from DIR or --storage URL (not both;
     ``resolve`` refuses neither)."""
     if target is not None and storage is not None:

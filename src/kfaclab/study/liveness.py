@@ -20,14 +20,13 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from kfaclab.study.storage import GRACE_SECONDS, HEARTBEAT_SECONDS, MAX_RETRIES
+from kfaclab.study.storage.base import GRACE_SECONDS, HEARTBEAT_SECONDS, retry_callback
 
 HOST_ATTR = "kfaclab:host"
 PID_ATTR = "kfaclab:pid"
@@ -73,17 +72,6 @@ def worker_attrs() -> dict[str, Any]:
     return {HOST_ATTR: host_id(), PID_ATTR: pid, START_ATTR: _start_time(pid)}
 
 
-def retry_callback() -> Callable[[optuna.Study, FrozenTrial], None]:
-    # Optuna 4.9 renamed the class; the old name is a deprecated alias.
-    cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
-    if cls is None:
-        cls = optuna.storages.RetryFailedTrialCallback
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        callback: Callable[[optuna.Study, FrozenTrial], None] = cls(max_retry=MAX_RETRIES)
-    return callback
-
-
 def _is_dead(trial: FrozenTrial, here: str, now: float, use_beat: bool) -> bool:
     attrs = trial.system_attrs
     pid = attrs.get(PID_ATTR)
@@ -125,6 +113,26 @@ def fail_dead_trials(
         failed.append(trial.number)
         callback(study, storage.get_trial(trial._trial_id))
     return failed
+
+
+def dead_running_trials(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, *, journal: bool
+) -> set[int]:
+    """Numbers of ``study``'s RUNNING trials whose worker is dead, judged as fail_dead_trials
+    judges them but changing nothing (``kfaclab status`` is read-only): a dead pid on this host,
+    or a heartbeat older than the grace period (the storage's own for a database)."""
+    stale_ids: set[int] = set()
+    if not journal:
+        get_stale = getattr(storage, "_get_stale_trial_ids", None)  # RDBStorage's own check
+        if get_stale is not None:
+            with contextlib.suppress(Exception):
+                stale_ids = set(get_stale(study._study_id))
+    here, now = host_id(), time.time()
+    return {
+        t.number
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t._trial_id in stale_ids or _is_dead(t, here, now, use_beat=journal)
+    }
 
 
 class Heartbeat:

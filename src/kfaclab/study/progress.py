@@ -34,6 +34,7 @@ class CellProgress:
     running: int
     best: float | None  # lowest final training loss of a non-diverged trial
     eta_seconds: float | None
+    stale: int = 0  # RUNNING in the storage, but its worker is dead (not counted in running)
 
 
 def cell_trials(
@@ -48,8 +49,28 @@ def cell_trials(
         }
 
 
+def dead_trials(
+    storage: optuna.storages.BaseStorage, protocol: str, cells: list[CellInfo], *, journal: bool
+) -> dict[str, set[int]]:
+    """Per cell, the RUNNING trials whose worker is dead (liveness.dead_running_trials)."""
+    from kfaclab.study.liveness import dead_running_trials
+
+    with optuna_quiet():
+        return {
+            c.name: dead_running_trials(
+                optuna.load_study(study_name=study_name(protocol, c.name), storage=storage),
+                storage,
+                journal=journal,
+            )
+            for c in cells
+        }
+
+
 def summarize(
-    cells: list[CellInfo], trials: dict[str, list[FrozenTrial]], now: datetime | None = None
+    cells: list[CellInfo],
+    trials: dict[str, list[FrozenTrial]],
+    now: datetime | None = None,
+    dead: dict[str, set[int]] | None = None,
 ) -> list[CellProgress]:
     now = now or datetime.now()  # Optuna's trial times are naive local times
     rate = _rate([t for ts in trials.values() for t in ts], now)
@@ -63,6 +84,7 @@ def summarize(
         ok = [t.value for t in complete if t.value is not None and math.isfinite(t.value)]
         diverged = sum(t.user_attrs.get(records.STATUS) == "diverged" for t in complete)
         remaining = max(cell.n_trials - len(complete), 0)
+        stale = (dead or {}).get(cell.name, set())
         eta = None
         if remaining == 0:
             eta = 0.0
@@ -74,9 +96,10 @@ def summarize(
                 done=len(complete),
                 total=cell.n_trials,
                 diverged=diverged,
-                running=sum(t.state == TrialState.RUNNING for t in ts),
+                running=sum(t.state == TrialState.RUNNING and t.number not in stale for t in ts),
                 best=min(ok) if ok else None,
                 eta_seconds=eta,
+                stale=len(stale),
             )
         )
     return rows
@@ -116,21 +139,32 @@ def format_duration(seconds: float | None) -> str:
 
 def format_table(rows: list[CellProgress]) -> str:
     width = max([len("cell"), *(len(r.cell) for r in rows)])
-    lines = [f"{'cell':<{width}}  {'done/total':>10}  {'diverged':>8}  {'running':>7}  "
+    # The "stale" column appears only when there is something in it: trials whose worker died
+    # (status shows them; the next sweep fails and retries them).
+    stale = any(r.stale for r in rows)
+    extra = f"  {'stale':>5}" if stale else ""
+    lines = [f"{'cell':<{width}}  {'done/total':>10}  {'diverged':>8}  {'running':>7}{extra}  "
              f"{'best loss':>10}  {'ETA':>7}"]  # fmt: skip
     for r in rows:
         best = "-" if r.best is None else f"{r.best:.4g}"
+        extra = f"  {r.stale:>5}" if stale else ""
         lines.append(
-            f"{r.cell:<{width}}  {f'{r.done}/{r.total}':>10}  {r.diverged:>8}  {r.running:>7}  "
-            f"{best:>10}  {format_duration(r.eta_seconds):>7}"
+            f"{r.cell:<{width}}  {f'{r.done}/{r.total}':>10}  {r.diverged:>8}  {r.running:>7}"
+            f"{extra}  {best:>10}  {format_duration(r.eta_seconds):>7}"
         )
     done = sum(r.done for r in rows)
     total = sum(r.total for r in rows)
     etas = [r.eta_seconds for r in rows]
     eta = None if any(e is None for e in etas) else max((e or 0.0) for e in etas)
     running = sum(r.running for r in rows)
-    lines.append(f"{'all':<{width}}  {f'{done}/{total}':>10}  {'':>8}  {running:>7}  "
+    extra = f"  {sum(r.stale for r in rows):>5}" if stale else ""
+    lines.append(f"{'all':<{width}}  {f'{done}/{total}':>10}  {'':>8}  {running:>7}{extra}  "
                  f"{'':>10}  {format_duration(eta):>7}")  # fmt: skip
+    if stale:
+        lines.append(
+            "stale: trials whose worker is dead (killed, or silent past the heartbeat grace "
+            "period); the next `kfaclab sweep` retries them"
+        )
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ from kfaclab.study import records
 from kfaclab.study.cells import CellInfo
 from kfaclab.study.progress import cell_trials
 from kfaclab.study.registry import pick_protocol
-from kfaclab.study.storage import StorageSpec, open_storage, resolve
+from kfaclab.study.storage import Storage, resolve
 from kfaclab.trial_types import TrialResult
 
 __all__ = ["CellInfo", "StoredTrial", "StudySet", "load_study_set"]
@@ -39,6 +39,9 @@ class StudySet:
     protocol: dict[str, Any]  # exactly as loaded from the TOML
     cells: list[CellInfo]
     trials: list[StoredTrial]
+    # Which study this is: the storage's identity and the protocol's name. Caches beside a
+    # report (reruns.json) key on it, so two studies reported into one folder never mix.
+    identity: str = ""
 
     def cell_trials(self, cell: str, state: str | None = "COMPLETE") -> list[StoredTrial]:
         return [t for t in self.trials if t.cell == cell and (state is None or t.state == state)]
@@ -53,9 +56,9 @@ def load_study_set(
 
 
 def read_study_set(
-    spec: StorageSpec, *, protocol: str | None = None, with_records: bool = True
+    spec: Storage, *, protocol: str | None = None, with_records: bool = True
 ) -> StudySet:
-    storage = open_storage(spec, create=False)
+    storage = spec.open(create=False)
     stored = pick_protocol(storage, spec.describe(), protocol)
     by_cell = cell_trials(storage, stored.name, stored.cells)
     trials = [
@@ -63,7 +66,8 @@ def read_study_set(
         for cell in stored.cells
         for t in sorted(by_cell[cell.name], key=lambda t: t.number)
     ]
-    return StudySet(protocol=stored.raw, cells=stored.cells, trials=trials)
+    identity = f"{spec.identity()}#{stored.name}"
+    return StudySet(protocol=stored.raw, cells=stored.cells, trials=trials, identity=identity)
 
 
 def stored_trial(cell: str, trial: FrozenTrial, with_record: bool = True) -> StoredTrial:

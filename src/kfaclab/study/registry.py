@@ -21,7 +21,7 @@ from kfaclab.errors import UsageError
 from kfaclab.study._schema import first_difference
 from kfaclab.study.cells import CellInfo, build_cells
 from kfaclab.study.protocol import Protocol
-from kfaclab.study.storage import StorageSpec, cell_lock
+from kfaclab.study.storage import Storage
 
 KIND_ATTR = "kfaclab:kind"
 PROTOCOL_ATTR = "kfaclab:protocol"
@@ -41,11 +41,11 @@ def study_name(protocol: str, cell: str) -> str:
 
 
 def ensure_studies(
-    protocol: Protocol, storage: optuna.storages.BaseStorage, spec: StorageSpec
+    protocol: Protocol, storage: optuna.storages.BaseStorage, spec: Storage
 ) -> list[CellInfo]:
     """Create the protocol's studies, or check that the stored ones match ``protocol``."""
     cells = build_cells(protocol)
-    with optuna_quiet(), cell_lock(spec, protocol.name):
+    with optuna_quiet(), spec.cell_lock(protocol.name):
         index = _load_or_create(storage, protocol.name)
         stored = index.user_attrs.get(PROTOCOL_ATTR)
         if stored is not None:

@@ -22,7 +22,7 @@ from kfaclab.study.cells import CellInfo, search_space
 from kfaclab.study.progress import LiveTable, cell_trials, summarize
 from kfaclab.study.protocol import Protocol
 from kfaclab.study.registry import ensure_studies
-from kfaclab.study.storage import StorageSpec, open_storage
+from kfaclab.study.storage import Storage
 from kfaclab.study.sweep import TrialFn, Worker, trial_config
 
 POLL_SECONDS = 2.0
@@ -42,7 +42,7 @@ def check_configs(protocol: Protocol, cells: list[CellInfo]) -> None:
 
 def run_sweep(
     protocol: Protocol,
-    spec: StorageSpec,
+    spec: Storage,
     *,
     workers: int = 1,
     trial_fn: TrialFn | None = None,
@@ -52,7 +52,7 @@ def run_sweep(
     if workers < 1:
         raise UsageError(f"--workers must be >= 1, got {workers}")
     stream = stream or sys.stderr
-    storage = open_storage(spec, create=True)
+    storage = spec.open(create=True)
     # Checked once here, before any process starts: a mismatching CONFIG touches nothing.
     cells = ensure_studies(protocol, storage, spec)
     check_configs(protocol, cells)
@@ -95,7 +95,7 @@ def _monitor(refresh: Callable[[], bool], stop: threading.Event) -> None:
 
 def _run_processes(
     protocol: Protocol,
-    spec: StorageSpec,
+    spec: Storage,
     workers: int,
     trial_fn: TrialFn | None,
     refresh: Callable[[], bool],
@@ -135,7 +135,7 @@ def _one_thread() -> None:
 
 def _worker_main(
     protocol: Protocol,
-    spec: StorageSpec,
+    spec: Storage,
     index: int,
     count: int,
     trial_fn: TrialFn | None,

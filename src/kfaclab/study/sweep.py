@@ -32,7 +32,7 @@ from kfaclab.study.cells import CellInfo, damping_for_trial, search_space
 from kfaclab.study.liveness import Heartbeat, fail_dead_trials, retry_callback, worker_attrs
 from kfaclab.study.protocol import Protocol
 from kfaclab.study.registry import ensure_studies, optuna_quiet, study_name
-from kfaclab.study.storage import StorageSpec, cell_lock, open_storage
+from kfaclab.study.storage import Storage
 from kfaclab.trial_types import TrialConfig, TrialResult
 
 TrialFn = Callable[[TrialConfig], TrialResult]
@@ -109,7 +109,7 @@ class Worker:
     def __init__(
         self,
         protocol: Protocol,
-        spec: StorageSpec,
+        spec: Storage,
         *,
         index: int = 0,
         count: int = 1,
@@ -121,8 +121,8 @@ class Worker:
         self.index, self.count = index, count
         self.trial_fn = trial_fn
         self.stop = stop or threading.Event()
-        self.storage = open_storage(spec, create=True)
-        self.journal = spec.url is None
+        self.storage = spec.open(create=True)
+        self.journal = not spec.builtin_heartbeat  # kfaclab's own heartbeat attr
         self.cells = ensure_studies(protocol, self.storage, spec)
         with optuna_quiet():
             self.studies = {
@@ -165,7 +165,7 @@ class Worker:
         return True
 
     def _reap(self, cell: CellInfo) -> None:
-        with cell_lock(self.spec, study_name(self.protocol.name, cell.name)):
+        with self.spec.cell_lock(study_name(self.protocol.name, cell.name)):
             fail_dead_trials(self.studies[cell.name], self.storage, journal=self.journal)
 
     def _choose(self) -> CellInfo | None:
@@ -190,7 +190,7 @@ class Worker:
             name: FloatDistribution(r.low, r.high, log=r.log)
             for name, r in search_space(self.protocol, cell).items()
         }
-        with cell_lock(self.spec, study.study_name):
+        with self.spec.cell_lock(study.study_name):
             fail_dead_trials(study, self.storage, journal=self.journal)
             trials = study.get_trials(deepcopy=False)
             waiting = any(t.state == TrialState.WAITING for t in trials)
@@ -242,7 +242,7 @@ class Worker:
         rerun redoes exactly this trial; the error itself propagates."""
         try:
             # Under the lock: between the FAIL and its WAITING copy the cell looks one short.
-            with cell_lock(self.spec, study.study_name):
+            with self.spec.cell_lock(study.study_name):
                 trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
                 study.tell(trial, state=TrialState.FAIL)
                 retry_callback()(study, self.storage.get_trial(trial._trial_id))

@@ -1,0 +1,114 @@
+"""The one interface every caller uses to reach the studies: ``Storage``.
+
+Three implementations (journal.py, rdb.py): a folder holding Optuna's journal file (the embedded
+default), a SQLite file, a PostgreSQL server. Callers never ask which one they hold; what differs
+between them (the lock that serialises a cell's trial creation, whether the storage has its own
+heartbeat, which files are the study's own) is a method or an attribute here.
+
+Nothing in this package imports study/liveness.py: liveness builds on these settings, never the
+other way round.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from kfaclab.errors import UsageError
+
+HEARTBEAT_SECONDS = 30  # how often a running trial says it is alive
+GRACE_SECONDS = 120  # a running trial silent for this long is declared dead and retried
+MAX_RETRIES = 3  # a trial that keeps killing its worker is retried this often, then replaced
+
+
+class Storage(ABC):
+    """Where one sweep's studies live. Instances are small frozen values: they travel to
+    spawned worker processes by pickling, and each process opens its own connection."""
+
+    #: True when the optuna storage records heartbeats itself (RDBStorage); otherwise kfaclab
+    #: writes its own heartbeat attr on each running trial (see liveness.py).
+    builtin_heartbeat: bool = False
+
+    @property
+    @abstractmethod
+    def folder(self) -> Path | None:
+        """The local folder of the study's files (journal folder, SQLite file's folder), where
+        a report goes by default and per-cell lock files live; None for a server."""
+
+    @property
+    def out_folder(self) -> Path | None:
+        """The sweep's own output folder (``--out``) when its studies live in it, where its
+        report goes by default; None for a database URL (its report goes to ./report)."""
+        return None
+
+    @abstractmethod
+    def describe(self) -> str:
+        """For messages and reports: the journal path, or the URL without any password."""
+
+    @abstractmethod
+    def identity(self) -> str:
+        """A stable, password-free name of this storage (absolute paths, host/port/database),
+        the same from any working folder: what caches key on."""
+
+    @abstractmethod
+    def exists(self) -> bool:
+        """Whether the storage holds anything yet (a server is assumed to)."""
+
+    @abstractmethod
+    def open(self, *, create: bool) -> optuna.storages.BaseStorage:
+        """The optuna storage. ``create=False`` (status, export, report) refuses a storage that
+        does not exist rather than creating an empty one. Any failure is a one-line UsageError."""
+
+    @abstractmethod
+    def own_files(self) -> list[Path]:
+        """Files that belong to the study (and must never be overwritten by an export)."""
+
+    def cell_lock(self, study_name: str) -> AbstractContextManager[None]:
+        """Serialise "count the cell's trials, then create one" across all workers of a cell.
+        Local storages: a flock on a file in ``folder``/.locks."""
+        folder = self.folder
+        assert folder is not None, "a storage without a folder must override cell_lock"
+        return _flock(folder / ".locks", study_name)
+
+    def refuse_own_file(self, path: Path | str, what: str = "OUT") -> None:
+        """Refuse to write ``path`` when it is one of this storage's own files."""
+        target = Path(path).resolve()
+        for own in self.own_files():
+            if target == own.resolve():
+                raise UsageError(
+                    f"{what} must not be a file of the study itself, got {path} "
+                    f"(it is part of {self.describe()}); choose another file name"
+                )
+
+
+@contextmanager
+def _flock(locks: Path, study_name: str) -> Iterator[None]:
+    locks.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha1(study_name.encode()).hexdigest()[:16]
+    with open(locks / f"{digest}.lock", "a+b") as handle:
+        # flock is released by the kernel if the process dies: a killed worker never wedges it.
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def retry_callback() -> Callable[[optuna.Study, FrozenTrial], None]:
+    """Optuna's callback that re-queues a failed trial with its parameters, at most MAX_RETRIES
+    times. Optuna 4.9 renamed the class; the old name is a deprecated alias."""
+    cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+    if cls is None:
+        cls = optuna.storages.RetryFailedTrialCallback
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        callback: Callable[[optuna.Study, FrozenTrial], None] = cls(max_retry=MAX_RETRIES)
+    return callback
