@@ -15,11 +15,13 @@ from typing import Any, Literal
 from kfaclab import choices as ch
 from kfaclab.choices import (
     Activation,
+    ConvApprox,
     DampingForm,
     DatasetName,
     DtypeName,
     FactorInit,
     FisherType,
+    ModelName,
     OptimizerName,
 )
 
@@ -61,9 +63,11 @@ class TrialConfig:
     kl_clip: float | None = None
     factor_init: FactorInit = ch.DEFAULT_FACTOR_INIT
     eigen_floor: float = ch.DEFAULT_EIGEN_FLOOR
+    conv_approx: ConvApprox = ch.DEFAULT_CONV_APPROX  # the CNN's Conv2d layers (optim/conv.py)
     # data and model
     dataset: DatasetName = "mnist"
     data_dir: str | None = None
+    model: ModelName = "mlp"  # "cnn": models.build_cnn (depth and width then do not apply)
     depth: int = 6  # number of nn.Linear layers
     width: int = 100
     activation: Activation = "relu"

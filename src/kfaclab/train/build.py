@@ -9,7 +9,7 @@ import torch
 import torch._dynamo  # why: see _PREIMPORTED
 from torch import nn
 
-from kfaclab.models import build_mlp
+from kfaclab.models import build_cnn, build_mlp
 from kfaclab.optim.input_stream import InputStreamCache
 from kfaclab.trial_types import TrialConfig
 
@@ -40,16 +40,20 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
 
 
 def build_model(config: TrialConfig, device: torch.device) -> nn.Sequential:
-    # build_mlp initialises on the CPU in float32, so a seed gives the same weights on any device;
-    # a float64 trial starts from those float32 values, converted exactly.
-    model = build_mlp(depth=config.depth, width=config.width, activation=config.activation)
+    # The builders initialise on the CPU in float32, so a seed gives the same weights on any
+    # device; a float64 trial starts from those float32 values, converted exactly.
+    if config.model == "cnn":
+        model = build_cnn(activation=config.activation)
+    else:
+        model = build_mlp(depth=config.depth, width=config.width, activation=config.activation)
     return model.to(device=device, dtype=DTYPES[config.dtype])
 
 
-def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
-    """The nn.Linear layers by module name ("fc1" … "fc6" for ``build_mlp``): the same names K-FAC
-    uses for its diagnostics, so histograms and curvature of one layer share a key."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+def linear_layers(model: nn.Module) -> dict[str, nn.Linear | nn.Conv2d]:
+    """The layers K-FAC preconditions (nn.Linear and nn.Conv2d) by module name ("fc1" … "fc6"
+    for ``build_mlp``): the names K-FAC's diagnostics use, so histograms and curvature of one
+    layer share a key."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)}
 
 
 def build_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimizer:

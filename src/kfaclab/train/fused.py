@@ -41,7 +41,9 @@ from kfaclab.trial_types import TrialConfig
 
 def fusable(config: TrialConfig) -> bool:
     """Whether the trial's model is a chain ``FusedKFAC`` computes by hand (else: hooks)."""
-    return config.optimizer == "kfac" and config.activation in ACTIVATIONS and config.depth >= 2
+    if config.optimizer != "kfac" or config.model != "mlp":
+        return False
+    return config.activation in ACTIVATIONS and config.depth >= 2
 
 
 def kfac_options(config: TrialConfig) -> KFACOptions:
@@ -55,6 +57,7 @@ def kfac_options(config: TrialConfig) -> KFACOptions:
         factor_init=config.factor_init,
         eigen_floor=config.eigen_floor,
         kl_clip=config.kl_clip,
+        conv_approx=config.conv_approx,
     )
 
 

@@ -61,14 +61,15 @@ def _loss_and_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tup
 
 
 class GradHistogram:
-    """Counts of (∂L/∂θ)² per nn.Linear layer (weight and bias together) on fixed log10 bins.
+    """Counts of (∂L/∂θ)² per preconditioned layer (weight and bias together) on fixed log10
+    bins.
 
     Binning follows ``HistogramBins``: slot 0 is below 10**log10_min (exact zeros included), slots
     1…n_bins are the bins [e_i, e_{i+1}), the last slot is at or above 10**log10_max (NaN too).
     ``torch.bucketize(..., right=True)`` yields exactly that slot index.
     """
 
-    def __init__(self, layers: dict[str, nn.Linear], bins: HistogramBins) -> None:
+    def __init__(self, layers: dict[str, nn.Linear | nn.Conv2d], bins: HistogramBins) -> None:
         self.layers = layers
         self.n_slots = bins.n_bins + 2
         # The log10 is taken in float64 so the bin of a value does not depend on the model dtype.
