@@ -22,6 +22,7 @@ _SUBCOMMAND_MODULES = (
     "kfaclab.cli.data_cmd",
     "kfaclab.cli.sweep_cmd",
     "kfaclab.cli.report_cmd",
+    "kfaclab.cli.dashboard_cmd",
 )
 
 
