@@ -11,6 +11,7 @@ import json
 import math
 import shutil
 import sqlite3
+import time
 import tomllib
 import warnings
 from collections import Counter
@@ -54,12 +55,23 @@ def curve_trial(config: TrialConfig, progress: Any = None) -> TrialResult:
         if progress is not None:
             progress(t + 1, STEPS, loss)
         if t == 100 and "folder" in LIVE:
-            LIVE["seen"] = running_curve_lengths(LIVE["folder"])
+            LIVE["seen"] = wait_for_curves(LIVE["folder"], 51)
         if t == 50 and FAIL_ONCE and FAIL_ONCE.pop():
             raise RuntimeError("worker lost mid-trial")
     value = losses[-1]
     evals = [EvalPoint(STEPS, value, value, 0.9)]
     return TrialResult(config, "ok", value, STEPS, 0.01, losses, evals, {"60": {"fc1": [1, 2]}})
+
+
+def wait_for_curves(folder: Path, n: int, timeout: float = 20.0) -> list[int]:
+    """The running trials' curve lengths once they reach ``n`` values (reports are written by
+    a thread, so they may trail the training by a step or two), or as they are at the timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lengths = running_curve_lengths(folder)
+        if (lengths and min(lengths) >= n) or time.monotonic() > deadline:
+            return lengths
+        time.sleep(0.05)
 
 
 def running_curve_lengths(folder: Path) -> list[int]:
@@ -112,7 +124,7 @@ def test_curves_are_sampled_intermediate_values_reported_live_and_once(tmp_path:
         )
     finally:
         LIVE.pop("folder")
-    # At step 100 of a running trial another reader already saw steps 0, 2, …, 100 (51 values).
+    # During step 100 of a running trial another reader sees steps 0, 2, …, 100 (51 values).
     assert LIVE["seen"] and all(n == 51 for n in LIVE["seen"])
     study_set = load_study_set(str(tmp_path))
     stored = {

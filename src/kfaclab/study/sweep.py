@@ -239,6 +239,7 @@ class Worker:
             result = fn(config, progress=curve.progress) if takes_progress(fn) else fn(config)
         except BaseException as exc:
             beat.__exit__()
+            curve.close()  # the curve so far stays on the failed trial
             self._abandon(study, trial, exc)
             raise
         beat.__exit__()
