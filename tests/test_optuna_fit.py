@@ -7,6 +7,7 @@ the journal's lines, the artifact files, SQLite's table, Optuna's samplers run o
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import math
 import shutil
@@ -20,10 +21,12 @@ from typing import Any
 
 import optuna
 import pytest
+from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from kfaclab.study import load_study_set, records
+from kfaclab.study.artifacts import open_artifact_store
 from kfaclab.study.cells import build_cells
 from kfaclab.study.curves import CurveReporter, sampled_steps
 from kfaclab.study.diverged import DivergedAsInf, diverged_value
@@ -361,3 +364,20 @@ def test_a_journal_written_the_old_way_reads_and_resumes(tmp_path: Path) -> None
             assert t.record == written[(t.cell, t.number)]
         else:
             assert t.record is not None and len(t.record.step_losses) == STEPS
+
+
+def test_database_store_without_the_storages_engine(tmp_path: Path) -> None:
+    """A storage that does not expose Optuna's engine (a wrapper) still gets the table, via its
+    URL; the store behaves as Optuna's ArtifactStore protocol says."""
+    spec = StorageSpec(url=f"sqlite:///{tmp_path / 'a.db'}")
+    store = open_artifact_store(spec, optuna.storages.InMemoryStorage(), create=True)
+    store.write("abc-1", io.BytesIO(b"\x00record\xff"))
+    with store.open_reader("abc-1") as handle:
+        assert handle.read() == b"\x00record\xff"
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        assert conn.execute("SELECT artifact_id FROM kfaclab_artifacts").fetchall() == [("abc-1",)]
+    store.remove("abc-1")
+    with pytest.raises(ArtifactNotFound):
+        store.open_reader("abc-1")
+    with pytest.raises(ArtifactNotFound):
+        store.remove("abc-1")

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 
-from kfaclab.study.storage import StorageSpec, cell_lock
+from kfaclab.study.storage import StorageSpec, cell_lock, driver_url
 
 ARTIFACT_DIR = "artifacts"
 TABLE = "kfaclab_artifacts"
@@ -48,14 +48,25 @@ def open_artifact_store(
         if create:
             folder.mkdir(parents=True, exist_ok=True)
         return FileSystemArtifactStore(folder)
+    # Optuna's RDBStorage has its engine (and its connection settings) at hand; a storage that
+    # wraps it may not, and then the URL gives one.
     engine = getattr(storage, "engine", None)
     if not isinstance(engine, sa.engine.Engine):
-        raise TypeError(f"expected Optuna's RDBStorage for {spec.describe()}, got {storage!r}")
+        engine = _engine(spec.url)
     store = DatabaseArtifactStore(engine)
     if create:
         with cell_lock(spec, _TABLE_LOCK):
             store.create_table()
     return store
+
+
+_ENGINES: dict[str, sa.engine.Engine] = {}
+
+
+def _engine(url: str) -> sa.engine.Engine:
+    if url not in _ENGINES:
+        _ENGINES[url] = sa.create_engine(driver_url(url), pool_pre_ping=True)
+    return _ENGINES[url]
 
 
 class DatabaseArtifactStore:
