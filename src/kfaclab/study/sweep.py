@@ -140,8 +140,8 @@ class Worker:
         self.stop = stop or threading.Event()
         self.storage = open_storage(spec, create=True)
         self.journal = spec.url is None
-        self.records = open_artifact_store(spec, self.storage, create=True)
         self.cells = ensure_studies(protocol, self.storage, spec)
+        self.records = open_artifact_store(spec, self.storage, create=True)
         with optuna_quiet():
             self.studies = {
                 c.name: optuna.load_study(
