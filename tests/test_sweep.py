@@ -190,8 +190,9 @@ def test_export_matches_storage(tmp_path: Path, capsys: pytest.CaptureFixture[st
     for row in rows:
         t = stored[(row["cell"], int(row["trial"]))]
         assert row["state"] == t.state.name == "COMPLETE"
-        assert float(row["value"]) == t.value
         assert row["status"] == t.user_attrs["status"]
+        # A diverged trial is stored with a finite penalty (study/diverged.py), exported as inf.
+        assert float(row["value"]) == (math.inf if row["status"] == "diverged" else t.value)
         for key in ("lr", "lr_decay", "momentum"):
             assert float(row[key]) == t.params[key]
         assert float(row["seconds"]) == t.user_attrs["seconds"]

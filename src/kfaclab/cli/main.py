@@ -23,6 +23,7 @@ _SUBCOMMAND_MODULES = (
     "kfaclab.cli.sweep_cmd",
     "kfaclab.cli.report_cmd",
     "kfaclab.cli.claims_cmd",
+    "kfaclab.cli.dashboard_cmd",
 )
 
 

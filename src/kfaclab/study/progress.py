@@ -81,8 +81,15 @@ def summarize(
     for cell in cells:
         ts = trials[cell.name]
         complete = [t for t in ts if t.state == TrialState.COMPLETE]
-        ok = [t.value for t in complete if t.value is not None and math.isfinite(t.value)]
-        diverged = sum(t.user_attrs.get(records.STATUS) == "diverged" for t in complete)
+        # A diverged trial's value is a finite penalty (diverged.py): its status, not its value,
+        # keeps it out of the best loss.
+        div = [t.user_attrs.get(records.STATUS) == "diverged" for t in complete]
+        ok = [
+            t.value
+            for t, d in zip(complete, div, strict=True)
+            if not d and t.value is not None and math.isfinite(t.value)
+        ]
+        diverged = sum(div)
         remaining = max(cell.n_trials - len(complete), 0)
         stale = (dead or {}).get(cell.name, set())
         eta = None

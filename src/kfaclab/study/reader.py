@@ -13,6 +13,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from kfaclab.study import records
+from kfaclab.study.artifacts import RecordStore, open_artifact_store
 from kfaclab.study.cells import CellInfo
 from kfaclab.study.progress import cell_trials
 from kfaclab.study.registry import pick_protocol
@@ -61,8 +62,9 @@ def read_study_set(
     storage = spec.open(create=False)
     stored = pick_protocol(storage, spec.describe(), protocol)
     by_cell = cell_trials(storage, stored.name, stored.cells)
+    store = open_artifact_store(spec, storage, create=False) if with_records else None
     trials = [
-        stored_trial(cell.name, t, with_records)
+        stored_trial(cell.name, t, store)
         for cell in stored.cells
         for t in sorted(by_cell[cell.name], key=lambda t: t.number)
     ]
@@ -70,18 +72,19 @@ def read_study_set(
     return StudySet(protocol=stored.raw, cells=stored.cells, trials=trials, identity=identity)
 
 
-def stored_trial(cell: str, trial: FrozenTrial, with_record: bool = True) -> StoredTrial:
+def stored_trial(cell: str, trial: FrozenTrial, store: RecordStore | None = None) -> StoredTrial:
+    """``store``: where the records are (None: don't read them; a study written before
+    artifacts still has its records in a user attr, which records.read_record reads too)."""
     attrs = trial.user_attrs
     finished = trial.state == TrialState.COMPLETE
     value = trial.value if finished else None
     status = attrs.get(records.STATUS) if finished else None
     if finished and status == "diverged":
-        value = math.inf  # stored as inf already; kept explicit for storages that round it
+        value = math.inf  # stored as a finite penalty (diverged.py), or as inf by older studies
     seconds = attrs.get(records.SECONDS)
     if seconds is None and trial.datetime_start is not None and trial.datetime_complete:
         seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
-    blob = attrs.get(records.RECORD)
-    record = records.decode_result(blob) if with_record and isinstance(blob, str) else None
+    record = records.read_record(trial, store) if finished and store is not None else None
     return StoredTrial(
         cell=cell,
         number=trial.number,

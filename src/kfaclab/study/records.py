@@ -1,45 +1,108 @@
-"""A trial's full record (curves, histograms, diagnostics) kept in the study storage itself.
+"""A trial's full record (curves, histograms, diagnostics) and its small user attrs.
 
-The ``TrialResult`` goes into the trial's user attrs as zlib-compressed JSON in base64 text, so
-every worker, ``kfaclab status``/``export`` and the report read it from wherever the storage is
-(a journal file, a PostgreSQL server) and nothing lives only on the disk of the worker that ran
-it. A one-epoch MNIST trial's record is a few kB compressed.
+The ``TrialResult`` is an Optuna artifact named ``record.json.gz`` (gzip-compressed JSON) in the
+storage's artifact store (artifacts.py), so it never sits in the user-attribute table that
+optuna-dashboard shows as columns, and every worker, ``kfaclab status``/``export`` and the report
+read it from wherever the storage is. A one-epoch MNIST trial's record is a few kB compressed.
 
-User attrs of a finished trial:
+User attrs of a finished trial (small, all shown by the dashboard):
     status      "ok" | "diverged"
     seconds     wall time of the trial (float)
     seed        the training seed (kept across retries, so a retry reruns the same trial)
     test_accuracy
-    record      base64(zlib(json(TrialResult.to_dict())))
+
+Studies written before artifacts kept the record in a user attr ``record`` as
+base64(zlib(json)); ``read_record`` still reads it.
 """
 
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import math
+import tempfile
 import zlib
+from pathlib import Path
 from typing import Any
 
+import optuna
+from optuna.artifacts import upload_artifact
+from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.trial import FrozenTrial
+
+from kfaclab.study.artifacts import RecordStore
 from kfaclab.trial_types import TrialResult
 
-RECORD = "record"
+RECORD = "record"  # the old layout's user attr
+RECORD_FILE = "record.json.gz"
 STATUS = "status"
 SECONDS = "seconds"
 SEED = "seed"
 TEST_ACCURACY = "test_accuracy"
+_ARTIFACT_PREFIX = "artifacts:"  # Optuna's system-attr key prefix for artifact metadata
+
+
+def record_json(result: TrialResult) -> bytes:
+    # Only ever read back by Python's json, which round-trips Infinity and NaN (a diagnostic's
+    # condition number may be inf), so no value needs rewriting.
+    return json.dumps(result.to_dict(), separators=(",", ":"), default=_plain).encode("utf-8")
+
+
+def encode_record(result: TrialResult) -> bytes:
+    # mtime=0: the same result gives the same bytes.
+    return gzip.compress(record_json(result), compresslevel=6, mtime=0)
+
+
+def decode_record(data: bytes) -> TrialResult:
+    return TrialResult.from_dict(json.loads(gzip.decompress(data).decode("utf-8")))
 
 
 def encode_result(result: TrialResult) -> str:
-    # The blob is only ever read back by Python's json, which round-trips Infinity and NaN (a
-    # diagnostic's condition number may be inf), so no value needs rewriting.
-    text = json.dumps(result.to_dict(), separators=(",", ":"), default=_plain)
-    return base64.b64encode(zlib.compress(text.encode("utf-8"), 6)).decode("ascii")
+    """The old layout's attr text (kept for tests that write a study the old way)."""
+    return base64.b64encode(zlib.compress(record_json(result), 6)).decode("ascii")
 
 
 def decode_result(blob: str) -> TrialResult:
     data = json.loads(zlib.decompress(base64.b64decode(blob)).decode("utf-8"))
     return TrialResult.from_dict(data)
+
+
+def write_record(trial: optuna.Trial, result: TrialResult, store: RecordStore) -> str:
+    """Upload ``result`` as the trial's record artifact; returns the artifact id."""
+    with tempfile.TemporaryDirectory(prefix="kfaclab-record-") as tmp:
+        path = Path(tmp) / RECORD_FILE
+        path.write_bytes(encode_record(result))
+        # Optuna guesses application/json with encoding gzip from the name: what it is.
+        return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+
+
+def record_artifact_id(trial: FrozenTrial) -> str | None:
+    """The id of the trial's record artifact, if it has one."""
+    for key, value in trial.system_attrs.items():
+        if not key.startswith(_ARTIFACT_PREFIX) or not isinstance(value, str):
+            continue
+        try:
+            meta = json.loads(value)
+        except ValueError:
+            continue
+        if isinstance(meta, dict) and meta.get("filename") == RECORD_FILE:
+            return str(meta.get("artifact_id", key[len(_ARTIFACT_PREFIX) :]))
+    return None
+
+
+def read_record(trial: FrozenTrial, store: RecordStore | None) -> TrialResult | None:
+    """The trial's TrialResult: its record artifact, else the old user attr, else None (not
+    finished, or its artifact is missing, e.g. an output folder copied without artifacts/)."""
+    artifact_id = record_artifact_id(trial)
+    if artifact_id is not None and store is not None:
+        try:
+            with store.open_reader(artifact_id) as handle:
+                return decode_record(handle.read())
+        except ArtifactNotFound:
+            return None
+    blob = trial.user_attrs.get(RECORD)
+    return decode_result(blob) if isinstance(blob, str) else None
 
 
 def result_attrs(result: TrialResult) -> dict[str, Any]:
@@ -49,7 +112,6 @@ def result_attrs(result: TrialResult) -> dict[str, Any]:
         STATUS: result.status,
         SECONDS: float(result.seconds),
         TEST_ACCURACY: acc if math.isfinite(acc) else None,
-        RECORD: encode_result(result),
     }
 
 

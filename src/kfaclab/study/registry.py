@@ -1,8 +1,12 @@
 """The studies of a protocol in a storage: created once, checked on every resume.
 
 Layout (all in the one storage):
-- an index study named "<protocol>" with no trials, whose user attrs hold the protocol dict
-  exactly as loaded from the TOML ("kfaclab:protocol") and the cell list ("kfaclab:cells");
+- an index study named "<protocol> [kfaclab index: protocol + cells, no trials]" with no trials,
+  whose user attrs hold the protocol dict exactly as loaded from the TOML ("kfaclab:protocol"),
+  the cell list ("kfaclab:cells") and the protocol's name ("kfaclab:name"). Its name says what
+  it is to someone browsing the studies in optuna-dashboard, which lists every study; studies
+  written before this naming have their index named "<protocol>" and are found and resumed as
+  they are;
 - one study per cell, "<protocol>/<cell>", minimising the final full-training-set loss.
 
 Resuming with a protocol file that differs from the stored dict is refused with the first
@@ -27,6 +31,7 @@ KIND_ATTR = "kfaclab:kind"
 PROTOCOL_ATTR = "kfaclab:protocol"
 CELLS_ATTR = "kfaclab:cells"
 CELL_ATTR = "kfaclab:cell"
+NAME_ATTR = "kfaclab:name"
 
 
 @dataclass(frozen=True)
@@ -40,13 +45,18 @@ def study_name(protocol: str, cell: str) -> str:
     return f"{protocol}/{cell}"
 
 
+def index_study_name(protocol: str) -> str:
+    # Not "<protocol>/…": the cells' prefix, which tools (and tests) use to list the cells.
+    return f"{protocol} [kfaclab index: protocol + cells, no trials]"
+
+
 def ensure_studies(
     protocol: Protocol, storage: optuna.storages.BaseStorage, spec: Storage
 ) -> list[CellInfo]:
     """Create the protocol's studies, or check that the stored ones match ``protocol``."""
     cells = build_cells(protocol)
     with optuna_quiet(), spec.cell_lock(protocol.name):
-        index = _load_or_create(storage, protocol.name)
+        index = _load_index(storage, protocol.name)
         stored = index.user_attrs.get(PROTOCOL_ATTR)
         if stored is not None:
             diff = first_difference(stored, protocol.raw)
@@ -59,6 +69,7 @@ def ensure_studies(
                 )
         else:
             index.set_user_attr(KIND_ATTR, "protocol")
+            index.set_user_attr(NAME_ATTR, protocol.name)
             index.set_user_attr(PROTOCOL_ATTR, protocol.raw)
             index.set_user_attr(CELLS_ATTR, [c.to_dict() for c in cells])
         for cell in cells:
@@ -66,6 +77,17 @@ def ensure_studies(
             if CELL_ATTR not in study.user_attrs:
                 study.set_user_attr(CELL_ATTR, cell.to_dict())
     return cells
+
+
+def _load_index(storage: optuna.storages.BaseStorage, protocol: str) -> optuna.Study:
+    """The protocol's index study: the old-style one named "<protocol>" when it exists."""
+    try:
+        old = optuna.load_study(study_name=protocol, storage=storage)
+        if old.user_attrs.get(KIND_ATTR) == "protocol":
+            return old
+    except KeyError:
+        pass
+    return _load_or_create(storage, index_study_name(protocol))
 
 
 def _load_or_create(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
@@ -86,7 +108,8 @@ def stored_protocols(storage: optuna.storages.BaseStorage) -> list[StoredProtoco
         attrs = study.user_attrs
         if attrs.get(KIND_ATTR) == "protocol" and PROTOCOL_ATTR in attrs:
             cells = [CellInfo.from_dict(c) for c in attrs.get(CELLS_ATTR, [])]
-            found.append(StoredProtocol(study.study_name, attrs[PROTOCOL_ATTR], cells))
+            name = attrs.get(NAME_ATTR, study.study_name)  # old indexes: the study's name
+            found.append(StoredProtocol(name, attrs[PROTOCOL_ATTR], cells))
     return found
 
 

@@ -7,15 +7,15 @@ never both create the n-th trial, and a FAILed trial (its worker died) is not co
 its WAITING copy is. Without the lock a count-then-create would over-run by up to one trial per
 concurrent worker (and on PostgreSQL, trial numbers themselves can race).
 
-A diverged trial is told as COMPLETE with value +inf (user attr status = "diverged"): it counts
-toward the cell and ranks last. Every storage accepts inf (RDBStorage stores it as a flagged
-value, the journal as JSON Infinity); TPE ranks it last; the GP sampler clips it to the worst
-finite value before fitting, which is the right thing for a regression. So no finite penalty is
-needed and StoredTrial.value is inf for diverged trials with no conversion on read.
+A diverged trial is told as COMPLETE with a finite penalty value and user attr status =
+"diverged" (diverged.py: it ranks last, optuna-dashboard plots it, and the samplers and the report
+see inf as before). While a trial runs its learning curve goes to Optuna as intermediate values
+(curves.py); when it ends its full record goes to the artifact store (records.py, artifacts.py).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import threading
 import warnings
@@ -28,14 +28,19 @@ from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 from kfaclab.study import records
+from kfaclab.study.artifacts import open_artifact_store
 from kfaclab.study.cells import CellInfo, damping_for_trial, search_space
+from kfaclab.study.curves import CurveReporter
+from kfaclab.study.diverged import DivergedAsInf, diverged_value
 from kfaclab.study.liveness import Heartbeat, fail_dead_trials, retry_callback, worker_attrs
 from kfaclab.study.protocol import Protocol
 from kfaclab.study.registry import ensure_studies, optuna_quiet, study_name
 from kfaclab.study.storage import Storage
 from kfaclab.trial_types import TrialConfig, TrialResult
 
-TrialFn = Callable[[TrialConfig], TrialResult]
+# fn(config) or fn(config, progress=callback): run_trial's progress(steps_done, total, loss)
+# lets the worker report the learning curve while the trial runs.
+TrialFn = Callable[..., TrialResult]
 COUNTED = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
 WAIT_SECONDS = 2.0  # polling period while only other workers' trials are left
 
@@ -87,12 +92,24 @@ def make_sampler(protocol: Protocol, cell: CellInfo, k: int) -> optuna.samplers.
     startup = min(10, max(1, search.n_trials // 3))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        inner: optuna.samplers.BaseSampler
         if search.sampler == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        if search.sampler == "gp":
-            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
-        # multivariate: lr and momentum interact (the effective step is ~ lr / (1 - momentum)).
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True)
+            inner = optuna.samplers.RandomSampler(seed=seed)
+        elif search.sampler == "gp":
+            inner = optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
+        else:
+            # multivariate: lr and momentum interact (the effective step is ~ lr / (1 - momentum)).
+            inner = optuna.samplers.TPESampler(
+                seed=seed, n_startup_trials=startup, multivariate=True
+            )
+    return DivergedAsInf(inner)
+
+
+def takes_progress(fn: TrialFn) -> bool:
+    try:
+        return "progress" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: call it with the config only
+        return False
 
 
 def cell_counts(study: optuna.Study) -> tuple[int, int, int]:
@@ -124,6 +141,7 @@ class Worker:
         self.storage = spec.open(create=True)
         self.journal = not spec.builtin_heartbeat  # kfaclab's own heartbeat attr
         self.cells = ensure_studies(protocol, self.storage, spec)
+        self.records = open_artifact_store(spec, self.storage, create=True)
         with optuna_quiet():
             self.studies = {
                 c.name: optuna.load_study(
@@ -216,19 +234,24 @@ class Worker:
     def _finish(self, cell: CellInfo, trial: optuna.Trial, beat: Heartbeat, fn: TrialFn) -> None:
         study = self.studies[cell.name]
         config = trial_config(self.protocol, cell, trial.params, int(trial.user_attrs["seed"]))
+        curve = CurveReporter(trial)
         try:
-            result = fn(config)
+            result = fn(config, progress=curve.progress) if takes_progress(fn) else fn(config)
         except BaseException as exc:
             beat.__exit__()
+            curve.close()  # the curve so far stays on the failed trial
             self._abandon(study, trial, exc)
             raise
         beat.__exit__()
         value = result.value
         attrs = records.result_attrs(result)
         if result.status == "diverged" or not math.isfinite(value):
-            value = math.inf  # NaN would make Optuna fail the trial; it must count and rank last
+            # Finite so that the dashboard plots it; ranks after every ok trial (diverged.py).
+            value = diverged_value(self.protocol.training.divergence_loss)
             attrs[records.STATUS] = "diverged"
         try:
+            curve.finish(result.step_losses)
+            records.write_record(trial, result, self.records)
             for key, attr in attrs.items():
                 trial.set_user_attr(key, attr)
             study.tell(trial, value)
