@@ -76,7 +76,7 @@ def test_flags_override_the_toml_file(mnist_dir: Path, tmp_path: Path) -> None:
             "kfaclab: error: damping must be > 0, got -1.0",
         ),
         (["--lr", "-1"], "kfaclab: error: lr must be > 0, got -1.0"),
-        (["--threads", "0"], "kfaclab: error: threads must be >= 1, got 0"),
+        (["--threads", "0"], "kfaclab: error: threads must be in [1, "),
         (["--config", "/nonexistent.toml"], "kfaclab: error: --config must be an existing file"),
     ],
 )
