@@ -132,8 +132,15 @@ def load_protocol(path: str | Path, data_dir: str | Path | None = None) -> Proto
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise UsageError(f"CONFIG must be a protocol file, got {str(path)!r} (a folder)") from None
     except OSError as exc:
         raise UsageError(f"cannot read protocol {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"protocol {path} must be UTF-8 text (TOML is), got byte {exc.object[exc.start]:#04x} "
+            f"at offset {exc.start}"
+        ) from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
