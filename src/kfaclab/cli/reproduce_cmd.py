@@ -54,8 +54,8 @@ def preset_path(name: str) -> Path:
 def run_reproduce(args: argparse.Namespace) -> int:
     from kfaclab.cli.sweeping import load_checked_protocol, prepare_dataset
     from kfaclab.study.reader import read_study_set
-    from kfaclab.study.runner import run_sweep
     from kfaclab.study.registry import ensure_studies
+    from kfaclab.study.runner import run_sweep
     from kfaclab.study.storage import open_storage, resolve
 
     if args.workers < 1:

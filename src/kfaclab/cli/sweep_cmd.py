@@ -46,8 +46,8 @@ def register(subparsers: Any) -> None:
 def run_sweep_cmd(args: argparse.Namespace) -> int:
     from kfaclab.cli.outputs import check_out_dir
     from kfaclab.cli.sweeping import load_checked_protocol, next_step, prepare_dataset
-    from kfaclab.study.runner import run_sweep
     from kfaclab.study.registry import ensure_studies
+    from kfaclab.study.runner import run_sweep
     from kfaclab.study.storage import open_storage, resolve
 
     if args.workers < 1:
