@@ -12,7 +12,7 @@ from typing import Literal, get_args
 OptimizerName = Literal["sgd", "kfac"]
 DampingForm = Literal["exact", "factored"]
 FisherType = Literal["empirical", "mc"]
-# "batch": the first update sets a running factor to the batch statistic (DESIGN.md);
+# "batch": the first update sets a running factor to the batch statistic (docs/interfaces.md);
 # "identity": A₀ = I, G₀ = I and the EMA from there (what several popular implementations do:
 # extra damping whose weight decays as factor_decay**updates).
 FactorInit = Literal["batch", "identity"]
