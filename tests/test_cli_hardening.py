@@ -199,3 +199,11 @@ def test_mistyped_preset_is_caught_by_the_parser(capsys: pytest.CaptureFixture[s
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "argument --preset: invalid choice: 'paperr'" in err and err.count("\n") == 1
+
+
+def test_an_empty_out_is_not_the_working_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tiny_protocol(tmp_path)
+    for argv in (["train", "--out", ""], ["sweep", str(config), "--out", ""]):
+        assert one_line(capsys, argv) == "kfaclab: error: --out must name a path, got ''\n"

@@ -104,6 +104,8 @@ def _reason(exc: OSError) -> str:
 
 def check_out_dir(path: str | Path, flag: str = "--out") -> Path:
     """An output folder: existing or creatable, writable, not inside a .git folder. Creates it."""
+    if str(path) == "":  # Path("") is "."; an empty --out is a slip, not the working folder
+        raise UsageError(f"{flag} must name a path, got ''")
     folder = Path(path)
     _check_names(folder, flag)
     if folder.is_symlink() and not folder.exists():
@@ -120,6 +122,8 @@ def check_out_dir(path: str | Path, flag: str = "--out") -> Path:
 def check_out_file(path: str | Path, flag: str = "--out", *, overwrite: bool = True) -> Path:
     """An output file: a new path (its folder is created) or, if ``overwrite``, an existing
     regular file; never a folder, a device or a symbolic link; its folder writable."""
+    if str(path) == "":
+        raise UsageError(f"{flag} must name a path, got ''")
     out = Path(path)
     _check_names(out, flag)
     if out.is_symlink() or (out.exists() and not out.is_file()):

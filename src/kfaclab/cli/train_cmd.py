@@ -97,7 +97,7 @@ def register(subparsers: Any) -> None:
             flag, dest=field, type=kind or _step_list, choices=choices, default=None, help=help_text
         )
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as workers)")
-    p.add_argument("--out", type=Path, help="write the TrialResult here as JSON")
+    p.add_argument("--out", help="write the TrialResult here as JSON")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run_train)
 
