@@ -166,7 +166,7 @@ def _find_or_fetch(
         raise UsageError(f"{file.name}: not found in {where} (download disabled)")
     # One download per machine: processes that find the file missing at the same moment (a
     # sweep's workers) queue on the cache's lock, and all but the first then find it in place.
-    with _cache_lock(cache_dir(spec.name)):
+    with _cache_lock(cache_dir(spec.name).parent / f".{spec.name}.lock"):
         found = locate(file, dirs)
         if found is not None:
             return found
@@ -179,13 +179,16 @@ def _find_or_fetch(
 
 
 @contextlib.contextmanager
-def _cache_lock(folder: Path) -> Iterator[None]:
-    """An exclusive lock on ``folder/.lock`` (flock: released by the kernel if the holder dies)."""
+def _cache_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on the file ``path`` (flock: the kernel releases it if the holder dies).
+    Beside the dataset's folder, not in it, so the folder holds the dataset's files only."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle = (folder / ".lock").open("a")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a")
     except OSError as exc:
-        raise UsageError(f"{folder}: cannot write the download ({exc.strerror or exc})") from exc
+        raise UsageError(
+            f"{path.parent}: cannot write the download ({exc.strerror or exc})"
+        ) from exc
     with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
