@@ -1,8 +1,8 @@
 """Hand-made stored studies for the analysis and report tests (no training, no Optuna).
 
-Shapes follow CONTRACTS.md: a StudySet with protocol, cells and trials whose records are
-TrialResults. Includes the awkward cases the report must survive: a cell whose every trial
-diverged, and a cell with trials still running.
+Shapes follow docs/interfaces.md (kfaclab.study): a StudySet with protocol, cells and trials
+whose records are TrialResults. Includes the awkward cases the report must survive: a cell whose
+every trial diverged, and a cell with trials still running.
 """
 
 from __future__ import annotations

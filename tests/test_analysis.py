@@ -27,7 +27,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
 
 
 def _direct_top(study, cell):  # type: ignore[no-untyped-def]
-    """The top-k by a direct reading of CONTRACTS.md: finished, finite, lowest value first."""
+    """The top-k by a direct reading of docs/interfaces.md: finished, finite, lowest value first."""
     ok = [
         t
         for t in study.trials

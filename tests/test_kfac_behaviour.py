@@ -183,7 +183,8 @@ def test_bad_arguments_name_argument_rule_and_value(kwargs: dict, message: str) 
 
 def test_model_without_linear_layers_is_refused() -> None:
     with pytest.raises(
-        ValueError, match=r"at least one trainable nn\.Linear or nn\.Conv2d layer, got none in Conv1d"
+        ValueError,
+        match=r"at least one trainable nn\.Linear or nn\.Conv2d layer, got none in Conv1d",
     ):
         KFAC(nn.Conv1d(1, 1, 3), lr=0.1)
 

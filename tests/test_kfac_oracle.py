@@ -1,4 +1,4 @@
-"""KFAC's update against a dense float64 oracle built from DESIGN.md's definitions.
+"""KFAC's update against a dense float64 oracle built from docs/interfaces.md's "What λ means".
 
 The oracle recomputes everything independently: per-example output gradients from a sum-reduced
 loss differentiated w.r.t. the pre-activations, the factors as explicit averages, the curvature

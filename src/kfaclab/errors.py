@@ -7,3 +7,11 @@ class UsageError(ValueError):
     Messages name the argument, the rule and the bad value, e.g.
     "damping must be > 0, got -1.0".
     """
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler, `kill`, a container stopping), raised where Ctrl-C would be.
+
+    A subclass of KeyboardInterrupt so that every path that already cleans up after Ctrl-C
+    (a sweep re-queues its running trial, keeps every finished one) does so for SIGTERM too.
+    """

@@ -2,18 +2,25 @@
 
 Each subcommand module exposes ``register(subparsers) -> None``; the parser it adds sets
 ``func=callable(args) -> int``. A ``UsageError`` (bad input, found by the validation every
-command does first) prints ``kfaclab: error: <message>`` on one line and exits with code 2. Other
-exceptions are bugs and keep their traceback.
+command does first) prints ``kfaclab: error: <message>`` on one line and exits with code 2.
+Ctrl-C and SIGTERM print one line and exit with 130 and 143 (128 + the signal number), after the
+command has kept what it finished. Other exceptions are bugs and keep their traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import multiprocessing
+import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from types import FrameType
 
-from kfaclab.errors import UsageError
+from kfaclab.errors import Terminated, UsageError
 
 # Subcommand modules, in the order `kfaclab --help` lists them. A module that is missing is skipped
 # so that a partial install still runs the commands it has.
@@ -22,6 +29,7 @@ _SUBCOMMAND_MODULES = (
     "kfaclab.cli.data_cmd",
     "kfaclab.cli.sweep_cmd",
     "kfaclab.cli.report_cmd",
+    "kfaclab.cli.reproduce_cmd",
     "kfaclab.cli.claims_cmd",
     "kfaclab.cli.dashboard_cmd",
 )
@@ -37,6 +45,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kfaclab", description="K-FAC damping laboratory")
+    parser.add_argument("--version", action="version", version=f"kfaclab {version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in _SUBCOMMAND_MODULES:
         try:
@@ -49,17 +58,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def version() -> str:
+    """The installed distribution's version; the source tree's when run uninstalled."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("kfaclab")
+    except PackageNotFoundError:
+        from kfaclab import __version__
+
+        return __version__
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Worker processes of a sweep get SIGINT, which they handle as Ctrl-C (their running trial
+    # is re-queued, not left RUNNING until its heartbeat expires); this process unwinds likewise.
+    for child in multiprocessing.active_children():
+        if child.pid is not None:
+            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                os.kill(child.pid, signal.SIGINT)
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Python only lets the main thread set handlers (tests may call main() from another one).
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
         return int(args.func(args))
     except UsageError as exc:
         sys.stderr.write(f"kfaclab: error: {exc}\n")
         return 2
+    except Terminated:
+        sys.stderr.write("kfaclab: terminated (SIGTERM); finished results are kept\n")
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         sys.stderr.write("kfaclab: interrupted; finished results are kept\n")
         return 130
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

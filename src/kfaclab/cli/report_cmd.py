@@ -1,10 +1,10 @@
-"""`kfaclab report` and `kfaclab reproduce`: a stored study → report.html + report.md.
+"""`kfaclab report`: a stored study → report.html + report.md (and figures, reruns.json).
 
     kfaclab report DIR | --storage URL [--out DIR] [--no-reruns] [--protocol NAME]
-    kfaclab reproduce [--preset quick|paper|paper-linear|adaptive] [--out DIR] [--workers N]
 
-`reproduce` is the project's main job: the preset's sweep on the embedded storage in --out, then
-its report. Rerunning it resumes the sweep and rebuilds the report (reruns are cached).
+The report folder is checked before any work: creatable and writable, not inside a .git folder,
+and without a symbolic link where the report writes a file (report.md, report.html, reruns.json,
+figures/): writing through a link planted there would overwrite whatever it points at.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from kfaclab.errors import UsageError
 if TYPE_CHECKING:
     from kfaclab.analysis.report import Report
 
-PRESETS = ("quick", "paper", "paper-linear", "paper-b2", "adaptive", "adaptive-quick")
+# What build_report writes in its folder (analysis/report.py, analysis/reruns.py, style.save).
+REPORT_FILES = ("report.md", "report.html", "reruns.json", "figures")
 
 
 def register(subparsers: Any) -> None:
@@ -32,32 +33,38 @@ def register(subparsers: Any) -> None:
     )
     add_stored_sweep_arguments(rep)
     rep.add_argument("--out", help="report folder (default: the sweep's folder, or ./report)")
-    _common(rep)
+    add_rerun_flag(rep)
     rep.set_defaults(func=run_report)
 
-    rp = subparsers.add_parser(
-        "reproduce",
-        help="sweep + report for a preset protocol (resumes when rerun)",
-        description="Runs a preset protocol on the embedded storage in --out, then the report.",
-    )
-    rp.add_argument(
-        "--preset", default="quick", help=f"one of {', '.join(PRESETS)} (default quick)"
-    )
-    rp.add_argument("--out", help="output folder (default runs/<preset>)")
-    rp.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    rp.add_argument(
-        "--data-dir", help="folder with the dataset's IDX files (default: cache, then download)"
-    )
-    _common(rp)
-    rp.set_defaults(func=run_reproduce)
 
-
-def _common(p: argparse.ArgumentParser) -> None:
+def add_rerun_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-reruns",
         action="store_true",
         help="skip rerunning each cell's best configuration on new seeds",
     )
+
+
+def check_report_dir(out: Path, flag: str = "--out") -> Path:
+    """The report folder, checked (see the module docstring) and created."""
+    from kfaclab.cli.outputs import check_out_dir
+
+    check_out_dir(out, flag)
+    for name in REPORT_FILES:
+        if (out / name).is_symlink():
+            raise UsageError(
+                f"{flag} must not hold a symbolic link where the report writes, got "
+                f"{str(out / name)!r} -> {str((out / name).readlink())!r}; remove it first"
+            )
+    figures = out / "figures"
+    if figures.is_dir():
+        for path in figures.iterdir():
+            if path.is_symlink():
+                raise UsageError(
+                    f"{flag} must not hold a symbolic link where the report writes, got "
+                    f"{str(path)!r}; remove it first"
+                )
+    return out
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -67,12 +74,15 @@ def run_report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else (spec.out_folder or Path("report"))
     for name in ("report.html", "report.md", "reruns.json"):
         spec.refuse_own_file(out / name, "--out")
+    # Read first (a mistyped DIR must not leave a report folder behind), then check the output
+    # folder before the work: reruns and figures take minutes.
     study = read_study_set(spec, protocol=args.protocol)
-    _write(study, out, spec.describe(), not args.no_reruns)
+    check_report_dir(out)
+    write_report(study, out, spec.describe(), not args.no_reruns)
     return 0
 
 
-def _write(study: Any, out: Path, storage: str, reruns: bool) -> Report:
+def write_report(study: Any, out: Path, storage: str, reruns: bool) -> Report:
     from kfaclab.analysis.report import build_report
 
     def log(msg: str) -> None:
@@ -81,40 +91,3 @@ def _write(study: Any, out: Path, storage: str, reruns: bool) -> Report:
     report = build_report(study, out, storage=storage, reruns=reruns, log=log)
     sys.stdout.write(f"wrote {report.html} and {report.markdown} ({len(report.figures)} figures)\n")
     return report
-
-
-def preset_path(name: str) -> Path:
-    """configs/<name>.toml: packaged with kfaclab if installed so, else the source checkout's."""
-    if name not in PRESETS:
-        raise UsageError(f"--preset must be one of {', '.join(PRESETS)}, got {name!r}")
-    import kfaclab
-
-    pkg = Path(kfaclab.__file__).resolve().parent
-    for folder in (pkg / "configs", pkg.parents[1] / "configs", Path.cwd() / "configs"):
-        if (folder / f"{name}.toml").is_file():
-            return folder / f"{name}.toml"
-    raise UsageError(
-        f"--preset {name}: no configs/{name}.toml found next to kfaclab or in {Path.cwd()}"
-    )
-
-
-def run_reproduce(args: argparse.Namespace) -> int:
-    from kfaclab.study.protocol import load_protocol
-    from kfaclab.study.reader import read_study_set
-    from kfaclab.study.runner import run_sweep
-    from kfaclab.study.storage import resolve
-
-    if args.workers < 1:
-        raise UsageError(f"--workers must be >= 1, got {args.workers}")
-    protocol = load_protocol(preset_path(args.preset), data_dir=args.data_dir)
-    out = Path(args.out or f"runs/{args.preset}")
-    out.mkdir(parents=True, exist_ok=True)
-    spec = resolve(str(out))
-    rc = run_sweep(protocol, spec, workers=args.workers)
-    # A sweep interrupted or with failed trials still gets a report that says what is missing.
-    study = read_study_set(spec, protocol=protocol.name)
-    report = _write(study, out, spec.describe(), not args.no_reruns)
-    from kfaclab.analysis.headline import headline_text
-
-    sys.stdout.write("\n" + headline_text(report.claims))  # the answer, last on the terminal
-    return rc

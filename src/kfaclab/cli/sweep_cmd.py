@@ -44,19 +44,31 @@ def register(subparsers: Any) -> None:
 
 
 def run_sweep_cmd(args: argparse.Namespace) -> int:
-    from kfaclab.study.protocol import load_protocol
+    from kfaclab.cli.outputs import check_out_dir
+    from kfaclab.cli.sweeping import load_checked_protocol, next_step, prepare_dataset
+    from kfaclab.study.registry import ensure_studies
     from kfaclab.study.runner import run_sweep
-    from kfaclab.study.storage import resolve
+    from kfaclab.study.storage import open_storage, resolve
 
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
-    protocol = load_protocol(args.config, data_dir=args.data_dir)
     if args.storage is None and args.out is None:
         raise UsageError("--out DIR is required (or --storage URL)")
+    # Everything is checked before anything is stored: the protocol completely, the output
+    # folder by a real write, the dataset found or downloaded (once, here, not per worker).
+    protocol = load_checked_protocol(args.config, data_dir=args.data_dir)
     spec = resolve(args.out, args.storage)
     if args.out is not None:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-    return run_sweep(protocol, spec, workers=args.workers)
+        check_out_dir(args.out)
+    # A different protocol already stored there is refused before the dataset is fetched (an
+    # unreachable database too); storing a valid protocol first is harmless, since the dataset
+    # folder is not part of it.
+    ensure_studies(protocol, open_storage(spec, create=True), spec)
+    prepare_dataset(protocol)
+    rc = run_sweep(protocol, spec, workers=args.workers)
+    if rc == 0:
+        sys.stderr.write(next_step(spec, protocol) + "\n")
+    return rc
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -73,6 +85,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from kfaclab.cli.outputs import check_out_file
     from kfaclab.study.export import curves_path, export_csv
     from kfaclab.study.reader import read_study_set
 
@@ -84,6 +97,8 @@ def run_export(args: argparse.Namespace) -> int:
     spec = stored_sweep(target, args.storage)
     for path in (Path(out), curves_path(Path(out))):
         spec.refuse_own_file(path, "OUT.csv")  # `export DIR DIR/studies.journal` would erase it
+    check_out_file(out, "OUT.csv")
+    check_out_file(curves_path(Path(out)), "OUT.csv")  # its companion, OUT-curves.csv
     study_set = read_study_set(spec, protocol=args.protocol)
     trials, curves = export_csv(study_set, Path(out))
     sys.stdout.write(f"wrote {trials} ({len(study_set.trials)} trials) and {curves}\n")

@@ -4,7 +4,14 @@ whole datasets as tensors on a device (see ``load_dataset``)."""
 from kfaclab.data.catalog import DATASETS, DatasetSpec, FileSpec, get_spec
 from kfaclab.data.download import download_file
 from kfaclab.data.idx import parse_idx, read_idx
-from kfaclab.data.loader import Dataset, FileReport, clear_cache, load_dataset, verify_dataset
+from kfaclab.data.loader import (
+    Dataset,
+    FileReport,
+    clear_cache,
+    ensure_dataset,
+    load_dataset,
+    verify_dataset,
+)
 from kfaclab.data.sources import cache_dir
 
 __all__ = [
@@ -16,6 +23,7 @@ __all__ = [
     "cache_dir",
     "clear_cache",
     "download_file",
+    "ensure_dataset",
     "get_spec",
     "load_dataset",
     "parse_idx",

@@ -8,8 +8,11 @@ verifies the files (about a second for MNIST); later loads with the same argumen
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +30,8 @@ from kfaclab.data.sources import (
     search_dirs,
 )
 from kfaclab.errors import UsageError
+
+MIRRORS_ENV = "KFACLAB_MIRRORS"
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,8 +83,30 @@ def load_dataset(
     spec = get_spec(name)
     folder = _resolve_dir(data_dir)
     dirs = search_dirs(spec, folder)
-    mirror_list = tuple(spec.mirrors if mirrors is None else mirrors) if download else ()
-    return _load(spec, dirs, _resolve_device(device), _resolve_dtype(dtype), mirror_list)
+    mirror_list = mirrors_of(spec, mirrors) if download else ()
+    return _load(spec, dirs, resolve_device(device), _resolve_dtype(dtype), mirror_list)
+
+
+def mirrors_of(spec: DatasetSpec, mirrors: Sequence[str] | None = None) -> tuple[str, ...]:
+    """``mirrors`` if given, else ``$KFACLAB_MIRRORS`` (comma-separated base URLs: a local copy
+    behind a firewall, a test server), else the dataset's own public mirrors."""
+    if mirrors is not None:
+        return tuple(mirrors)
+    env = os.environ.get(MIRRORS_ENV, "")
+    listed = tuple(m.strip() for m in env.split(",") if m.strip())
+    return listed or spec.mirrors
+
+
+def ensure_dataset(
+    name: str, data_dir: str | Path | None = None, *, mirrors: Sequence[str] | None = None
+) -> Path:
+    """Find every file of ``name`` (downloading what is missing, once, under the cache's lock)
+    and return the folder of the first one: what a sweep does in its parent process, so that
+    its workers find the files in place rather than each downloading its own copy."""
+    spec = get_spec(name)
+    dirs = search_dirs(spec, _resolve_dir(data_dir))
+    found = [_find_or_fetch(spec, file, dirs, mirrors_of(spec, mirrors))[0] for file in spec.files]
+    return found[0].parent
 
 
 def verify_dataset(
@@ -88,7 +115,7 @@ def verify_dataset(
     """Check each file of ``name`` where ``load_dataset`` would find it; never raises for a file."""
     spec = get_spec(name)
     dirs = search_dirs(spec, _resolve_dir(data_dir))
-    mirrors = spec.mirrors if download else ()
+    mirrors = mirrors_of(spec) if download else ()
     reports = []
     for file in spec.files:
         try:
@@ -137,12 +164,37 @@ def _find_or_fetch(
     where = describe_dirs(dirs)
     if not mirrors:
         raise UsageError(f"{file.name}: not found in {where} (download disabled)")
-    try:
-        path = download_file(file, cache_dir(spec.name), mirrors)
-    except UsageError as exc:
-        raise UsageError(f"{exc}; not found locally in {where}") from exc
+    # One download per machine: processes that find the file missing at the same moment (a
+    # sweep's workers) queue on the cache's lock, and all but the first then find it in place.
+    with _cache_lock(cache_dir(spec.name).parent / f".{spec.name}.lock"):
+        found = locate(file, dirs)
+        if found is not None:
+            return found
+        try:
+            path = download_file(file, cache_dir(spec.name), mirrors)
+        except UsageError as exc:
+            raise UsageError(f"{exc}; not found locally in {where}") from exc
     # Read back what was verified on the way in: the loaded array is the cached file's content.
     return path, check_file(path, file)
+
+
+@contextlib.contextmanager
+def _cache_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on the file ``path`` (flock: the kernel releases it if the holder dies).
+    Beside the dataset's folder, not in it, so the folder holds the dataset's files only."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a")
+    except OSError as exc:
+        raise UsageError(
+            f"{path.parent}: cannot write the download ({exc.strerror or exc})"
+        ) from exc
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _images(array: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -164,18 +216,33 @@ def _resolve_dir(data_dir: str | Path | None) -> Path | None:
     return folder
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device that exists on this machine (``cuda`` → the current CUDA
+    device), else a one-line ``UsageError``: ``torch.device("nope")`` or a missing GPU would
+    otherwise fail deep inside the first tensor operation."""
+    if not isinstance(device, str | torch.device):
+        raise UsageError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}")
     try:
         resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
+    except (RuntimeError, TypeError, ValueError):
         raise UsageError(
             f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}"
-        ) from exc
+        ) from None
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
             raise UsageError(f"device must be available, got {str(device)!r} (no CUDA device)")
+        count = torch.cuda.device_count()
         if resolved.index is None:
             resolved = torch.device("cuda", torch.cuda.current_device())
+        elif resolved.index >= count:
+            raise UsageError(
+                f"device must be available, got {str(device)!r} ({count} CUDA device(s))"
+            )
+    elif resolved.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError(f"device must be available, got {str(device)!r} (no MPS device)")
+    elif resolved.type != "cpu":
+        raise UsageError(f"device must be cpu, cuda[:N] or mps, got {str(device)!r}")
     return resolved
 
 

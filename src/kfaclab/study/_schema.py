@@ -14,6 +14,17 @@ from typing import Any
 
 from kfaclab.errors import UsageError
 
+# Every number of a protocol ends up in a float32 trial (the default dtype): a value beyond
+# float32's range passes a float64 check and then turns into inf inside the first step.
+FLOAT32_MAX = 3.4028234663852886e38
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit value
+# Keys of a protocol file that describe the machine rather than the study: they are left out of
+# the stored protocol that a resumed or parallel sweep must match (``protocol.stored_form``), and
+# ``first_difference`` skips them in protocols stored before that, so the same study runs on
+# machines whose dataset folders differ.
+MACHINE_KEYS = (("data", "data_dir"),)
+_MACHINE_PATHS = frozenset(".".join(k) for k in MACHINE_KEYS)
+
 
 def check_keys(
     table: Mapping[str, Any], path: str, allowed: Iterable[str], required: Iterable[str] = ()
@@ -76,6 +87,7 @@ def number(
     *,
     minimum: float | None = None,
     maximum: float | None = None,
+    below: float | None = None,
     positive: bool = False,
 ) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool):
@@ -83,20 +95,28 @@ def number(
     x = float(value)
     if not math.isfinite(x):
         raise UsageError(f"{where} must be finite, got {value!r}")
+    if abs(x) > FLOAT32_MAX:
+        raise UsageError(f"{where} must be within float32's range (±3.4e38), got {value!r}")
     if positive and not x > 0:
         raise UsageError(f"{where} must be > 0, got {value!r}")
     if minimum is not None and x < minimum:
         raise UsageError(f"{where} must be >= {minimum}, got {value!r}")
     if maximum is not None and x > maximum:
         raise UsageError(f"{where} must be <= {maximum}, got {value!r}")
+    if below is not None and not x < below:
+        raise UsageError(f"{where} must be < {below}, got {value!r}")
     return x
 
 
-def int_list(value: Any, where: str, minimum: int = 0) -> tuple[int, ...]:
+def int_list(value: Any, where: str, minimum: int = 0, unique: bool = False) -> tuple[int, ...]:
+    """A list of integers, increasing without repeats (``unique``: any order, no repeats)."""
     if not isinstance(value, list):
         raise UsageError(f"{where} must be a list of integers, got {value!r}")
     items = tuple(integer(v, f"{where}[{i}]", minimum) for i, v in enumerate(value))
-    if list(items) != sorted(set(items)):
+    if unique:
+        if len(set(items)) != len(items):
+            raise UsageError(f"{where} must not repeat a value, got {value!r}")
+    elif list(items) != sorted(set(items)):
         raise UsageError(f"{where} must be increasing without repeats, got {value!r}")
     return items
 
@@ -114,11 +134,13 @@ def first_difference(stored: Any, given: Any, path: str = "") -> tuple[str, Any,
     """The first (dotted path, stored value, given value) where two loaded TOML dicts differ.
 
     Keys are visited in a fixed (sorted) order so the message is the same on every run.
-    A key present on one side only shows ``<absent>`` on the other.
+    A key present on one side only shows ``<absent>`` on the other; ``MACHINE_KEYS`` are skipped.
     """
     if isinstance(stored, dict) and isinstance(given, dict):
         for key in sorted(set(stored) | set(given)):
             where = f"{path}.{key}" if path else key
+            if where in _MACHINE_PATHS:
+                continue
             if key not in stored:
                 return where, "<absent>", given[key]
             if key not in given:

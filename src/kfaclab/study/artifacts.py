@@ -25,25 +25,26 @@ import sqlalchemy as sa
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 
-from kfaclab.study.storage import StorageSpec, cell_lock, driver_url
+from kfaclab.study.storage import Storage, driver_url
 
 ARTIFACT_DIR = "artifacts"
 TABLE = "kfaclab_artifacts"
 _TABLE_LOCK = "kfaclab:artifacts-table"  # serialises the table's creation across machines
 
 
-def artifact_dir(spec: StorageSpec) -> Path:
+def artifact_dir(spec: Storage) -> Path:
     assert spec.folder is not None
     return spec.folder / ARTIFACT_DIR
 
 
 def open_artifact_store(
-    spec: StorageSpec, storage: optuna.storages.BaseStorage, *, create: bool
+    spec: Storage, storage: optuna.storages.BaseStorage, *, create: bool
 ) -> RecordStore:
     """The artifact store of ``spec``'s storage. ``create=False`` (readers) creates nothing: an
     old study written before artifacts simply has none, and its records are read from the old
     user attribute (records.read_record)."""
-    if spec.url is None:
+    url = spec.database_url()
+    if url is None:
         folder = artifact_dir(spec)
         if create:
             folder.mkdir(parents=True, exist_ok=True)
@@ -52,10 +53,10 @@ def open_artifact_store(
     # wraps it may not, and then the URL gives one.
     engine = getattr(storage, "engine", None)
     if not isinstance(engine, sa.engine.Engine):
-        engine = _engine(spec.url)
+        engine = _engine(url)
     store = DatabaseArtifactStore(engine)
     if create:
-        with cell_lock(spec, _TABLE_LOCK):
+        with spec.cell_lock(_TABLE_LOCK):
             store.create_table()
     return store
 

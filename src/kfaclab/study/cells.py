@@ -14,7 +14,7 @@ from kfaclab.study.protocol import Protocol, Range, StrategySpec
 
 @dataclass(frozen=True)
 class CellInfo:
-    """One cell as the report sees it (CONTRACTS.md).
+    """One cell as the report sees it (docs/interfaces.md, kfaclab.study).
 
     ``damping``: None for SGD; a float λ in kfaclab's convention; or a strategy spec
     ``{"kind": ..., **fixed constants}`` (constants searched per trial are in each trial's params

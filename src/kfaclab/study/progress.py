@@ -144,6 +144,12 @@ def format_duration(seconds: float | None) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def total_eta(rows: list[CellProgress]) -> float | None:
+    """The whole sweep's ETA: the last cell's (None while any cell's is unknown)."""
+    etas = [r.eta_seconds for r in rows]
+    return None if any(e is None for e in etas) else max((e or 0.0 for e in etas), default=0.0)
+
+
 def format_table(rows: list[CellProgress]) -> str:
     width = max([len("cell"), *(len(r.cell) for r in rows)])
     # The "stale" column appears only when there is something in it: trials whose worker died
@@ -161,8 +167,7 @@ def format_table(rows: list[CellProgress]) -> str:
         )
     done = sum(r.done for r in rows)
     total = sum(r.total for r in rows)
-    etas = [r.eta_seconds for r in rows]
-    eta = None if any(e is None for e in etas) else max((e or 0.0) for e in etas)
+    eta = total_eta(rows)
     running = sum(r.running for r in rows)
     extra = f"  {sum(r.stale for r in rows):>5}" if stale else ""
     lines.append(f"{'all':<{width}}  {f'{done}/{total}':>10}  {'':>8}  {running:>7}{extra}  "
@@ -199,5 +204,6 @@ class LiveTable:
             done = sum(r.done for r in rows)
             total = sum(r.total for r in rows)
             div = sum(r.diverged for r in rows)
-            write(f"kfaclab sweep: {done}/{total} trials done, {div} diverged\n")
+            eta = format_duration(total_eta(rows))
+            write(f"kfaclab sweep: {done}/{total} trials done, {div} diverged, ETA {eta}\n")
         self.stream.flush()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from kfaclab import choices as ch
 from kfaclab.errors import UsageError
 from kfaclab.study import _schema as s
 
@@ -22,6 +23,7 @@ SAMPLERS = ("tpe", "gp", "random")
 TRIAL_SEEDS = ("fixed", "per_trial")
 TRAIN_EXAMPLES = 60000  # MNIST and Fashion-MNIST alike
 CONVENTIONS = ("ours", "b2_scaled")
+MACHINE_KEYS = s.MACHINE_KEYS
 # Keys of a strategy entry that are not constants of the damping strategy itself.
 _STRATEGY_META = ("name", "kind", "search")
 
@@ -54,10 +56,14 @@ class TrainingSpec:
     epochs: int
     steps: int | None  # overrides epochs when set
     factor_decay: float
+    factor_every: int
     inverse_every: int
     damping_form: str
     fisher: str
     kl_clip: float | None
+    # implementation profile (DESIGN: "Implementation profiles", docs/interfaces.md)
+    factor_init: str
+    eigen_floor: float
     divergence_loss: float
     eval_steps: tuple[int, ...] | None
     histogram_steps: tuple[int, ...]
@@ -115,6 +121,7 @@ class Protocol:
     cells: CellsSpec
     search: SearchSpec
     histogram_lambdas: tuple[float, ...]
+    rerun_seeds: tuple[int, ...] | None  # None: the report's default seeds
     raw: dict[str, Any] = field(compare=False, repr=False)
 
 
@@ -125,8 +132,15 @@ def load_protocol(path: str | Path, data_dir: str | Path | None = None) -> Proto
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise UsageError(f"CONFIG must be a protocol file, got {str(path)!r} (a folder)") from None
     except OSError as exc:
         raise UsageError(f"cannot read protocol {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"protocol {path} must be UTF-8 text (TOML is), got byte {exc.object[exc.start]:#04x} "
+            f"at offset {exc.start}"
+        ) from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -155,10 +169,19 @@ def parse_protocol(raw: dict[str, Any], base_dir: Path | None = None) -> Protoco
     cells = _cells(s.table(raw, "cells", ""))
     search = _search(s.table(raw, "search", ""))
     report = s.table(raw, "report", "", required=False)
-    s.check_keys(report, "report", ("histogram_lambdas", "fixed_grid_cells"))
+    s.check_keys(report, "report", ("histogram_lambdas", "fixed_grid_cells", "rerun_seeds"))
+    # fixed_grid_cells and rerun_seeds are read by the report (adaptive section, reruns of each
+    # cell's best trial); validated here so a typo fails before a sweep, not after it.
     if "fixed_grid_cells" in report:
-        # Read by the report (adaptive section); validated here so a typo fails before a sweep.
         s.integer(report["fixed_grid_cells"], "report.fixed_grid_cells", 1)
+    rerun_seeds = None
+    if "rerun_seeds" in report:
+        rerun_seeds = s.int_list(report["rerun_seeds"], "report.rerun_seeds", 0, unique=True)
+        if not rerun_seeds or max(rerun_seeds) > s.MAX_SEED:
+            raise UsageError(
+                "report.rerun_seeds must list 1 or more seeds in [0, 2**63 - 1], "
+                f"got {report['rerun_seeds']!r}"
+            )
     hist = s.float_list(report.get("histogram_lambdas", []), "report.histogram_lambdas")
     for lam in hist:
         if lam not in cells.lambdas:
@@ -172,13 +195,24 @@ def parse_protocol(raw: dict[str, Any], base_dir: Path | None = None) -> Protoco
         cells=cells,
         search=search,
         histogram_lambdas=hist,
-        raw=raw,
+        rerun_seeds=rerun_seeds,
+        raw=stored_form(raw),
     )
+
+
+def stored_form(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` without the machine's keys (``MACHINE_KEYS``): what the study stores and compares."""
+    out = dict(raw)
+    for table_key, key in MACHINE_KEYS:
+        sub = out.get(table_key)
+        if isinstance(sub, dict) and key in sub:
+            out[table_key] = {k: v for k, v in sub.items() if k != key}
+    return out
 
 
 def _data(t: dict[str, Any], base_dir: Path | None) -> DataSpec:
     s.check_keys(t, "data", ("dataset", "data_dir"), required=("dataset",))
-    dataset = s.string(t["dataset"], "data.dataset", ("mnist", "fashion-mnist"))
+    dataset = s.string(t["dataset"], "data.dataset", ch.DATASETS)
     data_dir = None
     if "data_dir" in t:
         folder = Path(s.string(t["data_dir"], "data.data_dir"))
@@ -194,15 +228,14 @@ def _model(t: dict[str, Any]) -> ModelSpec:
     return ModelSpec(
         depth=s.integer(t["depth"], "model.depth", 1),
         width=s.integer(t["width"], "model.width", 1),
-        activation=s.string(
-            t.get("activation", "relu"), "model.activation", ("relu", "tanh", "identity")
-        ),
+        activation=s.string(t.get("activation", "relu"), "model.activation", ch.ACTIVATIONS),
     )
 
 
 _TRAINING_KEYS = (
-    "batch_size", "epochs", "steps", "factor_decay", "inverse_every", "damping_form", "fisher",
-    "kl_clip", "divergence_loss", "eval_steps", "histogram_steps",
+    "batch_size", "epochs", "steps", "factor_decay", "factor_every", "inverse_every",
+    "damping_form", "fisher", "kl_clip", "factor_init", "eigen_floor", "divergence_loss",
+    "eval_steps", "histogram_steps",
 )  # fmt: skip
 
 
@@ -218,15 +251,32 @@ def _training(t: dict[str, Any]) -> TrainingSpec:
         batch_size=s.integer(t["batch_size"], "training.batch_size", 1),
         epochs=s.integer(t.get("epochs", 1), "training.epochs", 1),
         steps=None if "steps" not in t else s.integer(t["steps"], "training.steps", 1),
+        # < 1: a decay of 1 never moves the running factors off their initial value.
         factor_decay=s.number(
-            t.get("factor_decay", 0.95), "training.factor_decay", minimum=0.0, maximum=1.0
+            t.get("factor_decay", ch.DEFAULT_FACTOR_DECAY),
+            "training.factor_decay",
+            minimum=0.0,
+            below=1.0,
         ),
-        inverse_every=s.integer(t.get("inverse_every", 10), "training.inverse_every", 1),
+        factor_every=s.integer(
+            t.get("factor_every", ch.DEFAULT_FACTOR_EVERY), "training.factor_every", 1
+        ),
+        inverse_every=s.integer(
+            t.get("inverse_every", ch.DEFAULT_INVERSE_EVERY), "training.inverse_every", 1
+        ),
         damping_form=s.string(
-            t.get("damping_form", "exact"), "training.damping_form", ("exact", "factored")
+            t.get("damping_form", ch.DEFAULT_DAMPING_FORM),
+            "training.damping_form",
+            ch.DAMPING_FORMS,
         ),
-        fisher=s.string(t.get("fisher", "empirical"), "training.fisher", ("empirical", "mc")),
+        fisher=s.string(t.get("fisher", ch.DEFAULT_FISHER), "training.fisher", ch.FISHER_TYPES),
         kl_clip=None if kl_clip is None else s.number(kl_clip, "training.kl_clip", positive=True),
+        factor_init=s.string(
+            t.get("factor_init", ch.DEFAULT_FACTOR_INIT), "training.factor_init", ch.FACTOR_INITS
+        ),
+        eigen_floor=s.number(
+            t.get("eigen_floor", ch.DEFAULT_EIGEN_FLOOR), "training.eigen_floor", minimum=0.0
+        ),
         divergence_loss=s.number(
             t.get("divergence_loss", 1e3), "training.divergence_loss", positive=True
         ),

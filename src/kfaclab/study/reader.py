@@ -1,7 +1,7 @@
 """Reading a study back: ``load_study_set(target) -> StudySet`` (the report's entry point).
 
-Everything comes from the storage itself (CONTRACTS.md): the protocol dict, the cells, every
-trial with its parameters and its full ``TrialResult`` record.
+Everything comes from the storage itself (docs/interfaces.md, kfaclab.study): the protocol dict,
+the cells, every trial with its parameters and its full ``TrialResult`` record.
 """
 
 from __future__ import annotations

@@ -64,8 +64,11 @@ def trial_config(
         damping_form=t.damping_form,  # type: ignore[arg-type]
         fisher=t.fisher,  # type: ignore[arg-type]
         factor_decay=t.factor_decay,
+        factor_every=t.factor_every,
         inverse_every=t.inverse_every,
         kl_clip=t.kl_clip,
+        factor_init=t.factor_init,  # type: ignore[arg-type]
+        eigen_floor=t.eigen_floor,
         dataset=protocol.data.dataset,  # type: ignore[arg-type]
         data_dir=protocol.data.data_dir,
         depth=protocol.model.depth,

@@ -67,6 +67,11 @@ class Storage(ABC):
         """The optuna storage. ``create=False`` (status, export, report) refuses a storage that
         does not exist rather than creating an empty one. Any failure is a one-line UsageError."""
 
+    def database_url(self) -> str | None:
+        """The SQLAlchemy URL of a database storage (its records live in a table there); None
+        for a storage of files (its records live in files beside it)."""
+        return None
+
     @abstractmethod
     def own_files(self) -> list[Path]:
         """Files that belong to the study (and must never be overwritten by an export)."""

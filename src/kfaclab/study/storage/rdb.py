@@ -51,6 +51,9 @@ class SQLiteFile(Storage):
     def describe(self) -> str:
         return redact(self.url)
 
+    def database_url(self) -> str:
+        return self.url
+
     def identity(self) -> str:
         return f"sqlite:{self.path.resolve()}"
 
@@ -90,6 +93,9 @@ class PostgresServer(Storage):
 
     def describe(self) -> str:
         return redact(self.url)
+
+    def database_url(self) -> str:
+        return self.url
 
     def identity(self) -> str:
         return "postgresql:" + redact(self.url).split("://", 1)[1]
