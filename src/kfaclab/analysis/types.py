@@ -1,8 +1,8 @@
 """What analysis reads from a stored study, as structural types.
 
 The study package owns the concrete ``StudySet``/``CellInfo``/``StoredTrial``; analysis depends
-only on these attributes (see CONTRACTS.md), so it can be tested on hand-made studies and does not
-import Optuna.
+only on these attributes (see docs/interfaces.md), so it can be tested on hand-made studies and
+does not import Optuna.
 """
 
 from __future__ import annotations

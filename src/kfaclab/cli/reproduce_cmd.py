@@ -32,6 +32,8 @@ PRESETS = (
     "readings-quick-paper-popular-noclip",
     "adaptive",
     "adaptive-quick",
+    "cnn-fashion-quick",
+    "cnn-fashion",
 )
 
 

@@ -56,6 +56,8 @@ _FLAGS: tuple[tuple[str, str, Any, tuple[str, ...] | None, str], ...] = (
     ("--kl-clip", "kl_clip", float, None, "K-FAC KL clipping bound (default: off)"),
     ("--factor-init", "factor_init", str, ch.FACTOR_INITS, f"first factors ({_D.factor_init})"),
     ("--eigen-floor", "eigen_floor", float, None, f"eigenvalue floor ({_D.eigen_floor})"),
+    ("--conv-approx", "conv_approx", str, ch.CONV_APPROXIMATIONS, f"Conv2d ({_D.conv_approx})"),
+    ("--model", "model", str, ch.MODELS, f"mlp (build_mlp) or cnn (build_cnn); {_D.model}"),
     ("--dataset", "dataset", str, ch.DATASETS, f"default: {_D.dataset}"),
     ("--data-dir", "data_dir", str, None, "folder searched first for the IDX files"),
     ("--depth", "depth", int, None, f"number of nn.Linear layers (default {_D.depth})"),

@@ -48,6 +48,7 @@ class ModelSpec:
     depth: int
     width: int
     activation: str
+    kind: str = "mlp"  # "cnn": models.build_cnn (depth and width do not apply)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class TrainingSpec:
     # implementation profile (DESIGN: "Implementation profiles", docs/interfaces.md)
     factor_init: str
     eigen_floor: float
+    conv_approx: str
     divergence_loss: float
     eval_steps: tuple[int, ...] | None
     histogram_steps: tuple[int, ...]
@@ -224,17 +226,25 @@ def _data(t: dict[str, Any], base_dir: Path | None) -> DataSpec:
 
 
 def _model(t: dict[str, Any]) -> ModelSpec:
-    s.check_keys(t, "model", ("depth", "width", "activation"), required=("depth", "width"))
+    kind = s.string(t.get("kind", "mlp"), "model.kind", ch.MODELS)
+    if kind == "cnn":  # build_cnn's LeNet-like shape is fixed: depth and width do not apply
+        s.check_keys(t, "model", ("kind", "activation"))
+    else:
+        s.check_keys(
+            t, "model", ("kind", "depth", "width", "activation"), required=("depth", "width")
+        )
     return ModelSpec(
-        depth=s.integer(t["depth"], "model.depth", 1),
-        width=s.integer(t["width"], "model.width", 1),
+        depth=s.integer(t.get("depth", 1), "model.depth", 1),
+        width=s.integer(t.get("width", 1), "model.width", 1),
         activation=s.string(t.get("activation", "relu"), "model.activation", ch.ACTIVATIONS),
+        kind=kind,
     )
 
 
 _TRAINING_KEYS = (
     "batch_size", "epochs", "steps", "factor_decay", "factor_every", "inverse_every",
-    "damping_form", "fisher", "kl_clip", "factor_init", "eigen_floor", "divergence_loss",
+    "damping_form", "fisher", "kl_clip", "factor_init", "eigen_floor", "conv_approx",
+    "divergence_loss",
     "eval_steps", "histogram_steps",
 )  # fmt: skip
 
@@ -276,6 +286,11 @@ def _training(t: dict[str, Any]) -> TrainingSpec:
         ),
         eigen_floor=s.number(
             t.get("eigen_floor", ch.DEFAULT_EIGEN_FLOOR), "training.eigen_floor", minimum=0.0
+        ),
+        conv_approx=s.string(
+            t.get("conv_approx", ch.DEFAULT_CONV_APPROX),
+            "training.conv_approx",
+            ch.CONV_APPROXIMATIONS,
         ),
         divergence_loss=s.number(
             t.get("divergence_loss", 1e3), "training.divergence_loss", positive=True

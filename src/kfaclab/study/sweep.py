@@ -69,6 +69,8 @@ def trial_config(
         kl_clip=t.kl_clip,
         factor_init=t.factor_init,  # type: ignore[arg-type]
         eigen_floor=t.eigen_floor,
+        conv_approx=t.conv_approx,  # type: ignore[arg-type]
+        model=protocol.model.kind,  # type: ignore[arg-type]
         dataset=protocol.data.dataset,  # type: ignore[arg-type]
         data_dir=protocol.data.data_dir,
         depth=protocol.model.depth,

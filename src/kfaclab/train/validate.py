@@ -27,6 +27,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "damping_form": ch.DAMPING_FORMS,
     "fisher": ch.FISHER_TYPES,
     "factor_init": ch.FACTOR_INITS,
+    "conv_approx": ch.CONV_APPROXIMATIONS,
+    "model": ch.MODELS,
     "dataset": ch.DATASETS,
     "activation": ch.ACTIVATIONS,
     "dtype": ch.DTYPES,
@@ -135,6 +137,11 @@ def _validate_kfac(config: TrialConfig) -> None:
     floor = _number("eigen_floor", config.eigen_floor)
     if not (floor >= 0 and math.isfinite(floor)):
         raise UsageError(f"eigen_floor must be a finite number >= 0, got {config.eigen_floor!r}")
+    if floor and config.damping_form != "exact":
+        raise UsageError(
+            "eigen_floor needs damping_form='exact' (the factored form never decomposes), got "
+            f"eigen_floor={config.eigen_floor!r} with damping_form={config.damping_form!r}"
+        )
 
 
 def estimated_bytes(config: TrialConfig, depth: int, width: int) -> int:
