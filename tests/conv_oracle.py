@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.func import grad, vmap
 
+from kfaclab.optim.conv import ConvApprox, input_factor, output_factor
+
 # ℓ(outputs (1, …), target (1, …)) → scalar: one example's loss.
 ExampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -97,3 +99,14 @@ def oracle_factors(
             raise ValueError(f"approx must be 'expand' or 'reduce', got {approx!r}")
         out[names[index]] = (a_factor, g_factor)
     return out
+
+
+def kronecker_factors(
+    x: torch.Tensor,
+    grad_output: torch.Tensor,
+    conv: nn.Conv2d,
+    approx: ConvApprox,
+    grad_scale: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, G) of one Conv2d layer from kfaclab.optim.conv's two factor functions."""
+    return input_factor(x, conv, approx), output_factor(grad_output, approx, grad_scale)

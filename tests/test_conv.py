@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from conv_oracle import loop_patches, oracle_factors
+from conv_oracle import kronecker_factors, loop_patches, oracle_factors
 from kfaclab.optim.conv import (
     ConvApprox,
     check_conv,
@@ -23,7 +23,6 @@ from kfaclab.optim.conv import (
     conv_rows,
     gradient_block,
     input_factor,
-    kronecker_factors,
     mean_patches,
     output_factor,
     patches,

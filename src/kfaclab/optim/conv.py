@@ -256,17 +256,6 @@ def output_factor(
     return (flat @ flat.T).mul_(grad_scale * grad_scale / n)
 
 
-def kronecker_factors(
-    x: torch.Tensor,
-    grad_output: torch.Tensor,
-    conv: nn.Conv2d,
-    approx: ConvApprox = DEFAULT_CONV_APPROX,
-    grad_scale: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A, G): the batch statistics of one Conv2d layer (module docstring)."""
-    return input_factor(x, conv, approx), output_factor(grad_output, approx, grad_scale)
-
-
 def gradient_block(conv: nn.Conv2d, weight_grad: torch.Tensor | None = None) -> torch.Tensor | None:
     """[∇W̃ | ∇b] as one (O, C·kh·kw[+1]) matrix (∇W: ``weight_grad`` if given, else the weight's
     ``.grad``); None if the weight got no gradient. A bias without a gradient counts as zero."""
