@@ -43,8 +43,8 @@ def open_artifact_store(
     """The artifact store of ``spec``'s storage. ``create=False`` (readers) creates nothing: an
     old study written before artifacts simply has none, and its records are read from the old
     user attribute (records.read_record)."""
-    url = spec.database_url()
-    if url is None:
+    database = spec.database_url()
+    if database is None:  # a storage of files: its records are files beside it
         folder = artifact_dir(spec)
         if create:
             folder.mkdir(parents=True, exist_ok=True)
@@ -53,7 +53,7 @@ def open_artifact_store(
     # wraps it may not, and then the URL gives one.
     engine = getattr(storage, "engine", None)
     if not isinstance(engine, sa.engine.Engine):
-        engine = _engine(url)
+        engine = _engine(database)
     store = DatabaseArtifactStore(engine)
     if create:
         with spec.cell_lock(_TABLE_LOCK):
