@@ -22,6 +22,7 @@ from kfaclab.study.storage.base import (
     GRACE_SECONDS,
     HEARTBEAT_SECONDS,
     Storage,
+    prepare_file,
     retry_callback,
 )
 from kfaclab.study.storage.urls import check_url, driver_url, redact, sqlite_path
@@ -65,13 +66,8 @@ class SQLiteFile(Storage):
         return [path, *(path.with_name(path.name + s) for s in ("-journal", "-wal", "-shm"))]
 
     def open(self, *, create: bool) -> optuna.storages.BaseStorage:
-        path = self.path
-        if path.is_dir():
-            raise UsageError(f"storage {self.describe()} is a folder, not a SQLite database file")
-        if not path.exists():
-            if not create:
-                raise UsageError(f"no studies in {self.describe()}: {path} does not exist")
-            path.parent.mkdir(parents=True, exist_ok=True)  # as the journal's folder is
+        path, shown = self.path, self.describe()
+        prepare_file(path, create=create, shown=shown, kind="SQLite database file", where=shown)
         if path.is_file() and path.stat().st_size and not _is_sqlite(path):
             raise UsageError(f"storage {self.describe()} is not a SQLite database: {path}")
         return _open_rdb(self.url, {"timeout": 60}, nullcontext())  # wait for the writer lock
