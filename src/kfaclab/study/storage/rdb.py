@@ -32,14 +32,26 @@ _ENGINES: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
-class SQLiteFile(Storage):
-    """``sqlite:///PATH``: one file, its own writer lock (and a 60 s busy timeout)."""
+class _Database(Storage):
+    """A database named by its URL (checked when the value is made). Optuna's ``RDBStorage``
+    records heartbeats itself; messages show the URL without its password."""
 
     url: str
     builtin_heartbeat = True
 
     def __post_init__(self) -> None:
         check_url(self.url)
+
+    def describe(self) -> str:
+        return redact(self.url)
+
+    def database_url(self) -> str:
+        return self.url
+
+
+@dataclass(frozen=True)
+class SQLiteFile(_Database):
+    """``sqlite:///PATH``: one file, its own writer lock (and a 60 s busy timeout)."""
 
     @property
     def path(self) -> Path:
@@ -48,12 +60,6 @@ class SQLiteFile(Storage):
     @property
     def folder(self) -> Path:
         return self.path.resolve().parent
-
-    def describe(self) -> str:
-        return redact(self.url)
-
-    def database_url(self) -> str:
-        return self.url
 
     def identity(self) -> str:
         return f"sqlite:{self.path.resolve()}"
@@ -74,24 +80,12 @@ class SQLiteFile(Storage):
 
 
 @dataclass(frozen=True)
-class PostgresServer(Storage):
+class PostgresServer(_Database):
     """``postgresql://…``: many machines on one database."""
-
-    url: str
-    builtin_heartbeat = True
-
-    def __post_init__(self) -> None:
-        check_url(self.url)
 
     @property
     def folder(self) -> None:
         return None
-
-    def describe(self) -> str:
-        return redact(self.url)
-
-    def database_url(self) -> str:
-        return self.url
 
     def identity(self) -> str:
         return "postgresql:" + redact(self.url).split("://", 1)[1]
