@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -180,16 +180,33 @@ def _rerun_check(
     return True, said
 
 
+def _grid_end_and_best(
+    s: StudySummary,
+    claim: Claim,
+    end: Callable[..., CellSummary],
+    usable: Callable[[CellSummary], bool],
+    trials: str,
+) -> tuple[CellSummary, CellSummary] | None:
+    """The usable fixed-λ cell at one end of the grid (``end`` is min or max by λ) and the best
+    cell, recorded as what the claim depends on; None, with the claim's finding and reason
+    filled in, when there is no usable cell or no best one."""
+    fixed = [c for c in s.fixed if usable(c)]
+    best = s.best_fixed
+    if not fixed or best is None:
+        claim.finding, claim.reason = f"no {trials} K-FAC trial", "no data"
+        return None
+    edge = end(fixed, key=lambda c: c.lam or 0.0)
+    claim.depends_on = sorted({edge.label, best.label})
+    return edge, best
+
+
 def claim_small_unstable(s: StudySummary) -> Claim:
     claim = Claim("C2", "smallest λ unstable", "the smallest λ makes training unstable", "", "", "")
     claim.verdict = INCONCLUSIVE
-    fixed = [c for c in s.fixed if c.n_ok + c.n_diverged]
-    best = s.best_fixed
-    if not fixed or best is None:
-        claim.finding, claim.reason = "no finished K-FAC trial", "no data"
+    ends = _grid_end_and_best(s, claim, min, lambda c: c.n_ok + c.n_diverged > 0, "finished")
+    if ends is None:
         return claim
-    small = min(fixed, key=lambda c: c.lam or 0.0)
-    claim.depends_on = sorted({small.label, best.label})
+    small, best = ends
     excess = small.divergence_rate - best.divergence_rate
     ratio = small.final_loss.mean / best.final_loss.mean if small.final_loss.n else math.inf
     d = welch(small.final_loss, best.final_loss)
@@ -225,13 +242,10 @@ def claim_small_unstable(s: StudySummary) -> Claim:
 def claim_large_slow(s: StudySummary) -> Claim:
     paper = "the largest λ trains more slowly than the best λ"
     claim = Claim("C3", "largest λ slower", paper, "", INCONCLUSIVE, "")
-    fixed = [c for c in s.fixed if c.final_loss.n]
-    best = s.best_fixed
-    if not fixed or best is None:
-        claim.finding, claim.reason = "no surviving K-FAC trial", "no data"
+    ends = _grid_end_and_best(s, claim, max, lambda c: c.final_loss.n > 0, "surviving")
+    if ends is None:
         return claim
-    large = max(fixed, key=lambda c: c.lam or 0.0)
-    claim.depends_on = sorted({large.label, best.label})
+    large, best = ends
     lr_binds = any(b.param == "lr" for b in s.bindings.get(large.label, []))
     d = welch(large.final_loss, best.final_loss)
     claim.evidence = {"largest": large.label, "largest_minus_best": _diff(d), "lr_binds": lr_binds}

@@ -109,3 +109,57 @@ class Strategy(Damping):
 
     def _spec(self, **constants: Any) -> dict[str, Any]:
         return {"kind": self.KIND, **constants}
+
+
+class MultiplicativeRule(Strategy):
+    """A rule that, at each decision, multiplies λ by ω (lowers it), divides it by ω (raises
+    it) or keeps it, and clips it to ``[min_value, max_value]``.
+
+    Levenberg–Marquardt and the loss-trend rule differ only in how they decide; the constants
+    ``initial``, ``every``, ``omega``, ``min_value``, ``max_value``, their checks and the clipped
+    move live here once. Subclasses call ``_init_rate`` then ``_init_bounds`` from ``__init__``
+    (in that order, around their own constants, so each argument's error comes in the order
+    the signature lists them).
+    """
+
+    initial: float
+    every: int
+    omega: float
+    min_value: float
+    max_value: float
+    _lam: float
+
+    def _init_rate(self, initial: float, every: int, min_every: int, omega: float | None) -> None:
+        k = self.KIND
+        self.initial = positive(f"{k}.initial", initial)
+        self.every = int_at_least(f"{k}.every", every, min_every)
+        # Default ω = (19/20)^T: λ moves by at most 19/20 per step on average, whatever T is.
+        self.omega = (19 / 20) ** self.every if omega is None else open_unit(f"{k}.omega", omega)
+
+    def _init_bounds(self, min_value: float, max_value: float) -> None:
+        k = self.KIND
+        self.min_value = positive(f"{k}.min_value", min_value)
+        self.max_value = positive(f"{k}.max_value", max_value)
+        check_range(k, self.min_value, self.max_value, self.initial)
+        self._lam = self.initial
+
+    def value(self) -> float:
+        return self._lam
+
+    def _lower_lam(self) -> None:
+        self._lam = clip(self._lam * self.omega, self.min_value, self.max_value)
+
+    def _raise_lam(self) -> None:
+        self._lam = clip(self._lam / self.omega, self.min_value, self.max_value)
+
+    def _rule_spec(self, thresholds: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        """The spec in the order the constructor lists its arguments."""
+        return self._spec(
+            initial=self.initial,
+            every=self.every,
+            omega=self.omega,
+            **thresholds,
+            min_value=self.min_value,
+            max_value=self.max_value,
+            **extra,
+        )

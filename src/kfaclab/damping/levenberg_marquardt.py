@@ -5,17 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar, Literal
 
-from kfaclab.damping._common import (
-    Strategy,
-    as_float,
-    check_range,
-    clip,
-    finite,
-    int_at_least,
-    open_unit,
-    positive,
-    warn_missing_loss,
-)
+from kfaclab.damping._common import MultiplicativeRule, as_float, finite, warn_missing_loss
 from kfaclab.damping.base import StepOutcome
 from kfaclab.errors import UsageError
 
@@ -23,7 +13,7 @@ Source = Literal["same_batch", "next_batch"]
 _SOURCES = ("same_batch", "next_batch")
 
 
-class LevenbergMarquardt(Strategy):
+class LevenbergMarquardt(MultiplicativeRule):
     """Martens & Grosse (2015, "Optimizing Neural Networks with Kronecker-factored Approximate
     Curvature", sec. 6.5): every T steps compute the reduction ratio
 
@@ -84,29 +74,21 @@ class LevenbergMarquardt(Strategy):
         source: Source = "same_batch",
     ) -> None:
         k = self.KIND
-        self.initial = positive(f"{k}.initial", initial)
-        self.every = int_at_least(f"{k}.every", every, 1)
-        self.omega = (19 / 20) ** self.every if omega is None else open_unit(f"{k}.omega", omega)
+        self._init_rate(initial, every, 1, omega)
         self.lower = as_float(f"{k}.lower", lower)
         self.upper = as_float(f"{k}.upper", upper)
         if self.lower > self.upper:
             raise UsageError(f"{k}.lower must be <= upper, got {lower!r} > {upper!r}")
-        self.min_value = positive(f"{k}.min_value", min_value)
-        self.max_value = positive(f"{k}.max_value", max_value)
-        check_range(k, self.min_value, self.max_value, self.initial)
+        self._init_bounds(min_value, max_value)
         if source not in _SOURCES:
             raise UsageError(f"{k}.source must be one of {', '.join(_SOURCES)}, got {source!r}")
         self.source: Source = source
         # This rule's need depends on the instance's source.
         self.needs_loss_after_step = source == "same_batch"
-        self._lam = self.initial
         self._pending: tuple[float, float] | None = None  # next_batch: (h(θ), M(δ) − M(0))
         self.updates = 0
         self.invalid = 0
         self._warned = False
-
-    def value(self) -> float:
-        return self._lam
 
     def wants_model_reduction(self, step: int) -> bool:
         return (step + 1) % self.every == 0
@@ -141,12 +123,9 @@ class LevenbergMarquardt(Strategy):
                 self._warned = True
                 warn_missing_loss(self.KIND, "loss before or after the step")
         if rho is None or rho < self.lower:
-            lam = self._lam / self.omega
+            self._raise_lam()
         elif rho > self.upper:
-            lam = self._lam * self.omega
-        else:
-            return
-        self._lam = clip(lam, self.min_value, self.max_value)
+            self._lower_lam()
 
     def state_dict(self) -> dict[str, Any]:
         pending = self._pending
@@ -166,13 +145,4 @@ class LevenbergMarquardt(Strategy):
         self.invalid = int(state["invalid"])
 
     def describe(self) -> dict[str, Any]:
-        return self._spec(
-            initial=self.initial,
-            every=self.every,
-            omega=self.omega,
-            lower=self.lower,
-            upper=self.upper,
-            min_value=self.min_value,
-            max_value=self.max_value,
-            source=self.source,
-        )
+        return self._rule_spec({"lower": self.lower, "upper": self.upper}, source=self.source)

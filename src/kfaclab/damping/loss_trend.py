@@ -5,21 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
-from kfaclab.damping._common import (
-    Strategy,
-    as_float,
-    check_range,
-    clip,
-    int_at_least,
-    open_unit,
-    positive,
-    warn_missing_loss,
-)
+from kfaclab.damping._common import MultiplicativeRule, as_float, warn_missing_loss
 from kfaclab.damping.base import StepOutcome
 from kfaclab.errors import UsageError
 
 
-class LossTrend(Strategy):
+class LossTrend(MultiplicativeRule):
     """Lower λ while the loss falls measurably; raise it when progress stalls or reverses.
 
     Motivation (the fixed-λ study): large λ escapes the early plateaus better, small λ is better
@@ -73,28 +64,20 @@ class LossTrend(Strategy):
         max_value: float = 1e4,
     ) -> None:
         k = self.KIND
-        self.initial = positive(f"{k}.initial", initial)
-        self.every = int_at_least(f"{k}.every", every, 2)
-        self.omega = (19 / 20) ** self.every if omega is None else open_unit(f"{k}.omega", omega)
+        self._init_rate(initial, every, 2, omega)
         self.decrease_z = as_float(f"{k}.decrease_z", decrease_z)
         self.increase_z = as_float(f"{k}.increase_z", increase_z)
         if self.increase_z >= self.decrease_z:
             raise UsageError(
                 f"{k}.increase_z must be < decrease_z, got {increase_z!r} >= {decrease_z!r}"
             )
-        self.min_value = positive(f"{k}.min_value", min_value)
-        self.max_value = positive(f"{k}.max_value", max_value)
-        check_range(k, self.min_value, self.max_value, self.initial)
-        self._lam = self.initial
+        self._init_bounds(min_value, max_value)
         # Windows as Welford accumulators (count, mean, sum of squared deviations).
         self._cur: tuple[int, float, float] = (0, 0.0, 0.0)
         self._prev: tuple[int, float, float] | None = None
         self.decisions = 0
         self.invalid = 0
         self._warned = False
-
-    def value(self) -> float:
-        return self._lam
 
     def observe(self, outcome: StepOutcome) -> None:
         loss = outcome.loss_before
@@ -105,7 +88,7 @@ class LossTrend(Strategy):
             return
         if not math.isfinite(loss):
             self.invalid += 1
-            self._lam = clip(self._lam / self.omega, self.min_value, self.max_value)
+            self._raise_lam()
             self._cur, self._prev = (0, 0.0, 0.0), None
             return
         n, mean, m2 = self._cur
@@ -133,12 +116,9 @@ class LossTrend(Strategy):
     def _decide(self, z: float) -> None:
         self.decisions += 1
         if z >= self.decrease_z:
-            lam = self._lam * self.omega
+            self._lower_lam()
         elif z <= self.increase_z:
-            lam = self._lam / self.omega
-        else:
-            return
-        self._lam = clip(lam, self.min_value, self.max_value)
+            self._raise_lam()
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -159,12 +139,4 @@ class LossTrend(Strategy):
         self.invalid = int(state["invalid"])
 
     def describe(self) -> dict[str, Any]:
-        return self._spec(
-            initial=self.initial,
-            every=self.every,
-            omega=self.omega,
-            decrease_z=self.decrease_z,
-            increase_z=self.increase_z,
-            min_value=self.min_value,
-            max_value=self.max_value,
-        )
+        return self._rule_spec({"decrease_z": self.decrease_z, "increase_z": self.increase_z})

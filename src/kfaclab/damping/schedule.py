@@ -7,6 +7,7 @@ from ``start`` to ``end`` is the direct reading of that finding.
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -54,15 +55,31 @@ class Schedule(Strategy):
         self._t = int(state["t"])
 
 
-def _endpoints(kind: str, start: float, end: float, steps: int) -> tuple[float, float, int]:
-    return (
-        positive(f"{kind}.start", start),
-        positive(f"{kind}.end", end),
-        int_at_least(f"{kind}.steps", steps, 1),
-    )
+class _Interpolation(Schedule):
+    """From ``start`` at t = 0 to ``end`` at t = ``steps``, then ``end``; subclasses say how
+    λ moves in between (``_between``). The constants, their checks and the spec live here."""
+
+    def __init__(self, start: float, end: float, steps: int) -> None:
+        kind = self.KIND
+        self.start = positive(f"{kind}.start", start)
+        self.end = positive(f"{kind}.end", end)
+        self.steps = int_at_least(f"{kind}.steps", steps, 1)
+        super().__init__(self._at)
+
+    def _at(self, t: int) -> float:
+        if t >= self.steps:
+            return self.end
+        return self._between(t)
+
+    @abstractmethod
+    def _between(self, t: int) -> float:
+        """λ at 0 <= t < steps."""
+
+    def describe(self) -> dict[str, Any]:
+        return self._spec(start=self.start, end=self.end, steps=self.steps)
 
 
-class ExponentialDecay(Schedule):
+class ExponentialDecay(_Interpolation):
     """Geometric interpolation: λ_t = start · (end/start)^(t/steps) for t < steps, then end.
 
     Hits both endpoints exactly (λ_0 = start, λ_t = end for t ≥ steps). ``end > start`` gives a
@@ -74,21 +91,12 @@ class ExponentialDecay(Schedule):
 
     KIND: ClassVar[str] = "exponential_decay"
 
-    def __init__(self, start: float, end: float, steps: int) -> None:
-        self.start, self.end, self.steps = _endpoints(self.KIND, start, end, steps)
-        super().__init__(self._at)
-
-    def _at(self, t: int) -> float:
-        if t >= self.steps:
-            return self.end
+    def _between(self, t: int) -> float:
         # (end/start)**0.0 == 1.0 exactly, so λ_0 == start bit for bit.
         return self.start * (self.end / self.start) ** (t / self.steps)
 
-    def describe(self) -> dict[str, Any]:
-        return self._spec(start=self.start, end=self.end, steps=self.steps)
 
-
-class LinearDecay(Schedule):
+class LinearDecay(_Interpolation):
     """Linear interpolation: λ_t = start + (end − start) · t/steps for t < steps, then end.
 
     Hits both endpoints exactly. Spends most of its length at large λ when end ≪ start, which
@@ -99,14 +107,5 @@ class LinearDecay(Schedule):
 
     KIND: ClassVar[str] = "linear_decay"
 
-    def __init__(self, start: float, end: float, steps: int) -> None:
-        self.start, self.end, self.steps = _endpoints(self.KIND, start, end, steps)
-        super().__init__(self._at)
-
-    def _at(self, t: int) -> float:
-        if t >= self.steps:
-            return self.end
+    def _between(self, t: int) -> float:
         return self.start + (self.end - self.start) * (t / self.steps)
-
-    def describe(self) -> dict[str, Any]:
-        return self._spec(start=self.start, end=self.end, steps=self.steps)

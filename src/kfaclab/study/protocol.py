@@ -18,23 +18,13 @@ from typing import Any
 from kfaclab import choices as ch
 from kfaclab.errors import UsageError
 from kfaclab.study import _schema as s
+from kfaclab.study._strategies import Range, StrategySpec, search_range, strategy
 
 SAMPLERS = ("tpe", "gp", "random")
 TRIAL_SEEDS = ("fixed", "per_trial")
 TRAIN_EXAMPLES = 60000  # MNIST and Fashion-MNIST alike
 CONVENTIONS = ("ours", "b2_scaled")
 MACHINE_KEYS = s.MACHINE_KEYS
-# Keys of a strategy entry that are not constants of the damping strategy itself.
-_STRATEGY_META = ("name", "kind", "search")
-
-
-@dataclass(frozen=True)
-class Range:
-    """A search range of one hyperparameter (inclusive; ``log`` samples log-uniformly)."""
-
-    low: float
-    high: float
-    log: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,17 +67,6 @@ class TrainingSpec:
         if self.steps is not None:
             return self.steps
         return self.epochs * math.ceil(TRAIN_EXAMPLES / self.batch_size)
-
-
-@dataclass(frozen=True)
-class StrategySpec:
-    """A damping strategy run as a cell. ``constants`` are fixed for every trial of the cell;
-    the constants named in ``search`` are sampled per trial, like the learning rate."""
-
-    name: str
-    kind: str
-    constants: tuple[tuple[str, Any], ...]
-    search: tuple[tuple[str, Range], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -319,7 +298,7 @@ def _cells(t: dict[str, Any]) -> CellsSpec:
     raw_strategies = t.get("strategies", [])
     if not isinstance(raw_strategies, list):
         raise UsageError(f"cells.strategies must be a list of tables, got {raw_strategies!r}")
-    strategies = tuple(_strategy(x, f"cells.strategies[{i}]") for i, x in enumerate(raw_strategies))
+    strategies = tuple(strategy(x, f"cells.strategies[{i}]") for i, x in enumerate(raw_strategies))
     names = [st.name for st in strategies]
     if len(set(names)) != len(names):
         raise UsageError(f"cells.strategies names must be unique, got {names}")
@@ -332,80 +311,15 @@ def _cells(t: dict[str, Any]) -> CellsSpec:
     return CellsSpec(sgd, lambdas, convention, strategies)
 
 
-def _strategy(x: Any, where: str) -> StrategySpec:
-    if not isinstance(x, dict):
-        raise UsageError(f"{where} must be a table, got {x!r}")
-    s.check_keys(x, where, (*_STRATEGY_META, *_strategy_constants(x)), required=("name", "kind"))
-    name = s.string(x["name"], f"{where}.name")
-    if not all(c.isalnum() or c in "-_." for c in name):
-        raise UsageError(f"{where}.name must use letters, digits, '-', '_', '.', got {name!r}")
-    kind = s.string(x["kind"], f"{where}.kind")
-    constants = {k: v for k, v in x.items() if k not in _STRATEGY_META}
-    search_table = x.get("search", {})
-    if not isinstance(search_table, dict):
-        raise UsageError(f"{where}.search must be a table, got {search_table!r}")
-    search = tuple(
-        (key, _range(value, f"{where}.search.{key}")) for key, value in search_table.items()
-    )
-    for key, _ in search:
-        if key in constants:
-            raise UsageError(f"{where}.{key} is both fixed and searched; keep one")
-    _check_damping(kind, constants, search, where)
-    return StrategySpec(name, kind, tuple(sorted(constants.items())), search)
-
-
-def _strategy_constants(x: dict[str, Any]) -> tuple[str, ...]:
-    """The constant names the strategy's kind accepts (from the damping package), so a misspelt
-    constant is caught here with the allowed ones; if the kind is unknown, build_damping says so."""
-    try:
-        from kfaclab.damping.spec import KINDS, allowed_keys
-    except ImportError:  # the damping package is optional for reading a protocol
-        return tuple(k for k in x if k not in _STRATEGY_META)
-    kind = x.get("kind")
-    if isinstance(kind, str) and kind in KINDS:
-        return allowed_keys(kind)
-    return tuple(k for k in x if k not in _STRATEGY_META)
-
-
-def _check_damping(
-    kind: str, constants: dict[str, Any], search: tuple[tuple[str, Range], ...], where: str
-) -> None:
-    """Build the strategy once (searched constants at their low end) so a bad constant is an
-    error now, not in the first trial of a long sweep."""
-    try:
-        from kfaclab.damping import build_damping
-    except ImportError:
-        return
-    spec = {"kind": kind, **constants, **{k: r.low for k, r in search}}
-    try:
-        build_damping(spec)
-    except UsageError as exc:
-        raise UsageError(f"{where}: {exc}") from None
-
-
-def _range(value: Any, where: str) -> Range:
-    if not isinstance(value, dict):
-        raise UsageError(f"{where} must be a table {{low, high, log}}, got {value!r}")
-    s.check_keys(value, where, ("low", "high", "log"), required=("low", "high"))
-    low = s.number(value["low"], f"{where}.low")
-    high = s.number(value["high"], f"{where}.high")
-    log = s.boolean(value.get("log", False), f"{where}.log")
-    if not low < high:
-        raise UsageError(f"{where}.low must be < {where}.high, got low={low}, high={high}")
-    if log and low <= 0:
-        raise UsageError(f"{where}.low must be > 0 when log = true, got {low}")
-    return Range(low, high, log)
-
-
 def _search(t: dict[str, Any]) -> SearchSpec:
     keys = ("n_trials", "top_k", "sampler", "seed", "trial_seeds", "lr", "lr_decay", "momentum")
     s.check_keys(t, "search", keys, required=("n_trials", "lr", "lr_decay", "momentum"))
     n_trials = s.integer(t["n_trials"], "search.n_trials", 1)
-    lr_decay = _range(t["lr_decay"], "search.lr_decay")
+    lr_decay = search_range(t["lr_decay"], "search.lr_decay")
     if lr_decay.low < 0 or lr_decay.high > 1:
         # α is the final learning rate as a fraction of the initial one.
         raise UsageError(f"search.lr_decay must lie within [0, 1], got {lr_decay}")
-    momentum = _range(t["momentum"], "search.momentum")
+    momentum = search_range(t["momentum"], "search.momentum")
     if momentum.low < 0 or momentum.high >= 1:
         raise UsageError(f"search.momentum must lie within [0, 1), got {momentum}")
     top_k = s.integer(t.get("top_k", n_trials), "search.top_k", 1)
@@ -417,7 +331,7 @@ def _search(t: dict[str, Any]) -> SearchSpec:
         sampler=s.string(t.get("sampler", "tpe"), "search.sampler", SAMPLERS),
         seed=s.integer(t.get("seed", 0), "search.seed", 0),
         trial_seeds=s.string(t.get("trial_seeds", "fixed"), "search.trial_seeds", TRIAL_SEEDS),
-        lr=_range(t["lr"], "search.lr"),
+        lr=search_range(t["lr"], "search.lr"),
         lr_decay=lr_decay,
         momentum=momentum,
     )

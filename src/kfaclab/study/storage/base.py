@@ -94,6 +94,19 @@ class Storage(ABC):
                 )
 
 
+def prepare_file(path: Path, *, create: bool, shown: str, kind: str, where: object) -> None:
+    """The checks every file storage makes before opening its file: a folder in its place is
+    refused; a missing file is refused unless ``create``, when its folder is made (the file
+    itself is the storage library's to create). ``shown`` names the storage in messages,
+    ``kind`` is what the file should be, ``where`` is where the studies were looked for."""
+    if path.is_dir():
+        raise UsageError(f"storage {shown} is a folder, not a {kind}")
+    if not path.exists():
+        if not create:
+            raise UsageError(f"no studies in {where}: {path} does not exist")
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+
 @contextmanager
 def _flock(locks: Path, study_name: str) -> Iterator[None]:
     locks.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.storages.journal._file import get_lock_file
 
 from kfaclab.errors import UsageError
-from kfaclab.study.storage.base import Storage
+from kfaclab.study.storage.base import Storage, prepare_file
 from kfaclab.study.storage.journal_check import (
     REPAIR,
     check_journal,
@@ -66,13 +66,10 @@ class JournalFolder(Storage):
 
     def open(self, *, create: bool) -> optuna.storages.BaseStorage:
         journal = self.journal
-        if journal.is_dir():
-            raise UsageError(f"storage {journal} is a folder, not a journal file")
-        if not journal.exists():
-            if not create:
-                raise UsageError(f"no studies in {self.directory}: {journal} does not exist")
-            journal.parent.mkdir(parents=True, exist_ok=True)
-        elif not journal.is_file():
+        prepare_file(
+            journal, create=create, shown=str(journal), kind="journal file", where=self.directory
+        )
+        if journal.exists() and not journal.is_file():
             raise UsageError(f"storage {journal} is not a regular file")
         # The open() lock (O_EXCL lock file) is the one Optuna documents for local file systems.
         lock = JournalFileOpenLock(str(journal))

@@ -22,6 +22,7 @@ from kfaclab.study.storage.base import (
     GRACE_SECONDS,
     HEARTBEAT_SECONDS,
     Storage,
+    prepare_file,
     retry_callback,
 )
 from kfaclab.study.storage.urls import check_url, driver_url, redact, sqlite_path
@@ -31,14 +32,26 @@ _ENGINES: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
-class SQLiteFile(Storage):
-    """``sqlite:///PATH``: one file, its own writer lock (and a 60 s busy timeout)."""
+class _Database(Storage):
+    """A database named by its URL (checked when the value is made). Optuna's ``RDBStorage``
+    records heartbeats itself; messages show the URL without its password."""
 
     url: str
     builtin_heartbeat = True
 
     def __post_init__(self) -> None:
         check_url(self.url)
+
+    def describe(self) -> str:
+        return redact(self.url)
+
+    def database_url(self) -> str:
+        return self.url
+
+
+@dataclass(frozen=True)
+class SQLiteFile(_Database):
+    """``sqlite:///PATH``: one file, its own writer lock (and a 60 s busy timeout)."""
 
     @property
     def path(self) -> Path:
@@ -47,12 +60,6 @@ class SQLiteFile(Storage):
     @property
     def folder(self) -> Path:
         return self.path.resolve().parent
-
-    def describe(self) -> str:
-        return redact(self.url)
-
-    def database_url(self) -> str:
-        return self.url
 
     def identity(self) -> str:
         return f"sqlite:{self.path.resolve()}"
@@ -65,37 +72,20 @@ class SQLiteFile(Storage):
         return [path, *(path.with_name(path.name + s) for s in ("-journal", "-wal", "-shm"))]
 
     def open(self, *, create: bool) -> optuna.storages.BaseStorage:
-        path = self.path
-        if path.is_dir():
-            raise UsageError(f"storage {self.describe()} is a folder, not a SQLite database file")
-        if not path.exists():
-            if not create:
-                raise UsageError(f"no studies in {self.describe()}: {path} does not exist")
-            path.parent.mkdir(parents=True, exist_ok=True)  # as the journal's folder is
+        path, shown = self.path, self.describe()
+        prepare_file(path, create=create, shown=shown, kind="SQLite database file", where=shown)
         if path.is_file() and path.stat().st_size and not _is_sqlite(path):
             raise UsageError(f"storage {self.describe()} is not a SQLite database: {path}")
         return _open_rdb(self.url, {"timeout": 60}, nullcontext())  # wait for the writer lock
 
 
 @dataclass(frozen=True)
-class PostgresServer(Storage):
+class PostgresServer(_Database):
     """``postgresql://…``: many machines on one database."""
-
-    url: str
-    builtin_heartbeat = True
-
-    def __post_init__(self) -> None:
-        check_url(self.url)
 
     @property
     def folder(self) -> None:
         return None
-
-    def describe(self) -> str:
-        return redact(self.url)
-
-    def database_url(self) -> str:
-        return self.url
 
     def identity(self) -> str:
         return "postgresql:" + redact(self.url).split("://", 1)[1]
