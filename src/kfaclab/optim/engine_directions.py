@@ -139,8 +139,10 @@ class DirectionSide:
     ) -> Deferred | None:
         """(M, d outside the active block) if this layer's step can stay rotated, else None."""
         inverse = layer.inverse
-        if not layer.is_linear or not isinstance(inverse, ExactInverse):
-            return None  # a conv's rows are not its batch gradient's (reduce), nor data-only
+        if not layer.input_is_data or not layer.is_linear:
+            return None  # only a data-input Linear follows a stream's shared projections
+        if not isinstance(inverse, ExactInverse):
+            return None
         if inverse.g.active is not None:
             return None
         rows = batch.loss_grads if batch.loss_grads is not None else batch.output_grads

@@ -140,21 +140,19 @@ def stack_views(tensors: list[torch.Tensor]) -> torch.Tensor:
     tensor (a backend that keeps its layers' rows in one (L, N, d) block, such as the fused MLP)."""
     first = tensors[0]
     base = first._base
-    if base is not None and base.dim() == first.dim() + 1:
-        step = int(base.stride(0))
-        start, rest = divmod(int(first.storage_offset()) - int(base.storage_offset()), step)
-        contiguous_run = (
-            rest == 0
-            and start + len(tensors) <= base.shape[0]
-            and first.shape == base.shape[1:]
-            and first.stride() == base.stride()[1:]
-        )
-        if contiguous_run and all(
-            t._base is base
-            and t.shape == first.shape
-            and t.stride() == first.stride()
-            and t.storage_offset() == first.storage_offset() + j * step
-            for j, t in enumerate(tensors)
-        ):
-            return base.narrow(0, start, len(tensors))
-    return torch.stack(tensors)
+    if base is None or base.dim() != first.dim() + 1:
+        return torch.stack(tensors)
+    shape, stride, step = first.shape, first.stride(), int(base.stride(0))
+    offset = int(first.storage_offset())
+    start, rest = divmod(offset - int(base.storage_offset()), step)
+    if rest or start + len(tensors) > base.shape[0] or shape != base.shape[1:]:
+        return torch.stack(tensors)
+    if stride != base.stride()[1:]:
+        return torch.stack(tensors)
+    for t in tensors[1:]:
+        offset += step
+        if t._base is not base or t.storage_offset() != offset or t.shape != shape:
+            return torch.stack(tensors)
+        if t.stride() != stride:
+            return torch.stack(tensors)
+    return base.narrow(0, start, len(tensors))

@@ -52,10 +52,14 @@ class LayerState:
         self.weight: torch.Tensor = self.module.weight
         self.bias: torch.Tensor | None = self.module.bias
         self.has_bias = self.bias is not None
+        # What split_block must undo: a conv weight's shape, a half-precision parameter's dtype.
+        self._linear = isinstance(self.module, nn.Linear)
+        self._reshaped = self.weight.dim() != 2
+        self._cast = self.weight.dtype != factor_dtype_of(self.weight.dtype)
 
     @property
     def is_linear(self) -> bool:
-        return isinstance(self.module, nn.Linear)
+        return self._linear
 
     @property
     def size_a(self) -> int:
@@ -91,19 +95,20 @@ class LayerState:
         else:
             bias_grad = bias.grad if bias.grad is not None else torch.zeros_like(bias)
             block = torch.cat([weight_grad, bias_grad.unsqueeze(1).to(weight_grad.dtype)], dim=1)
-        return block.to(self.factor_dtype)
+        return block.to(self.factor_dtype) if self._cast else block
 
     def split_block(self, block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Inverse of ``gradient_block``: (weight-shaped part, bias part or None), in the
         parameters' dtype."""
-        weight = self.weight
-        weight_part = block if self.bias is None else block[:, :-1]
-        if weight.dim() != 2:
+        weight, bias = self.weight, self.bias
+        weight_part = block if bias is None else block[:, :-1]
+        if self._reshaped:
             weight_part = weight_part.reshape(weight.shape)
-        weight_part = weight_part.to(weight.dtype)
-        if self.bias is None:
-            return weight_part, None
-        return weight_part, block[:, -1].to(self.bias.dtype)
+        if bias is None:
+            return (weight_part.to(weight.dtype) if self._cast else weight_part), None
+        if self._cast:
+            return weight_part.to(weight.dtype), block[:, -1].to(bias.dtype)
+        return weight_part, block[:, -1]
 
     def parameter_block(self) -> torch.Tensor:
         """[W̃ | b] as a new (out, in[+1]) tensor in the factor dtype."""
