@@ -21,3 +21,13 @@ def mnist_dir() -> Path:
 def _one_thread() -> None:
     # The study's workers run with one thread; tests do too, so timings and results match them.
     torch.set_num_threads(1)
+
+
+# Library tests run on every device this machine has: the CPU always, CUDA when present (the
+# accelerator machine). CI has no GPU, so there they run once, on the CPU.
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request: pytest.FixtureRequest) -> torch.device:
+    return torch.device(request.param)

@@ -61,23 +61,27 @@ def _dense_direction(
 @pytest.mark.parametrize("lam", [1e-3, 1.0])
 @pytest.mark.parametrize("form", ["exact", "factored"])
 @pytest.mark.parametrize("approx", [None, "expand", "reduce"])
-def test_first_step_equals_dense_damped_inverse(approx: str | None, form: str, lam: float) -> None:
+def test_first_step_equals_dense_damped_inverse(
+    approx: str | None, form: str, lam: float, device: torch.device
+) -> None:
+    """The step on ``device`` against the dense float64 oracle on the CPU."""
     net = _net(0)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(6, 2, 8, 8, generator=g, dtype=torch.float64)
     y = torch.randint(0, 5, (6,), generator=g)
     lr = 0.1
     factors = oracle_factors(net, x, y, _ce_one, approx or "expand")  # expand: the default
-    extra = {} if approx is None else {"conv_approx": approx}
-    opt = make_kfac(net, lr=lr, damping=lam, damping_form=form, **extra)
-    loss = F.cross_entropy(net(x), y)
-    opt.zero_grad()
-    loss.backward()
     modules = {name: m for name, m in net.named_children() if name in factors}
     before = {name: _block(m) for name, m in modules.items()}
-    grads = {name: _block(m, "grad") for name, m in modules.items()}
+    net.to(device)
+    extra = {} if approx is None else {"conv_approx": approx}
+    opt = make_kfac(net, lr=lr, damping=lam, damping_form=form, **extra)
+    loss = F.cross_entropy(net(x.to(device)), y.to(device))
+    opt.zero_grad()
+    loss.backward()
+    grads = {name: _block(m, "grad").cpu() for name, m in modules.items()}
     opt.step(loss=loss)
     assert set(opt.diagnostics()) == set(factors) == {"0", "2", "5"}
     for name, (a, g_factor) in factors.items():
         expected = before[name] - lr * _dense_direction(a, g_factor, grads[name], lam, form)
-        torch.testing.assert_close(_block(modules[name]), expected, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(_block(modules[name]).cpu(), expected, rtol=1e-9, atol=1e-12)

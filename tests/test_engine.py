@@ -101,19 +101,24 @@ def _floored(factor: torch.Tensor, floor: float) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("floor", [0.0, 1e-10, 0.05])
-def test_eigen_floor_first_step_equals_the_dense_floored_damped_inverse(floor: float) -> None:
-    """eigen_floor: eigenvalues of A and G below it become 0, then d = (G̃⊗Ã + λI)⁻¹∇."""
+def test_eigen_floor_first_step_equals_the_dense_floored_damped_inverse(
+    floor: float, device: torch.device
+) -> None:
+    """eigen_floor: eigenvalues of A and G below it become 0, then d = (G̃⊗Ã + λI)⁻¹∇ (the step
+    on ``device``, the oracle on the CPU)."""
     model, lam, lr = _mlp(2), 1e-3, 0.1
-    opt = make_kfac(model, lr=lr, damping=lam, eigen_floor=floor)
     x, y = _data(11)
     factors = _batch_factors(model, x, y)
     before = _blocks(model)
-    loss = F.cross_entropy(model(x), y)
+    model.to(device)
+    opt = make_kfac(model, lr=lr, damping=lam, eigen_floor=floor)
+    loss = F.cross_entropy(model(x.to(device)), y.to(device))
     opt.zero_grad()
     loss.backward()
-    grads = _grad_blocks(model)
+    grads = [g.cpu() for g in _grad_blocks(model)]
     opt.step()
-    for (a, g), theta, grad, after in zip(factors, before, grads, _blocks(model), strict=True):
+    after_blocks = [b.cpu() for b in _blocks(model)]
+    for (a, g), theta, grad, after in zip(factors, before, grads, after_blocks, strict=True):
         a_f, g_f = _floored(a, floor), _floored(g, floor)
         n = a.shape[0] * g.shape[0]
         curvature = torch.kron(g_f, a_f) + lam * torch.eye(n, dtype=torch.float64)

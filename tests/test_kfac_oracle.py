@@ -86,22 +86,26 @@ def _dense_direction(
 @pytest.mark.parametrize("form", ["exact", "factored"])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("lam", [1e-3, 0.3, 10.0])
-def test_first_step_equals_dense_damped_inverse(form: str, bias: bool, lam: float) -> None:
+def test_first_step_equals_dense_damped_inverse(
+    form: str, bias: bool, lam: float, device: torch.device
+) -> None:
+    """The step on ``device`` against the dense float64 oracle on the CPU."""
     model = _mlp(0, bias)
     x, y = _data(1)
     lr = 0.1
     factors = _oracle_factors(model, x, y)
-    opt = KFAC(model, lr=lr, damping=lam, options=KFACOptions(damping_form=form))
-    loss = F.cross_entropy(model(x), y)
-    opt.zero_grad()
-    loss.backward()
     linears = [m for m in model if isinstance(m, nn.Linear)]
     before = [_block_param(m) for m in linears]
-    grads = [_block_grad(m) for m in linears]
+    model.to(device)
+    opt = KFAC(model, lr=lr, damping=lam, options=KFACOptions(damping_form=form))
+    loss = F.cross_entropy(model(x.to(device)), y.to(device))
+    opt.zero_grad()
+    loss.backward()
+    grads = [_block_grad(m).cpu() for m in linears]
     opt.step(loss=loss)
     for module, (a, g), theta0, grad in zip(linears, factors, before, grads, strict=True):
         expected = theta0 - lr * _dense_direction(a, g, grad, lam, form)
-        torch.testing.assert_close(_block_param(module), expected, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(_block_param(module).cpu(), expected, rtol=1e-9, atol=1e-12)
 
 
 def _deep_mlp(seed: int) -> nn.Sequential:
