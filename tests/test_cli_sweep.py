@@ -118,6 +118,30 @@ def test_implementation_profile_keys_reach_every_trial(tmp_path: Path) -> None:
     assert (defaults.factor_every, defaults.factor_init, defaults.eigen_floor) == (1, "batch", 0.0)
 
 
+def test_cnn_keys_and_the_machines_device_reach_every_trial(tmp_path: Path) -> None:
+    text = tiny_protocol(tmp_path, extra='conv_approx = "reduce"\n').read_text()
+    text = text.replace("depth = 2\nwidth = 8\n", 'kind = "cnn"\n').replace(
+        "sgd = true", "lambdas = [1.0]"
+    )
+    path = tmp_path / "cnn.toml"
+    path.write_text(text)
+    p = load_protocol(path, device="cpu")
+    config = trial_config(p, build_cells(p)[0], {"lr": 0.1, "lr_decay": 1.0, "momentum": 0.0}, 0)
+    assert (config.model, config.conv_approx, config.device) == ("cnn", "reduce", "cpu")
+    assert "device" not in p.raw  # the machine's, not the stored protocol's
+
+
+def test_an_unusable_device_is_refused_before_storing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    argv = ["sweep", str(tiny_protocol(tmp_path)), "--out", str(out), "--device", "nope"]
+    assert "device must be a torch device such as 'cpu' or 'cuda', got 'nope'" in one_line(
+        capsys, argv
+    )
+    assert not (out / "studies.journal").exists()
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [

@@ -49,6 +49,7 @@ def register(subparsers: Any) -> None:
     rp.add_argument(
         "--data-dir", help="folder with the dataset's IDX files (default: cache, then download)"
     )
+    rp.add_argument("--device", default="cpu", help="where trials run: cpu (default), cuda")
     add_rerun_flag(rp)
     rp.set_defaults(func=run_reproduce)
 
@@ -77,7 +78,9 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
-    protocol = load_checked_protocol(preset_path(args.preset), data_dir=args.data_dir)
+    protocol = load_checked_protocol(
+        preset_path(args.preset), data_dir=args.data_dir, device=args.device
+    )
     out = check_report_dir(Path(args.out or f"runs/{args.preset}"))
     spec = resolve(str(out))
     ensure_studies(protocol, open_storage(spec, create=True), spec)  # see sweep_cmd

@@ -32,6 +32,7 @@ def register(subparsers: Any) -> None:
     sweep.add_argument(
         "--data-dir", help="folder with the dataset's IDX files (overrides data.data_dir)"
     )
+    sweep.add_argument("--device", default="cpu", help="where trials run: cpu (default), cuda")
     sweep.set_defaults(func=run_sweep_cmd)
 
     for name, helptext in (
@@ -56,7 +57,7 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
         raise UsageError("--out DIR is required (or --storage URL)")
     # Everything is checked before anything is stored: the protocol completely, the output
     # folder by a real write, the dataset found or downloaded (once, here, not per worker).
-    protocol = load_checked_protocol(args.config, data_dir=args.data_dir)
+    protocol = load_checked_protocol(args.config, data_dir=args.data_dir, device=args.device)
     spec = resolve(args.out, args.storage)
     if args.out is not None:
         check_out_dir(args.out)

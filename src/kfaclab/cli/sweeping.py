@@ -20,9 +20,11 @@ from kfaclab.study.protocol import Protocol, load_protocol
 from kfaclab.study.storage import Storage
 
 
-def load_checked_protocol(path: str | Path, data_dir: str | None = None) -> Protocol:
+def load_checked_protocol(
+    path: str | Path, data_dir: str | None = None, device: str = "cpu"
+) -> Protocol:
     """``load_protocol`` plus the trial runner's checks of every cell (nothing stored yet)."""
-    protocol = load_protocol(path, data_dir=data_dir)
+    protocol = load_protocol(path, data_dir=data_dir, device=device)
     check_trials(protocol)
     return protocol
 

@@ -104,12 +104,17 @@ class Protocol:
     histogram_lambdas: tuple[float, ...]
     rerun_seeds: tuple[int, ...] | None  # None: the report's default seeds
     raw: dict[str, Any] = field(compare=False, repr=False)
+    # The machine's, like data.data_dir: not part of the stored protocol (the CLI's --device).
+    device: str = "cpu"
 
 
-def load_protocol(path: str | Path, data_dir: str | Path | None = None) -> Protocol:
+def load_protocol(
+    path: str | Path, data_dir: str | Path | None = None, device: str = "cpu"
+) -> Protocol:
     """Read and validate a protocol file; ``data_dir`` (the CLI's ``--data-dir``) overrides
-    ``data.data_dir``. The dataset folder is a property of the machine, not of the protocol: it is
-    not part of the stored protocol that resumed or parallel sweeps must match."""
+    ``data.data_dir``, ``device`` (``--device``) is where this machine's trials run. Both are
+    properties of the machine, not of the protocol: they are not part of the stored protocol
+    that resumed or parallel sweeps must match."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -127,6 +132,10 @@ def load_protocol(path: str | Path, data_dir: str | Path | None = None) -> Proto
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"protocol {path} is not valid TOML: {exc}") from None
     protocol = parse_protocol(raw, base_dir=path.resolve().parent)
+    if device != "cpu":
+        from kfaclab.data.loader import resolve_device
+
+        protocol = replace(protocol, device=str(resolve_device(device)))
     if data_dir is None:
         return protocol
     folder = Path(data_dir).expanduser().resolve()

@@ -80,6 +80,7 @@ def trial_config(
         epochs=t.epochs,
         steps=t.steps,
         seed=seed,
+        device=protocol.device,
         eval_steps=t.eval_steps,
         histogram_steps=t.histogram_steps,
         divergence_loss=t.divergence_loss,
