@@ -111,6 +111,9 @@ class FusedKFAC:
         self._o_last: torch.Tensor | None = None  # O_L: (B, out)
         self._log_p: torch.Tensor | None = None
         self._logits: torch.Tensor | None = None
+        self._hidden: list[torch.Tensor] = []  # h_j = h̄_j[:, :w]
+        self._hidden_ones: list[torch.Tensor] = []  # h̄_j
+        self._o_views: list[torch.Tensor] = []  # O_j
 
     # --- forward and backward -----------------------------------------------------------------
 
@@ -122,16 +125,22 @@ class FusedKFAC:
         if h is None or h.shape[1] != n or h.dtype != x.dtype:
             h = self._h = x.new_empty(depth - 1, n, w + 1)
             h[:, :, w] = 1.0
-            self._o = x.new_empty(depth - 1, n, w)
+            o = self._o = x.new_empty(depth - 1, n, w)
+            # The per-layer views, made once per allocation rather than several times a step
+            # (each view is a tensor operation of its own, a few µs at these sizes).
+            self._hidden = [h[j, :, :w] for j in range(depth - 1)]
+            self._hidden_ones = list(h.unbind(0))
+            self._o_views = list(o.unbind(0))
         first = self.layers[0]
         s = torch.addmm(first.bias, x, first.weight.T)
         correct = self.engine.directions.forward_correction(0, x)
         if correct is not None:  # layer 1's update pending in A's eigenbasis
             s = correct(s)
         for j in range(1, depth):
-            self._activate(s, h[j - 1, :, :w])
+            hidden = self._hidden[j - 1]
+            self._activate(s, hidden)
             layer = self.layers[j]
-            s = torch.addmm(layer.bias, h[j - 1, :, :w], layer.weight.T)
+            s = torch.addmm(layer.bias, hidden, layer.weight.T)
         self._x, self._y = x, y
         self._logits = s
         self._log_p = torch.log_softmax(s, dim=1)
@@ -154,17 +163,16 @@ class FusedKFAC:
         grad = log_p.exp()
         grad.scatter_add_(1, y.unsqueeze(1), grad.new_full((len(y), 1), -1.0)).div_(len(y))
         self._o_last = grad
-        self._back_propagate(grad, self._o)
+        self._back_propagate(grad, self._o_views)
         if self.mc and self.engine.factor_step:
             self._sampled_backward(log_p)
 
-    def _back_propagate(self, grad: torch.Tensor, o: torch.Tensor) -> None:
-        """O_{j-1} = (O_j W_j) ⊙ act'(s_{j-1}) into ``o`` (L-1, B, w), from O_L = ``grad``."""
-        h, w = self._h, self.width
-        assert h is not None
+    def _back_propagate(self, grad: torch.Tensor, o: list[torch.Tensor]) -> None:
+        """O_{j-1} = (O_j W_j) ⊙ act'(s_{j-1}) into ``o`` (L-1 tensors (B, w)), from O_L =
+        ``grad``."""
         for j in range(len(self.layers) - 1, 0, -1):
             back = grad @ self.layers[j].weight  # ∂L/∂h_j: (B, w)
-            out, hidden = o[j - 1], h[j - 1, :, :w]
+            out, hidden = o[j - 1], self._hidden[j - 1]
             if self.activation == "relu":  # autograd's own kernel: zero where the unit is off
                 torch.ops.aten.threshold_backward.grad_input(back, hidden, 0.0, grad_input=out)
             elif self.activation == "tanh":
@@ -179,8 +187,8 @@ class FusedKFAC:
         sampled = sample_targets(self._logits, "categorical")  # KFAC.sample_fisher's draw
         grad = log_p.exp()
         grad.scatter_add_(1, sampled.unsqueeze(1), grad.new_full((len(sampled), 1), -1.0))
-        o = torch.empty_like(self._o) if self._o is not None else None
-        assert o is not None
+        assert self._o is not None
+        o = list(torch.empty_like(self._o).unbind(0))
         self._back_propagate(grad, o)
         for j, batch in enumerate(self.batches):
             batch.output_grads = grad if j == len(self.batches) - 1 else o[j]
@@ -188,12 +196,12 @@ class FusedKFAC:
 
     def _inputs(self, j: int) -> torch.Tensor:
         """Layer j's input without the ones column: (B, in)."""
-        assert self._x is not None and self._h is not None
-        return self._x if j == 0 else self._h[j - 1, :, : self.width]
+        assert self._x is not None
+        return self._x if j == 0 else self._hidden[j - 1]
 
     def _output_grads(self, j: int) -> torch.Tensor:
-        assert self._o is not None and self._o_last is not None
-        return self._o_last if j == len(self.layers) - 1 else self._o[j]
+        assert self._o_last is not None
+        return self._o_last if j == len(self.layers) - 1 else self._o_views[j]
 
     def write_grads(self) -> None:
         """``.grad`` of every weight and bias from this step's batch (what backward would
@@ -215,12 +223,10 @@ class FusedKFAC:
 
     @torch.no_grad()
     def step(self, lr: float) -> None:
-        h = self._h
-        assert h is not None
         for j, batch in enumerate(self.batches):
             batch.inputs = self._inputs(j)
             if j > 0:
-                batch.inputs_with_ones = h[j - 1]  # h̄_{j-1} = [h_{j-1} | 1], no copy
+                batch.inputs_with_ones = self._hidden_ones[j - 1]  # h̄_{j-1} = [h_{j-1} | 1]
             loss_grads = self._output_grads(j)
             if self.mc:  # output_grads hold the sampled ones (on factor steps)
                 batch.loss_grads = loss_grads
