@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 import torch
+
+from kfaclab.study.storage import driver_url
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
@@ -31,3 +37,23 @@ DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 @pytest.fixture(params=DEVICES)
 def device(request: pytest.FixtureRequest) -> torch.device:
     return torch.device(request.param)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """The test server's URL narrowed to a new, empty schema (dropped afterwards): every test
+    starts as the first sweep on a new database does, with Optuna's tables still to be created."""
+    url = os.environ.get("KFACLAB_TEST_POSTGRES")
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail("KFACLAB_TEST_POSTGRES is not set in CI (start scripts/start-postgres.sh)")
+        pytest.skip("KFACLAB_TEST_POSTGRES not set (scripts/start-postgres.sh starts a server)")
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    engine = sqlalchemy.create_engine(driver_url(url))
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
+    separator = "&" if "?" in url else "?"
+    yield f"{url}{separator}options=-csearch_path%3D{schema}"
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
+    engine.dispose()

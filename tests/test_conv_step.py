@@ -9,14 +9,13 @@ The approximation is ``KFACOptions(conv_approx="expand"|"reduce")``; None here m
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from conv_oracle import oracle_factors
+from dense_oracle import dense_direction
 from kfac_kwargs import make_kfac
 
 
@@ -45,19 +44,6 @@ def _block(module: nn.Module, attr: str = "") -> torch.Tensor:
     return torch.cat([weight.detach().reshape(weight.shape[0], -1), bias.detach()[:, None]], 1)
 
 
-def _dense_direction(
-    a: torch.Tensor, g: torch.Tensor, grad: torch.Tensor, lam: float, form: str
-) -> torch.Tensor:
-    if form == "exact":
-        curvature = torch.kron(g, a) + lam * torch.eye(g.shape[0] * a.shape[0], dtype=a.dtype)
-    else:
-        pi = math.sqrt((torch.trace(a) / a.shape[0]) / (torch.trace(g) / g.shape[0]))
-        eye_a = torch.eye(a.shape[0], dtype=a.dtype)
-        eye_g = torch.eye(g.shape[0], dtype=a.dtype)
-        curvature = torch.kron(g + math.sqrt(lam) / pi * eye_g, a + pi * math.sqrt(lam) * eye_a)
-    return torch.linalg.solve(curvature, grad.reshape(-1)).reshape(grad.shape)
-
-
 @pytest.mark.parametrize("lam", [1e-3, 1.0])
 @pytest.mark.parametrize("form", ["exact", "factored"])
 @pytest.mark.parametrize("approx", [None, "expand", "reduce"])
@@ -83,5 +69,5 @@ def test_first_step_equals_dense_damped_inverse(
     opt.step(loss=loss)
     assert set(opt.diagnostics()) == set(factors) == {"0", "2", "5"}
     for name, (a, g_factor) in factors.items():
-        expected = before[name] - lr * _dense_direction(a, g_factor, grads[name], lam, form)
+        expected = before[name] - lr * dense_direction(a, g_factor, grads[name], lam, form)
         torch.testing.assert_close(_block(modules[name]).cpu(), expected, rtol=1e-9, atol=1e-12)

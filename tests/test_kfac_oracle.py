@@ -7,7 +7,6 @@ block as a dense Kronecker product, and the damped inverse with torch.linalg.sol
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import pytest
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dense_oracle import dense_direction
 from kfaclab import KFAC
 from kfaclab.optim import KFACOptions
 
@@ -70,19 +70,6 @@ def _block_param(module: nn.Linear) -> torch.Tensor:
     return torch.cat([module.weight.detach(), module.bias.detach()[:, None]], dim=1)
 
 
-def _dense_direction(
-    a: torch.Tensor, g: torch.Tensor, grad: torch.Tensor, lam: float, form: str
-) -> torch.Tensor:
-    if form == "exact":
-        curvature = torch.kron(g, a) + lam * torch.eye(g.shape[0] * a.shape[0], dtype=a.dtype)
-    else:
-        pi = math.sqrt((torch.trace(a) / a.shape[0]) / (torch.trace(g) / g.shape[0]))
-        eye_a = torch.eye(a.shape[0], dtype=a.dtype)
-        eye_g = torch.eye(g.shape[0], dtype=a.dtype)
-        curvature = torch.kron(g + math.sqrt(lam) / pi * eye_g, a + pi * math.sqrt(lam) * eye_a)
-    return torch.linalg.solve(curvature, grad.reshape(-1)).reshape(grad.shape)
-
-
 @pytest.mark.parametrize("form", ["exact", "factored"])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("lam", [1e-3, 0.3, 10.0])
@@ -104,7 +91,7 @@ def test_first_step_equals_dense_damped_inverse(
     grads = [_block_grad(m).cpu() for m in linears]
     opt.step(loss=loss)
     for module, (a, g), theta0, grad in zip(linears, factors, before, grads, strict=True):
-        expected = theta0 - lr * _dense_direction(a, g, grad, lam, form)
+        expected = theta0 - lr * dense_direction(a, g, grad, lam, form)
         torch.testing.assert_close(_block_param(module).cpu(), expected, rtol=1e-9, atol=1e-12)
 
 
@@ -179,7 +166,7 @@ def test_stale_inverse_uses_last_eigenbasis_and_current_damping() -> None:
     for module, (a, g), theta0, grad in zip(
         linears, factors_at_inversion, before, grads, strict=True
     ):
-        expected = theta0 - 0.1 * _dense_direction(a, g, grad, 0.5, "exact")
+        expected = theta0 - 0.1 * dense_direction(a, g, grad, 0.5, "exact")
         torch.testing.assert_close(_block_param(module), expected, rtol=1e-9, atol=1e-12)
 
 
@@ -200,7 +187,7 @@ def test_zero_input_features_are_handled_exactly() -> None:
     eig_a, _ = opt.eigenvalues(opt.layer_names[0])
     assert int((eig_a == 0).sum()) == 2
     for module, (a, g), theta0, grad in zip(linears, factors, before, grads, strict=True):
-        expected = theta0 - 0.2 * _dense_direction(a, g, grad, 1e-2, "exact")
+        expected = theta0 - 0.2 * dense_direction(a, g, grad, 1e-2, "exact")
         torch.testing.assert_close(_block_param(module), expected, rtol=1e-9, atol=1e-12)
 
 
@@ -252,7 +239,7 @@ def test_wide_sparse_input_layer_equals_dense_damped_inverse(form: str) -> None:
     if form == "exact":
         assert opt.engine.layers[0].inverse.a.active is not None  # type: ignore[union-attr]
     for module, (a, gg), theta0, grad in zip(linears, factors, before, grads, strict=True):
-        expected = theta0 - 0.3 * _dense_direction(a, gg, grad, 0.05, form)
+        expected = theta0 - 0.3 * dense_direction(a, gg, grad, 0.05, form)
         torch.testing.assert_close(_block_param(module), expected, rtol=1e-9, atol=1e-12)
 
 
@@ -285,7 +272,7 @@ def test_stacked_hidden_layers_equal_dense_damped_inverse(lam: float) -> None:
             opt.engine.layers, linears, factors, before, grads, strict=True
         ):
             assert layer.damping is not None
-            expected = theta0 - 0.1 * _dense_direction(a, g, grad, layer.damping, "exact")
+            expected = theta0 - 0.1 * dense_direction(a, g, grad, layer.damping, "exact")
             torch.testing.assert_close(_block_param(module), expected, rtol=1e-9, atol=1e-12)
 
 
@@ -301,5 +288,5 @@ def test_weight_decay_is_added_to_the_gradient_before_preconditioning() -> None:
     grads = [_block_grad(m) for m in linears]
     opt.step()
     for module, (a, g), theta0, grad in zip(linears, factors, before, grads, strict=True):
-        expected = theta0 - lr * _dense_direction(a, g, grad + wd * theta0, lam, "exact")
+        expected = theta0 - lr * dense_direction(a, g, grad + wd * theta0, lam, "exact")
         torch.testing.assert_close(_block_param(module), expected, rtol=1e-9, atol=1e-12)

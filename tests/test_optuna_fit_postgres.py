@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,25 +25,6 @@ from test_optuna_fit import DIVERGING, all_trials, curve_trial, expected_curve, 
 pytestmark = pytest.mark.postgres
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A new, empty schema on the test server (dropped afterwards)."""
-    url = os.environ.get("KFACLAB_TEST_POSTGRES")
-    if not url:
-        if os.environ.get("CI") == "true":
-            pytest.fail("KFACLAB_TEST_POSTGRES is not set in CI (start scripts/start-postgres.sh)")
-        pytest.skip("KFACLAB_TEST_POSTGRES not set (scripts/start-postgres.sh starts a server)")
-    schema = f"test_{uuid.uuid4().hex[:12]}"
-    engine = sqlalchemy.create_engine(driver_url(url))
-    with engine.begin() as conn:
-        conn.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
-    separator = "&" if "?" in url else "?"
-    yield f"{url}{separator}options=-csearch_path%3D{schema}"
-    with engine.begin() as conn:
-        conn.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
-    engine.dispose()
 
 
 def test_records_are_in_the_database_for_every_machine(postgres_url: str, tmp_path: Path) -> None:

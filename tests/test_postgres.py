@@ -13,42 +13,20 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
-import sqlalchemy
 from optuna.trial import TrialState
 
 from kfaclab.cli.main import main
 from kfaclab.study.reader import load_study_set
-from kfaclab.study.storage import driver_url, redact, resolve
+from kfaclab.study.storage import redact, resolve
 
 pytestmark = pytest.mark.postgres
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.toml"
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """The server's URL narrowed to a new, empty schema (dropped afterwards): every test starts
-    as the first sweep on a new database does, with Optuna's tables still to be created."""
-    url = os.environ.get("KFACLAB_TEST_POSTGRES")
-    if not url:
-        if os.environ.get("CI") == "true":
-            pytest.fail("KFACLAB_TEST_POSTGRES is not set in CI (start scripts/start-postgres.sh)")
-        pytest.skip("KFACLAB_TEST_POSTGRES not set (scripts/start-postgres.sh starts a server)")
-    schema = f"test_{uuid.uuid4().hex[:12]}"
-    engine = sqlalchemy.create_engine(driver_url(url))
-    with engine.begin() as conn:
-        conn.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
-    separator = "&" if "?" in url else "?"
-    yield f"{url}{separator}options=-csearch_path%3D{schema}"
-    with engine.begin() as conn:
-        conn.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
-    engine.dispose()
 
 
 @pytest.fixture
