@@ -11,6 +11,7 @@ from torch import nn
 
 from kfaclab.models import build_cnn, build_mlp
 from kfaclab.optim.input_stream import InputStreamCache
+from kfaclab.optim.options import KFACOptions
 from kfaclab.trial_types import TrialConfig
 
 # torch.optim imports torch._dynamo the first time an optimizer is built (about 2 s); importing it
@@ -69,7 +70,6 @@ def build_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimi
     # Imported here so an SGD trial does not pay for (or depend on) the K-FAC machinery.
     from kfaclab.damping import build_damping
     from kfaclab.optim import KFAC, Speedups, applicable
-    from kfaclab.train.fused import kfac_options
 
     options = kfac_options(config)
     # run_trial's .grad is exactly the captured batch's (batch_gradients_only); layer 1's updates
@@ -85,4 +85,19 @@ def build_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimi
         momentum=config.momentum,
         options=options,
         speedups=applicable(wanted, options, 0.0),
+    )
+
+
+def kfac_options(config: TrialConfig) -> KFACOptions:
+    """The engine's mathematics for a trial (both backends)."""
+    return KFACOptions(
+        factor_decay=config.factor_decay,
+        factor_every=config.factor_every,
+        inverse_every=config.inverse_every,
+        damping_form=config.damping_form,
+        fisher=config.fisher,
+        factor_init=config.factor_init,
+        eigen_floor=config.eigen_floor,
+        kl_clip=config.kl_clip,
+        conv_approx=config.conv_approx,
     )

@@ -35,7 +35,8 @@ from kfaclab.optim.engine import KFACEngine
 from kfaclab.optim.input_stream import InputStreamCache
 from kfaclab.optim.layer_state import LayerState
 from kfaclab.optim.mc_fisher import sample_targets
-from kfaclab.optim.options import KFACOptions, Speedups, applicable
+from kfaclab.optim.options import Speedups, applicable
+from kfaclab.train.build import kfac_options
 from kfaclab.trial_types import TrialConfig
 
 
@@ -44,21 +45,6 @@ def fusable(config: TrialConfig) -> bool:
     if config.optimizer != "kfac" or config.model != "mlp":
         return False
     return config.activation in ACTIVATIONS and config.depth >= 2
-
-
-def kfac_options(config: TrialConfig) -> KFACOptions:
-    """The engine's mathematics for a trial (both backends)."""
-    return KFACOptions(
-        factor_decay=config.factor_decay,
-        factor_every=config.factor_every,
-        inverse_every=config.inverse_every,
-        damping_form=config.damping_form,
-        fisher=config.fisher,
-        factor_init=config.factor_init,
-        eigen_floor=config.eigen_floor,
-        kl_clip=config.kl_clip,
-        conv_approx=config.conv_approx,
-    )
 
 
 class FusedKFAC:
