@@ -147,11 +147,13 @@ def test_a_failed_first_inversion_steps_with_the_exactly_damped_diagonal(
         torch.testing.assert_close(after, theta - lr * grad / denominator, rtol=1e-10, atol=1e-13)
 
 
-def test_gradient_accumulation_gives_the_factors_and_step_of_the_concatenated_batch() -> None:
-    """Two micro-batches, each mean loss halved (the usual accumulation), then one step: the
-    same factors and parameters as one step on the concatenated batch."""
-    x, y = _data(21, n=12)
-    whole_model, parts_model = _mlp(4), _mlp(4)
+def test_gradient_accumulation_gives_the_factors_and_step_of_the_concatenated_batch(
+    device: torch.device,
+) -> None:
+    """Two micro-batches, each mean loss scaled by its share (the usual accumulation), then one
+    step: the same factors and parameters as one step on the concatenated batch."""
+    x, y = (t.to(device) for t in _data(21, n=12))
+    whole_model, parts_model = _mlp(4).to(device), _mlp(4).to(device)
     whole = make_kfac(whole_model, lr=0.1, damping=0.1, momentum=0.5)
     parts = make_kfac(parts_model, lr=0.1, damping=0.1, momentum=0.5)
     _step(whole_model, whole, x, y)
