@@ -145,7 +145,7 @@ class DirectionSide:
             return None
         if inverse.g.active is not None:
             return None
-        rows = batch.loss_grads if batch.loss_grads is not None else batch.output_grads
+        rows = _loss_rows(batch)
         if batch.inputs is None or rows is None:
             return None
         weightless = self.grads_from_batches or layer.name in self.deferred.skipped
@@ -177,8 +177,7 @@ class DirectionSide:
             diagonal = ExactInverse(diagonal_eigen(layer.factor_a), diagonal_eigen(layer.factor_g))
             return diagonal.precondition(block, lam)
         if isinstance(inverse, ExactInverse):
-            rows = None if batch is None else batch.loss_grads
-            rows = batch.output_grads if batch is not None and rows is None else rows
+            rows = None if batch is None else _loss_rows(batch)
             if (
                 layer.is_linear
                 and batch is not None
@@ -288,10 +287,16 @@ def _batch_rows(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(O, [X | 1]) of the captured batch for the gradient block Oᵀ[X | 1] (X alone without
     a bias); O is the training loss's ∂L/∂s."""
-    rows = batch.loss_grads if batch.loss_grads is not None else batch.output_grads
+    rows = _loss_rows(batch)
     inputs = batch.inputs
     if inputs is None or not layer.has_bias:
         return rows, inputs
     if batch.inputs_with_ones is not None:
         return rows, batch.inputs_with_ones
     return rows, torch.cat([inputs, inputs.new_ones(inputs.shape[0], 1)], 1)
+
+
+def _loss_rows(batch: LayerCapture) -> torch.Tensor | None:
+    """O = ∂L/∂s of the training loss: ``loss_grads`` where the capture keeps it apart from the
+    factors' rows (the MC Fisher's sampled gradients), else ``output_grads``."""
+    return batch.loss_grads if batch.loss_grads is not None else batch.output_grads
