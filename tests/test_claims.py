@@ -183,3 +183,18 @@ def test_binding_rule(rng_range: Range, best: float, top: list[float], binds: bo
     assert bool(found) is binds, found
     if binds:
         assert found[0].edge == "high" and math.isclose(found[0].bound, rng_range.high)
+
+
+@pytest.mark.parametrize(("lr_scale", "binds"), [("none", True), ("lambda", False)])
+def test_binding_checks_the_range_each_cell_was_searched_in(lr_scale: str, binds: bool) -> None:
+    """λ = 1e-3 with lr ≈ 2e-6 sits in [1e-6, 1e3]'s low band, but in the middle of the range
+    it was searched in under lr_scale = "lambda" (λ·[1e-4, 1e3] = [1e-7, 1])."""
+    study, _ = build_study([CellSpec(1e-3, [0.1 + 0.01 * i for i in range(20)], lr=2e-6)])
+    study.protocol["search"] = {
+        **study.protocol["search"],
+        "lr": {"low": 1e-4 if lr_scale == "lambda" else 1e-6, "high": 1e3, "log": True},
+        "lr_scale": lr_scale,
+    }
+    s = summarize(study)
+    found = s.bindings.get(s.fixed[0].label, [])
+    assert bool([b for b in found if b.param == "lr"]) is binds, found

@@ -13,6 +13,7 @@ import pytest
 
 from kfaclab.analysis.binding import LOG_OUTER
 from kfaclab.errors import UsageError
+from kfaclab.study.cells import build_cells, search_space
 from kfaclab.study.protocol import load_protocol
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -72,19 +73,30 @@ def test_popular_presets_are_the_popular_implementation_defaults() -> None:
     assert raw("paper-popular")["cells"]["lambda_convention"] == "ours"
 
 
+# Measured in the screening runs (docs/results/screening, every non-popular reading): each λ cell's
+# best lr / λ (our λ) lay in this band, from λ = 1e-5 to 1e2.
+BEST_LR_OVER_LAMBDA = (0.1, 3.0)
+
+
+def _log_position(x: float, low: float, high: float) -> float:
+    return (math.log10(x) - math.log10(low)) / (math.log10(high) - math.log10(low))
+
+
 @pytest.mark.parametrize("reading", ("paper", "paper-linear", "paper-b2"))
 def test_lr_range_leaves_the_expected_optima_inside(reading: str) -> None:
-    """λ ≫ F's eigenvalues makes K-FAC SGD with lr/λ, so the largest λ's best lr is ~λ × SGD's;
-    the smallest λ needs the smallest lr measured. Both, with the top-k's spread, must lie
-    outside the outer 5% that binding.py calls binding."""
-    p = raw(reading)
-    r = p["search"]["lr"]
-    b = p["training"]["batch_size"]
-    scale = b * b if p["cells"]["lambda_convention"] == "b2_scaled" else 1.0
-    lams = sorted(x * scale for x in p["cells"]["lambdas"])
-    span = math.log10(r["high"]) - math.log10(r["low"])
-    top = math.log10(SGD_BEST_LR * lams[-1]) + TOP_K_SPREAD_DECADES
-    assert (top - math.log10(r["low"])) / span < 1 - LOG_OUTER
-    smallest = SMALLEST_LAMBDA_BEST_LR if scale == 1 else SGD_BEST_LR * 1e-2  # λ_ours ≥ 0.16
-    bottom = math.log10(smallest) - TOP_K_SPREAD_DECADES
-    assert (bottom - math.log10(r["low"])) / span > LOG_OUTER
+    """Every cell's expected optimum, with the top-k's spread, lies outside the outer 5% that
+    binding.py calls binding — in the range the sweep really samples (search_space)."""
+    p = load(reading)
+    for cell in build_cells(p):
+        r = search_space(p, cell)["lr"]
+        if cell.damping is None:  # SGD
+            expected = [SGD_BEST_LR]
+        else:
+            assert isinstance(cell.damping, float)
+            expected = [ratio * cell.damping for ratio in BEST_LR_OVER_LAMBDA]
+            if cell.damping == 1e-5:
+                expected.append(SMALLEST_LAMBDA_BEST_LR)
+        for x in expected:
+            low = _log_position(x / 10**TOP_K_SPREAD_DECADES, r.low, r.high)
+            high = _log_position(x * 10**TOP_K_SPREAD_DECADES, r.low, r.high)
+            assert low > LOG_OUTER and high < 1 - LOG_OUTER, (cell.name, x, r)

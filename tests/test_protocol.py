@@ -211,3 +211,27 @@ def test_adaptive_protocols_run_every_strategy_beside_fixed_lambda_and_sgd(name:
             build_damping(config.damping)
             searched = {k.split(".", 1)[1] for k in space if k.startswith("damping.")}
             assert searched and searched <= set(config.damping)
+
+
+def test_lr_scale_lambda_scales_each_lambda_cell_in_our_convention() -> None:
+    raw = tomllib.loads(SMOKE)
+    raw["search"]["lr"] = {"low": 1e-4, "high": 1e3, "log": True}
+    raw["search"]["lr_scale"] = "lambda"
+    raw["cells"]["lambda_convention"] = "b2_scaled"
+    raw["cells"]["strategies"] = [{"name": "lm", "kind": "levenberg_marquardt", "initial": 1.0}]
+    p = parse_protocol(raw)
+    b2 = raw["training"]["batch_size"] ** 2
+    ranges = {c.name: search_space(p, c)["lr"] for c in build_cells(p)}
+    assert (ranges["sgd"].low, ranges["sgd"].high) == (1e-4, 1e3)
+    assert (ranges["kfac-lm"].low, ranges["kfac-lm"].high) == (1e-4, 1e3)  # no constant λ
+    for lam in raw["cells"]["lambdas"]:
+        r = ranges[f"kfac-lam_b2={format_lambda(lam)}"]
+        assert r.low == pytest.approx(1e-4 * lam * b2) and r.high == pytest.approx(1e3 * lam * b2)
+        assert r.log
+
+
+def test_lr_scale_rejects_unknown_values() -> None:
+    raw = tomllib.loads(SMOKE)
+    raw["search"]["lr_scale"] = "lam"
+    with pytest.raises(UsageError, match=r"search\.lr_scale.*none.*lambda"):
+        parse_protocol(raw)

@@ -283,3 +283,27 @@ def test_sqlite_url_storage(tmp_path: Path) -> None:
     assert run_sweep(p, spec, trial_fn=fake_trial, stream=io.StringIO()) == 0
     s = load_study_set(spec.url or "")
     assert len(s.trials) == 9 and {t.state for t in s.trials} == {"COMPLETE"}
+
+
+def test_lr_scaled_by_lambda_samples_each_cell_in_its_own_range(tmp_path: Path) -> None:
+    """search.lr_scale = "lambda": a λ cell's trials (and the distribution Optuna stores, which
+    the dashboard shows) lie in λ·[low, high]; SGD's in [low, high] itself."""
+    p = protocol(n_trials=6, name="scaled", lr_scale="lambda",
+                 lr={"low": 1e-2, "high": 1e1, "log": True})  # fmt: skip
+    assert run_sweep(p, StorageSpec(folder=tmp_path), trial_fn=fake_trial) == 0
+    scale = {"sgd": 1.0, "kfac-lam=1e-03": 1e-3, "kfac-lam=1e+00": 1.0}
+    by_cell = trials_by_cell(tmp_path, p.name)
+    assert sorted(by_cell) == sorted(scale)
+    for cell, trials in by_cell.items():
+        low, high = 1e-2 * scale[cell], 1e1 * scale[cell]
+        for t in trials:
+            dist = t.distributions["lr"]
+            assert isinstance(dist, optuna.distributions.FloatDistribution)
+            assert (dist.low, dist.high, dist.log) == (
+                pytest.approx(low),
+                pytest.approx(high),
+                True,
+            )
+            assert low <= t.params["lr"] <= high
+    # λ = 1e-3's lr lies below every lr the unscaled range allows: the scaling really applied.
+    assert max(t.params["lr"] for t in by_cell["kfac-lam=1e-03"]) < 1e-2

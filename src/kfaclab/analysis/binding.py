@@ -9,7 +9,7 @@ small for λ = 100". Claims that depend on such a cell are inconclusive (see cla
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from kfaclab.analysis.cells import CellSummary
@@ -108,12 +108,13 @@ def cell_bindings(
 def bindings(
     cells: Sequence[CellSummary],
     trials_by_cell: Mapping[str, Sequence[TrialLike]],
-    ranges: Sequence[Range],
+    ranges_of: Callable[[CellSummary], Sequence[Range]],
 ) -> dict[str, list[Binding]]:
-    """Cell label → its binding ranges (cells with none are absent)."""
+    """Cell label → its binding ranges (cells with none are absent); ``ranges_of(cell)``: the
+    ranges that cell was searched in."""
     out = {}
     for c in cells:
-        found = cell_bindings(c, trials_by_cell.get(c.name, []), ranges)
+        found = cell_bindings(c, trials_by_cell.get(c.name, []), ranges_of(c))
         if found:
             out[c.label] = found
     return out

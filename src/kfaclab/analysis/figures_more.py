@@ -12,7 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from kfaclab.analysis.search import Range, search_ranges
+from kfaclab.analysis.search import cell_ranges
 from kfaclab.analysis.style import (
     OKABE_ITO,
     SGD_COLOR,
@@ -161,7 +161,6 @@ def hyperparameters(summary: StudySummary, out_dir: Path) -> DrawnFigure | None:
     params = [p for p in _PARAMS if any(p[0] in summary.hyperparams[c.label] for c in fixed)]
     if not fixed or not params:
         return None
-    ranges = {r.name: r for r in _ranges(summary)}
     fig = new_figure(2.3 * len(params) + 0.6, 3.0)
     axes = fig.subplots(1, len(params), squeeze=False)[0]
     sgd = summary.sgd
@@ -182,9 +181,20 @@ def hyperparameters(summary: StudySummary, out_dir: Path) -> DrawnFigure | None:
         ax.plot(x, [p[1].best for p in pts], "v", color="#D55E00", ms=5, label="best trial")
         if sgd is not None and name in summary.hyperparams.get(sgd.label, {}):
             _sgd_line(ax, summary.hyperparams[sgd.label][name].best, "SGD best")
-        if name in ranges:  # the search space's bounds, so edge effects are visible
-            for b in (ranges[name].low, ranges[name].high):
-                ax.axhline(b, color="grey", lw=0.8, ls=":")
+        # The search space's bounds per cell, so edge effects are visible (a line across λ
+        # when lr was searched relative to λ).
+        bounds = sorted(
+            (c.lam, r.low, r.high)
+            for c in fixed
+            if c.lam is not None
+            for r in cell_ranges(summary.protocol, c)
+            if r.name == name
+        )
+        for i in (1, 2):
+            if bounds:
+                ax.plot(
+                    [b[0] for b in bounds], [b[i] for b in bounds], color="grey", lw=0.8, ls=":"
+                )
         if log:
             log_axis(ax)
         _lam_axis(ax)
@@ -194,10 +204,6 @@ def hyperparameters(summary: StudySummary, out_dir: Path) -> DrawnFigure | None:
     labels.append("search-space bounds")
     fig.legend(handles, labels, loc="outside lower center", ncols=4, frameon=False)
     return finish(fig, out_dir, "hyperparameters", "Tuned hyperparameters against λ")
-
-
-def _ranges(summary: StudySummary) -> list[Range]:
-    return search_ranges(summary.protocol)
 
 
 def budget(summary: StudySummary, out_dir: Path) -> DrawnFigure | None:

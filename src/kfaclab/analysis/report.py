@@ -290,6 +290,7 @@ OPEN_CHOICES = (
     ("inverse/eigendecomposition every", ("training", "inverse_every")),
     ("λ convention", ("cells", "lambda_convention")),
     ("learning-rate range", ("search", "lr")),
+    ("learning-rate range relative to λ", ("search", "lr_scale")),
     ("linear-decay coefficient range", ("search", "lr_decay")),
     ("momentum range", ("search", "momentum")),
     ("trials per cell", ("search", "n_trials")),
@@ -302,6 +303,7 @@ OPEN_CHOICE_DEFAULTS = {
     ("training", "epochs"): "1",
     ("training", "steps"): "one epoch",
     ("search", "sampler"): '"tpe"',
+    ("search", "lr_scale"): '"none" (every cell searches lr itself)',
     ("search", "trial_seeds"): '"fixed" (every trial trains with search.seed)',
 }
 

@@ -4,7 +4,7 @@ whether the trial budget was enough (best loss against the number of trials)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +13,7 @@ import numpy as np
 from kfaclab.analysis.cells import CellSummary
 from kfaclab.analysis.stats import BestOfM, best_of_m, running_min
 from kfaclab.analysis.types import TrialLike
+from kfaclab.lr_scale import cell_lr_bounds
 
 EDGE_MARGIN = 0.02  # fraction of the (log-)range that counts as "on the edge"
 
@@ -84,6 +85,20 @@ def search_ranges(protocol: Mapping[str, Any]) -> list[Range]:
     return out
 
 
+def cell_ranges(protocol: Mapping[str, Any], cell: CellSummary) -> list[Range]:
+    """The ranges ``cell`` was searched in: the protocol's, with lr scaled by the cell's λ when
+    the protocol's ``search.lr_scale`` says so (kfaclab.lr_scale, which the sweep also uses)."""
+    table = protocol.get("search")
+    scale = str(table.get("lr_scale", "none")) if isinstance(table, Mapping) else "none"
+    out = []
+    for r in search_ranges(protocol):
+        if r.name == "lr":
+            low, high = cell_lr_bounds(r.low, r.high, cell.lam, scale)
+            r = Range(r.name, low, high, r.log)
+        out.append(r)
+    return out
+
+
 def param_spread(cell: CellSummary, trials: Sequence[TrialLike], name: str) -> ParamSpread | None:
     if cell.best is None or not isinstance(cell.best.params.get(name), int | float):
         return None
@@ -100,7 +115,7 @@ def param_spread(cell: CellSummary, trials: Sequence[TrialLike], name: str) -> P
 def edge_warnings(
     cells: Sequence[CellSummary],
     trials_by_cell: Mapping[str, Sequence[TrialLike]],
-    ranges: Sequence[Range],
+    ranges_of: Callable[[CellSummary], Sequence[Range]],
     margin: float = EDGE_MARGIN,
 ) -> list[EdgeWarning]:
     out = []
@@ -109,7 +124,7 @@ def edge_warnings(
             continue
         top = set(cell.top_numbers)
         top_params = [t.params for t in trials_by_cell.get(cell.name, []) if t.number in top]
-        for r in ranges:
+        for r in ranges_of(cell):
             x = cell.best.params.get(r.name)
             if not isinstance(x, int | float):
                 continue

@@ -28,10 +28,11 @@ from kfaclab.analysis.search import (
     BudgetCurve,
     EdgeWarning,
     ParamSpread,
+    Range,
     budget_curve,
+    cell_ranges,
     edge_warnings,
     param_spread,
-    search_ranges,
 )
 from kfaclab.analysis.types import StudySetLike, TrialLike
 
@@ -104,19 +105,22 @@ def summarize(study: StudySetLike, reruns: Mapping[str, RerunRecord] | None = No
         if spreads:
             hyper[c.label] = spreads
     notes = [f"{c.label}: {n}" for c in cells for n in c.notes]
-    ranges = search_ranges(protocol)
+
+    def ranges_of(cell: CellSummary) -> list[Range]:
+        return cell_ranges(protocol, cell)
+
     return StudySummary(
         protocol=protocol,
         cells=cells,
         histograms=hists,
         curvature=curvature_summary(cells, by_cell),
         hyperparams=hyper,
-        edge_warnings=edge_warnings(cells, by_cell, ranges),
+        edge_warnings=edge_warnings(cells, by_cell, ranges_of),
         budgets=[b for c in cells if (b := budget_curve(c)) is not None],
         reruns=rerun_summaries(cells, reruns or {}),
         adaptive=adaptive_section(cells, by_cell, _fixed_grid_cells(protocol)),
         notes=notes,
-        bindings=bindings(cells, by_cell, ranges),
+        bindings=bindings(cells, by_cell, ranges_of),
         trial_medians=per_trial_medians(chosen, by_cell),
     )
 

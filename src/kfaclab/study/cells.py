@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from kfaclab.lr_scale import cell_lr_bounds
 from kfaclab.study.protocol import Protocol, Range, StrategySpec
 
 
@@ -84,8 +85,11 @@ def build_cells(protocol: Protocol) -> list[CellInfo]:
 def search_space(protocol: Protocol, cell: CellInfo) -> dict[str, Range]:
     """The hyperparameters sampled per trial of ``cell``: the nuisance ones, plus a strategy's
     searched constants as ``damping.<name>``."""
+    lr = protocol.search.lr
+    lam = cell.damping if isinstance(cell.damping, float) else None
+    low, high = cell_lr_bounds(lr.low, lr.high, lam, protocol.search.lr_scale)
     space = {
-        "lr": protocol.search.lr,
+        "lr": Range(low, high, lr.log),
         "lr_decay": protocol.search.lr_decay,
         "momentum": protocol.search.momentum,
     }

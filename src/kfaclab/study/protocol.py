@@ -17,6 +17,7 @@ from typing import Any
 
 from kfaclab import choices as ch
 from kfaclab.errors import UsageError
+from kfaclab.lr_scale import LR_SCALES
 from kfaclab.study import _schema as s
 from kfaclab.study._strategies import Range, StrategySpec, search_range, strategy
 
@@ -90,6 +91,9 @@ class SearchSpec:
     lr: Range
     lr_decay: Range
     momentum: Range
+    # "none": every cell samples lr in `lr`; "lambda": a fixed-λ cell samples lr/λ in `lr`
+    # (kfaclab.lr_scale says why).
+    lr_scale: str = "none"
 
 
 @dataclass(frozen=True)
@@ -321,7 +325,17 @@ def _cells(t: dict[str, Any]) -> CellsSpec:
 
 
 def _search(t: dict[str, Any]) -> SearchSpec:
-    keys = ("n_trials", "top_k", "sampler", "seed", "trial_seeds", "lr", "lr_decay", "momentum")
+    keys = (
+        "n_trials",
+        "top_k",
+        "sampler",
+        "seed",
+        "trial_seeds",
+        "lr",
+        "lr_scale",
+        "lr_decay",
+        "momentum",
+    )
     s.check_keys(t, "search", keys, required=("n_trials", "lr", "lr_decay", "momentum"))
     n_trials = s.integer(t["n_trials"], "search.n_trials", 1)
     lr_decay = search_range(t["lr_decay"], "search.lr_decay")
@@ -343,4 +357,5 @@ def _search(t: dict[str, Any]) -> SearchSpec:
         lr=search_range(t["lr"], "search.lr"),
         lr_decay=lr_decay,
         momentum=momentum,
+        lr_scale=s.string(t.get("lr_scale", "none"), "search.lr_scale", LR_SCALES),
     )
