@@ -130,7 +130,7 @@ def test_claims_cli_on_a_real_sweep(
 
 
 def test_old_full_run_is_read_back_from_its_report() -> None:
-    folder = REPO / "docs" / "results" / "paper"
+    folder = REPO / "docs" / "results" / "paper-first-run"
     cs = claims_from_report(folder)
     assert cs.protocol == "paper" and cs.headline.best == "λ=1e-03"
     assert cs.headline.best_lo == pytest.approx(0.0764) and cs.headline.tied == []

@@ -1,4 +1,4 @@
-"""Claims of a run kept only as report.md + reruns.json (docs/results/paper predates claims.json
+"""Claims of a run kept only as report.md + reruns.json (docs/results/paper-first-run predates claims.json
 and its study storage was not kept): the cell table and the edge warnings read back from the
 report, the reruns from their file, and the same ``evaluate``.
 
