@@ -20,7 +20,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 READINGS = ("paper", "paper-linear", "paper-b2", "paper-popular", "paper-popular-noclip")
 NEW_KEYS = ("factor_init", "factor_every", "eigen_floor")  # protocol keys of the cli branch
 
-# Measured in the first full run (docs/results/paper-first-run, lr ≤ 1): SGD's best lr, and λ = 1e-5's.
+# Measured in the first full run (docs/results/paper-first-run, lr ≤ 1): SGD's best lr, and
+# λ = 1e-5's.
 SGD_BEST_LR = 0.315
 SMALLEST_LAMBDA_BEST_LR = 3.11e-5
 TOP_K_SPREAD_DECADES = 0.5  # the top-100's lr spread around the best, in that run (λ = 1e-3)
@@ -100,3 +101,13 @@ def test_lr_range_leaves_the_expected_optima_inside(reading: str) -> None:
             low = _log_position(x / 10**TOP_K_SPREAD_DECADES, r.low, r.high)
             high = _log_position(x * 10**TOP_K_SPREAD_DECADES, r.low, r.high)
             assert low > LOG_OUTER and high < 1 - LOG_OUTER, (cell.name, x, r)
+
+
+def test_replication_is_paper_with_another_seed() -> None:
+    full, again = raw("paper"), raw("paper-seed1")
+    assert again["protocol"]["name"] == "paper-seed1" and again["search"]["seed"] == 1
+    assert full["search"]["seed"] == 0
+    for d in (full, again):
+        del d["protocol"], d["search"]["seed"]
+    assert again == full
+    assert load("paper-seed1").search.n_trials == 300

@@ -21,6 +21,7 @@ from kfaclab.errors import UsageError
 PRESETS = (
     "quick",
     "paper",
+    "paper-seed1",
     "paper-linear",
     "paper-b2",
     "paper-popular",
