@@ -39,6 +39,21 @@ def device(request: pytest.FixtureRequest) -> torch.device:
     return torch.device(request.param)
 
 
+@pytest.fixture(autouse=True)
+def _no_tf32() -> Iterator[None]:
+    """float32 on CUDA means float32: TF32 (cuDNN's default for convolutions, and matmuls where
+    enabled) keeps 10 mantissa bits, so float32 results would agree with the CPU's to ~1e-3
+    only, while the tests compare float32 at 1e-5 and tighter. No effect without CUDA."""
+    if "cuda" not in DEVICES:
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """The test server's URL narrowed to a new, empty schema (dropped afterwards): every test

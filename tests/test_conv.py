@@ -3,6 +3,9 @@
 The oracles never use F.unfold: patches come from explicit loops over output locations and kernel
 offsets (tests/conv_oracle.py), per-example output gradients from torch.func on a per-example
 loss, and per-example parameter gradients from torch.func.vmap(grad) over the whole network.
+
+The library's functions run on each available device (the ``device`` fixture, issue 16); the
+oracles run on the CPU, and the results meet them there.
 """
 
 from __future__ import annotations
@@ -29,9 +32,6 @@ from kfaclab.optim.conv import (
     split_gradient_block,
 )
 
-# CPU always, CUDA where present (issue 16: library tests run on every available device).
-DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
-
 CONFIGS: list[dict[str, Any]] = [
     {"kernel_size": 3, "stride": 1, "padding": 0},
     {"kernel_size": 3, "stride": 2, "padding": 1},
@@ -50,24 +50,26 @@ def _conv(seed: int, c_in: int = 2, c_out: int = 3, **kwargs: Any) -> nn.Conv2d:
 # PyTorch warns that 'same' with an even kernel pads a copy of the input: expected here.
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
 @pytest.mark.parametrize("config", CONFIGS)
-def test_patches_reproduce_the_convolution(config: dict[str, Any]) -> None:
-    conv = _conv(0, **config)
-    x = torch.randn(3, 2, 7, 6, dtype=torch.float64)
+def test_patches_reproduce_the_convolution(config: dict[str, Any], device: torch.device) -> None:
+    conv = _conv(0, **config).to(device)
+    x = torch.randn(3, 2, 7, 6, dtype=torch.float64).to(device)
     out = conv(x)  # (N, O, H', W')
     unfolded = patches(x, conv)  # (N, d, T)
     geo = conv_geometry(conv, (7, 6))
     assert geo.output == tuple(out.shape[2:])
     weight = conv.weight.reshape(conv.out_channels, -1)
-    bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels).double()
+    bias = conv.bias if conv.bias is not None else weight.new_zeros(conv.out_channels)
     rebuilt = (weight @ unfolded + bias[:, None]).reshape(out.shape)
     torch.testing.assert_close(rebuilt, out, rtol=0, atol=1e-13)
-    torch.testing.assert_close(unfolded.transpose(1, 2), loop_patches(x, conv), rtol=0, atol=0)
+    # Patches are copies of input pixels: equal to the CPU loops' to the last bit on any device.
+    looped = loop_patches(x.cpu(), conv)  # reads only the conv's geometry
+    torch.testing.assert_close(unfolded.transpose(1, 2).cpu(), looped, rtol=0, atol=0)
     torch.testing.assert_close(mean_patches(x, conv), unfolded.mean(dim=2), rtol=0, atol=1e-15)
 
 
-def test_unbatched_input_is_one_example() -> None:
-    conv = _conv(1, kernel_size=3, padding=1)
-    x = torch.randn(2, 5, 5, dtype=torch.float64)
+def test_unbatched_input_is_one_example(device: torch.device) -> None:
+    conv = _conv(1, kernel_size=3, padding=1).to(device)
+    x = torch.randn(2, 5, 5, dtype=torch.float64).to(device)
     torch.testing.assert_close(input_factor(x, conv), input_factor(x[None], conv))
 
 
@@ -92,9 +94,9 @@ def test_unsupported_layers_are_refused_by_name(module: nn.Module, message: str)
     assert str(info.value) == message
 
 
-def test_every_function_refuses_unsupported_layers() -> None:
-    grouped = nn.Conv2d(4, 4, 3, groups=2)
-    x = torch.randn(1, 4, 5, 5)
+def test_every_function_refuses_unsupported_layers(device: torch.device) -> None:
+    grouped = nn.Conv2d(4, 4, 3, groups=2).to(device)
+    x = torch.randn(1, 4, 5, 5).to(device)
     rule = "groups=1 only, got groups=2"
     with pytest.raises(ValueError, match=rf"^Conv2d\(4, 4, kernel_size=\(3, 3\).*{rule}$"):
         input_factor(x, grouped, "reduce")
@@ -102,17 +104,18 @@ def test_every_function_refuses_unsupported_layers() -> None:
         conv_rows(x, grouped(x).detach(), grouped, "expand")
 
 
-def test_unknown_approximation_is_refused() -> None:
-    conv = _conv(0, kernel_size=3)
+def test_unknown_approximation_is_refused(device: torch.device) -> None:
+    conv = _conv(0, kernel_size=3).to(device)
+    x = torch.zeros(1, 2, 5, 5, dtype=torch.float64, device=device)
     with pytest.raises(
         ValueError, match="conv approximation must be one of 'expand', 'reduce', got 'mean'"
     ):
-        input_factor(torch.zeros(1, 2, 5, 5, dtype=torch.float64), conv, "mean")  # type: ignore[arg-type]
+        input_factor(x, conv, "mean")  # type: ignore[arg-type]
 
 
-def test_expand_input_factor_is_the_same_in_chunks() -> None:
-    conv = _conv(2, kernel_size=3, padding=1)
-    x = torch.randn(7, 2, 6, 6, dtype=torch.float64)
+def test_expand_input_factor_is_the_same_in_chunks(device: torch.device) -> None:
+    conv = _conv(2, kernel_size=3, padding=1).to(device)
+    x = torch.randn(7, 2, 6, 6, dtype=torch.float64).to(device)
     whole = input_factor(x, conv, "expand")
     chunked = input_factor(x, conv, "expand", chunk_entries=2 * 18 * 36)  # two examples a chunk
     torch.testing.assert_close(chunked, whole, rtol=1e-14, atol=1e-15)
@@ -228,6 +231,7 @@ def _rel(ours: torch.Tensor, oracle: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("index", [0, 2])
 def test_per_location_oracle_sums_to_the_per_example_gradient(index: int) -> None:
+    # The two oracles against each other: no library code runs, so on the CPU only.
     net, x, y, c = _setup()
     torch.testing.assert_close(
         _per_location(net, index, x, y, c).sum(dim=1),
@@ -237,11 +241,10 @@ def test_per_location_oracle_sums_to_the_per_example_gradient(index: int) -> Non
     )
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("approx", ["expand", "reduce"])
 @pytest.mark.parametrize("index", [0, 2])
 def test_factors_equal_their_definitions_from_per_location_gradients(
-    approx: ConvApprox, index: int, device: str
+    approx: ConvApprox, index: int, device: torch.device
 ) -> None:
     net, x, y, c = _setup()
     x_in, grad_out = _captures(net, x, y, c)[index]
@@ -262,7 +265,7 @@ def test_factors_equal_their_definitions_from_per_location_gradients(
     conv = _at(net, index).to(device)
     x_in, grad_out = x_in.to(device), grad_out.to(device)
     a_ours, g_ours = kronecker_factors(x_in, grad_out, conv, approx, grad_scale=n)
-    assert a_ours.device.type == g_ours.device.type == device
+    assert a_ours.device.type == g_ours.device.type == device.type
     assert _rel(a_ours.cpu(), a_oracle) < 1e-13
     assert _rel(g_ours.cpu(), g_oracle) < 1e-12
 
@@ -278,9 +281,10 @@ def test_factors_equal_their_definitions_from_per_location_gradients(
 
 
 @pytest.mark.parametrize("approx", ["expand", "reduce"])
-def test_oracle_module_factors_agree(approx: ConvApprox) -> None:
+def test_oracle_module_factors_agree(approx: ConvApprox, device: torch.device) -> None:
     """tests/conv_oracle.py (used by the whole-step test) gives the same factors as the
-    per-location construction above, for the convolutions and for the Linear head."""
+    per-location construction above, for the convolutions and for the Linear head (the oracles
+    on the CPU, the library's factors of the device's captures on ``device``)."""
     net, x, y, c = _setup()
     n = x.shape[0]
 
@@ -289,10 +293,6 @@ def test_oracle_module_factors_agree(approx: ConvApprox) -> None:
 
     factors = oracle_factors(net, x, y, ce_one, approx)
     assert set(factors) == {"0", "2", "5"}
-    for index, (x_in, grad_out) in _captures(net, x, y, c).items():
-        a, g = kronecker_factors(x_in, grad_out, _at(net, index), approx, grad_scale=n)
-        assert _rel(a, factors[str(index)][0]) < 1e-13
-        assert _rel(g, factors[str(index)][1]) < 1e-12
     head = net[5]
     assert isinstance(head, nn.Linear)
     h = net[:5](x).detach()
@@ -301,29 +301,42 @@ def test_oracle_module_factors_agree(approx: ConvApprox) -> None:
     g_head = torch.autograd.grad(F.cross_entropy(s, y, reduction="sum"), s)[0]
     assert _rel(factors["5"][0], h_bar.T @ h_bar / n) < 1e-14
     assert _rel(factors["5"][1], g_head.T @ g_head / n) < 1e-13
+    net.to(device)
+    captures = _captures(net, x.to(device), y.to(device), c.to(device))
+    for index, (x_in, grad_out) in captures.items():
+        a, g = kronecker_factors(x_in, grad_out, _at(net, index), approx, grad_scale=n)
+        assert a.device.type == g.device.type == device.type
+        assert _rel(a.cpu(), factors[str(index)][0]) < 1e-13
+        assert _rel(g.cpu(), factors[str(index)][1]) < 1e-12
 
 
-def test_readout_net_expand_is_the_location_diagonal_fisher_and_reduce_the_fisher() -> None:
+def test_readout_net_expand_is_the_location_diagonal_fisher_and_reduce_the_fisher(
+    device: torch.device,
+) -> None:
     """With g_{n,t} = c everywhere, both Kronecker products are exact (module docstring):
     expand = (1/N) Σ_{n,t} vec ∇_{n,t} vec ∇_{n,t}ᵀ, reduce = (1/N) Σₙ vec ∇ₙ vec ∇ₙᵀ = F.
-    So G⊗A sits on the per-example Fisher's scale and λ means what it means for nn.Linear."""
+    So G⊗A sits on the per-example Fisher's scale and λ means what it means for nn.Linear.
+    (The torch.func oracles on the CPU; the captures, factors and gradient block on ``device``.)"""
     net, x, y, c = _setup(readout=True)
-    x_in, grad_out = _captures(net, x, y, c)[2]
     n = x.shape[0]
     per_loc = _per_location(net, 2, x, y, c).flatten(2)  # (N, T, O·(d+1)), row-major vec
     dense_expand = torch.einsum("ntp,ntq->pq", per_loc, per_loc) / n
     per_ex = _per_example(net, 2, x, y, c).flatten(1)  # (N, O·(d+1))
     fisher = per_ex.T @ per_ex / n
-    a, g = kronecker_factors(x_in, grad_out, _at(net, 2), "expand", grad_scale=n)
+    net.to(device)
+    x_in, grad_out = _captures(net, x.to(device), y.to(device), c.to(device))[2]
+    conv = _at(net, 2)
+    a, g = (f.cpu() for f in kronecker_factors(x_in, grad_out, conv, "expand", grad_scale=n))
     assert _rel(torch.kron(g, a), dense_expand) < 1e-12
-    a, g = kronecker_factors(x_in, grad_out, _at(net, 2), "reduce", grad_scale=n)
+    a, g = (f.cpu() for f in kronecker_factors(x_in, grad_out, conv, "reduce", grad_scale=n))
     assert _rel(torch.kron(g, a), fisher) < 1e-12
 
     # Exact damping on this block: (G⊗A + λI)⁻¹∇ through the factors' eigenbases equals the
     # dense solve with the true per-example Fisher.
     lam = 1e-2
-    block = gradient_block(_at(net, 2))
+    block = gradient_block(conv)
     assert block is not None
+    block = block.cpu()
     ea, qa = torch.linalg.eigh(a)
     eg, qg = torch.linalg.eigh(g)
     rotated = qg.T @ block @ qa
@@ -332,9 +345,11 @@ def test_readout_net_expand_is_the_location_diagonal_fisher_and_reduce_the_fishe
     assert _rel(step.flatten(), dense) < 1e-9
 
 
-def test_gradient_block_is_autograd_and_expand_rows_rebuild_it() -> None:
+def test_gradient_block_is_autograd_and_expand_rows_rebuild_it(device: torch.device) -> None:
     net, x, y, c = _setup()
-    captures = _captures(net, x, y, c)  # leaves .grad of the mean loss on every parameter
+    net.to(device)
+    # Leaves .grad of the mean loss on every parameter.
+    captures = _captures(net, x.to(device), y.to(device), c.to(device))
     for index, (x_in, grad_out) in captures.items():
         conv = _at(net, index)
         block = gradient_block(conv)
@@ -346,14 +361,14 @@ def test_gradient_block_is_autograd_and_expand_rows_rebuild_it() -> None:
         assert bias_part is not None and torch.equal(bias_part, conv.bias.grad)
         # Expand's rows are the raw ∂L/∂s rows: yᵀ[x; 1] summed over rows is the gradient.
         rows = conv_rows(x_in, grad_out, conv, "expand", grad_scale=x.shape[0])
-        x_bar = torch.cat([rows.inputs, torch.ones(rows.inputs.shape[0], 1).double()], dim=1)
+        x_bar = torch.cat([rows.inputs, rows.inputs.new_ones(rows.inputs.shape[0], 1)], dim=1)
         assert _rel(rows.output_grads.T @ x_bar, block) < 1e-12
 
 
-def test_gradient_block_without_bias() -> None:
-    conv = _conv(5, kernel_size=2, bias=False)
+def test_gradient_block_without_bias(device: torch.device) -> None:
+    conv = _conv(5, kernel_size=2, bias=False).to(device)
     assert gradient_block(conv) is None
-    conv(torch.randn(2, 2, 4, 4, dtype=torch.float64)).pow(2).sum().backward()
+    conv(torch.randn(2, 2, 4, 4, dtype=torch.float64).to(device)).pow(2).sum().backward()
     block = gradient_block(conv)
     assert block is not None and block.shape == (3, 8)
     weight_part, bias_part = split_gradient_block(conv, block)
@@ -361,7 +376,8 @@ def test_gradient_block_without_bias() -> None:
     assert bias_part is None and torch.equal(weight_part, conv.weight.grad)
 
 
-def test_reduce_output_factor_sums_locations_and_averages_examples() -> None:
+def test_reduce_output_factor_sums_locations_and_averages_examples(device: torch.device) -> None:
     # ∂L/∂s = 1 at 9 locations, grad_scale 2, N = 2: ḡ = 2·9 per entry, G = (1/2)·2·ḡḡᵀ.
-    g_sum = output_factor(torch.ones(2, 3, 3, 3, dtype=torch.float64), "reduce", 2.0)
-    torch.testing.assert_close(g_sum, torch.full((3, 3), 9.0 * 9.0 * 4.0).double())
+    ones = torch.ones(2, 3, 3, 3, dtype=torch.float64, device=device)
+    g_sum = output_factor(ones, "reduce", 2.0)
+    torch.testing.assert_close(g_sum.cpu(), torch.full((3, 3), 9.0 * 9.0 * 4.0).double())

@@ -5,6 +5,9 @@ curvlinops takes one batch as its whole data set, the empirical Fisher of a cros
 ``kfac_approx`` "expand" or "reduce". Its G is the curvature of the loss as reduced: for "mean"
 the per-example average, kfaclab's scale (DESIGN.md); for "sum" N times that, while ours stays the
 per-example average whatever the reduction (grad_scale = N for "mean", 1 for "sum").
+
+Both libraries run on each available device (the ``device`` fixture): curvlinops works on the
+model's device.
 """
 
 from __future__ import annotations
@@ -57,12 +60,14 @@ def _rel(ours: torch.Tensor, peer: torch.Tensor) -> float:
     return float((ours - peer).abs().max() / peer.abs().max())
 
 
-def peer_errors(approx: ConvApprox, reduction: str) -> dict[str, tuple[float, float]]:
-    """Per conv layer: max relative error of (A, G) against curvlinops."""
-    net = _net(0)
+def peer_errors(
+    approx: ConvApprox, reduction: str, device: torch.device
+) -> dict[str, tuple[float, float]]:
+    """Per conv layer: max relative error of (A, G) against curvlinops, both on ``device``."""
+    net = _net(0).to(device)
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(6, 2, 9, 9, generator=g, dtype=torch.float64)
-    y = torch.randint(0, 5, (6,), generator=g)
+    x = torch.randn(6, 2, 9, 9, generator=g, dtype=torch.float64).to(device)
+    y = torch.randint(0, 5, (6,), generator=g).to(device)
     peer = curvlinops.KFACLinearOperator(
         net,
         nn.CrossEntropyLoss(reduction=reduction),
@@ -90,8 +95,10 @@ def peer_errors(approx: ConvApprox, reduction: str) -> dict[str, tuple[float, fl
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("approx", ["expand", "reduce"])
-def test_conv_factors_match_curvlinops(approx: ConvApprox, reduction: str) -> None:
-    errors = peer_errors(approx, reduction)
+def test_conv_factors_match_curvlinops(
+    approx: ConvApprox, reduction: str, device: torch.device
+) -> None:
+    errors = peer_errors(approx, reduction, device)
     assert set(errors) == {"0", "2", "4"}
     for name, (err_a, err_g) in errors.items():
         assert err_a <= 1e-10, (name, err_a)

@@ -70,6 +70,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# CPU only: gloo ranks on one machine's CPU (data-parallel CUDA wants NCCL and a GPU per rank).
 def test_two_ranks_take_the_single_process_step_on_the_whole_batch(tmp_path: Path) -> None:
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     mp.spawn(_rank, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)

@@ -2,7 +2,10 @@
 float64 oracles: identity-initialised factors, factor statistics every N steps, the eigenvalue
 floor, the first-inversion fall-back, gradient accumulation, and every misuse that used to fail
 silently or deep inside (weight sharing, step without backward, a state_dict of another width,
-an empty batch, parameters K-FAC does not precondition, speed-ups that cannot apply)."""
+an empty batch, parameters K-FAC does not precondition, speed-ups that cannot apply).
+
+Every test runs KFAC on each available device (the ``device`` fixture); a single-step oracle is
+computed on the CPU before the model moves, a multi-step one follows the model (float64)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from torch import nn
 from kfac_kwargs import make_kfac
 from kfaclab.curvature import eigen as eigen_module
 from kfaclab.optim import KFAC, InputStreamCache, KFACOptions, Speedups
+from rerun import assert_same
 
 Pairs = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -34,7 +38,8 @@ def _batch_factors(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor) -> Pa
     inputs, pre, h = [], [], x
     for module in model:
         if isinstance(module, nn.Linear):
-            inputs.append(torch.cat([h.detach(), torch.ones(len(h), 1, dtype=h.dtype)], 1))
+            ones = torch.ones(len(h), 1, dtype=h.dtype, device=h.device)
+            inputs.append(torch.cat([h.detach(), ones], 1))
             h = F.linear(h, module.weight, module.bias)
             pre.append(h)
         else:
@@ -62,20 +67,20 @@ def _grad_blocks(model: nn.Sequential) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("factor_every", [1, 3])
 def test_identity_initialised_factors_are_the_decayed_identity_plus_the_ema(
-    factor_every: int,
+    factor_every: int, device: torch.device
 ) -> None:
     """factor_init="identity": after k updates A = β^k I + Σ_j (1−β) β^(k−1−j) Â_j (the same
     for G), updates only on every ``factor_every``-th step."""
-    model, decay = _mlp(1), 0.95
+    model, decay = _mlp(1).to(device), 0.95
     opt = make_kfac(model, lr=0.01, damping=0.1, factor_init="identity", factor_every=factor_every)
-    eye = torch.eye
-    expected = [
-        (eye(s_a, dtype=torch.float64), eye(s_g, dtype=torch.float64))
-        for s_a, s_g in ((6, 4), (5, 3))
-    ]
+
+    def eye(n: int) -> torch.Tensor:
+        return torch.eye(n, dtype=torch.float64, device=device)
+
+    expected = [(eye(s_a), eye(s_g)) for s_a, s_g in ((6, 4), (5, 3))]
     updates = 0
     for t in range(7):
-        x, y = _data(t)
+        x, y = (v.to(device) for v in _data(t))
         if t % factor_every == 0:
             batch = _batch_factors(model, x, y)
             expected = [
@@ -127,22 +132,24 @@ def test_eigen_floor_first_step_equals_the_dense_floored_damped_inverse(
 
 
 def test_a_failed_first_inversion_steps_with_the_exactly_damped_diagonal(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, device: torch.device
 ) -> None:
     """No basis to keep yet: the step uses (diag G ⊗ diag A + λI)⁻¹∇, not ∇/λ, and counts it."""
     model, lam, lr = _mlp(3), 1e-2, 0.1
-    opt = make_kfac(model, lr=lr, damping=lam)
-    monkeypatch.setattr(eigen_module, "robust_eigh", lambda m, counter: None)
     x, y = _data(5)
     factors = _batch_factors(model, x, y)
     before = _blocks(model)
-    loss = F.cross_entropy(model(x), y)
+    model.to(device)
+    opt = make_kfac(model, lr=lr, damping=lam)
+    monkeypatch.setattr(eigen_module, "robust_eigh", lambda m, counter: None)
+    loss = F.cross_entropy(model(x.to(device)), y.to(device))
     opt.zero_grad()
     loss.backward()
-    grads = _grad_blocks(model)
+    grads = [g.cpu() for g in _grad_blocks(model)]
     opt.step()
     assert opt.counters["diagonal_fallback_steps"] == 2  # both layers
-    for (a, g), theta, grad, after in zip(factors, before, grads, _blocks(model), strict=True):
+    after_blocks = [b.cpu() for b in _blocks(model)]
+    for (a, g), theta, grad, after in zip(factors, before, grads, after_blocks, strict=True):
         denominator = torch.outer(torch.diagonal(g), torch.diagonal(a)) + lam
         torch.testing.assert_close(after, theta - lr * grad / denominator, rtol=1e-10, atol=1e-13)
 
@@ -169,77 +176,82 @@ def test_gradient_accumulation_gives_the_factors_and_step_of_the_concatenated_ba
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
 
 
-def test_many_backward_passes_without_a_step_warn_once() -> None:
-    model = _mlp(4)
+def test_many_backward_passes_without_a_step_warn_once(device: torch.device) -> None:
+    model = _mlp(4).to(device)
     opt = make_kfac(model, lr=0.1, damping=0.1)
-    x, y = _data(1)
+    x, y = (t.to(device) for t in _data(1))
     with pytest.warns(UserWarning, match="captures are piling up"):
         for _ in range(70):
             F.cross_entropy(model(x), y).backward()
     opt.step()  # consumes them all
 
 
-def test_a_layer_applied_twice_in_one_graph_is_refused() -> None:
-    layer = nn.Linear(4, 4).double()
+def test_a_layer_applied_twice_in_one_graph_is_refused(device: torch.device) -> None:
+    layer = nn.Linear(4, 4).double().to(device)
     model = nn.Sequential(layer, nn.Tanh(), layer)
     make_kfac(model, lr=0.1, damping=0.1)
-    x = torch.randn(6, 4, dtype=torch.float64)
+    x = torch.randn(6, 4, dtype=torch.float64, device=device)
     with pytest.raises(ValueError, match=r"layer '0' was applied more than once in one graph"):
         model(x).pow(2).sum().backward()
 
 
-def test_a_forward_that_is_never_backpropagated_does_not_enter_the_factors() -> None:
-    model, reference = _mlp(5), _mlp(5)
+def test_a_forward_that_is_never_backpropagated_does_not_enter_the_factors(
+    device: torch.device,
+) -> None:
+    model, reference = _mlp(5).to(device), _mlp(5).to(device)
     opt, ref = make_kfac(model, lr=0.1, damping=0.1), make_kfac(reference, lr=0.1, damping=0.1)
-    x, y = _data(3)
-    model(_data(4)[0])  # a side computation with gradients enabled, then discarded
+    x, y = (t.to(device) for t in _data(3))
+    model(_data(4)[0].to(device))  # a side computation with gradients enabled, then discarded
     _step(model, opt, x, y)
     _step(reference, ref, x, y)
     for ours, theirs in zip(opt.engine.layers, ref.engine.layers, strict=True):
-        assert torch.equal(ours.factor_a, theirs.factor_a)
+        assert ours.factor_a is not None and theirs.factor_a is not None
+        assert_same(ours.factor_a, theirs.factor_a)
 
 
-def test_step_without_backward_says_so() -> None:
-    model = _mlp()
+def test_step_without_backward_says_so(device: torch.device) -> None:
+    model = _mlp().to(device)
     opt = make_kfac(model, lr=0.1)
-    model(_data(0)[0])
+    model(_data(0)[0].to(device))
     with pytest.raises(ValueError, match=r"call loss.backward\(\) before step\(\)"):
         opt.step()
 
 
-def test_a_state_dict_of_another_width_is_refused_before_anything_changes() -> None:
-    narrow, wide = _mlp(0, width=4), _mlp(0, width=7)
+def test_a_state_dict_of_another_width_is_refused_before_anything_changes(
+    device: torch.device,
+) -> None:
+    narrow, wide = _mlp(0, width=4).to(device), _mlp(0, width=7).to(device)
     opt_narrow, opt_wide = make_kfac(narrow, lr=0.1), make_kfac(wide, lr=0.1)
     for model, opt in ((narrow, opt_narrow), (wide, opt_wide)):
-        _step(model, opt, *_data(0))
+        _step(model, opt, *(t.to(device) for t in _data(0)))
     before = opt_wide.engine.layers[0].factor_g.clone()  # type: ignore[union-attr]
     with pytest.raises(ValueError, match=r"'0' must have factor_g of shape \(7, 7\), got \(4, 4\)"):
         opt_wide.load_state_dict(opt_narrow.state_dict())
     assert torch.equal(opt_wide.engine.layers[0].factor_g, before)  # type: ignore[arg-type]
 
 
-def test_an_empty_batch_is_refused_by_name() -> None:
-    model = _mlp()
+def test_an_empty_batch_is_refused_by_name(device: torch.device) -> None:
+    model = _mlp().to(device)
     make_kfac(model, lr=0.1)
     with pytest.raises(ValueError, match=r"layer '0' got an empty batch of shape \(0, 5\)"):
-        model(torch.zeros(0, 5, dtype=torch.float64))
+        model(torch.zeros(0, 5, dtype=torch.float64, device=device))
 
 
 def _with_norm() -> nn.Sequential:
     return nn.Sequential(nn.Linear(5, 4), nn.LayerNorm(4), nn.Linear(4, 3))
 
 
-def test_unpreconditioned_parameters_are_named_once_or_refused() -> None:
+def test_unpreconditioned_parameters_are_named_once_or_refused(device: torch.device) -> None:
     with pytest.warns(UserWarning, match=r"plain gradient .*: 1\.weight, 1\.bias"):
-        opt = KFAC(_with_norm(), lr=0.1)
+        opt = KFAC(_with_norm().to(device), lr=0.1)
     assert opt.diagnostics()["(unpreconditioned)"]["parameters"] == ["1.weight", "1.bias"]
     with pytest.raises(ValueError, match=r"would get the plain gradient: 1\.weight, 1\.bias"):
-        KFAC(_with_norm(), lr=0.1, unpreconditioned="error")
+        KFAC(_with_norm().to(device), lr=0.1, unpreconditioned="error")
 
 
-def test_a_speedup_that_cannot_apply_is_reported() -> None:
+def test_a_speedup_that_cannot_apply_is_reported(device: torch.device) -> None:
     speedups = Speedups(InputStreamCache(), batch_gradients_only=True)
     with pytest.warns(UserWarning, match=r"batch_gradients_only: the MC Fisher"):
-        opt = KFAC(_mlp(), lr=0.1, options=KFACOptions(fisher="mc"), speedups=speedups)
+        opt = KFAC(_mlp().to(device), lr=0.1, options=KFACOptions(fisher="mc"), speedups=speedups)
     assert set(opt.speedups) == {"batch_gradients_only"}
     assert not opt.engine.in_effect.from_batch

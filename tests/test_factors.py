@@ -1,4 +1,5 @@
-"""The factor updates, including the blank-column shortcut, against plain dense formulas."""
+"""The factor updates, including the blank-column shortcut, against plain dense formulas
+(the update on each available device, the formulas on the CPU)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ def _dense(x: torch.Tensor, with_bias: bool) -> torch.Tensor:
 
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("blank_share", [0.0, 0.4])
-def test_input_factor_with_blank_columns_matches_dense(with_bias: bool, blank_share: float) -> None:
+def test_input_factor_with_blank_columns_matches_dense(
+    with_bias: bool, blank_share: float, device: torch.device
+) -> None:
     g = torch.Generator().manual_seed(0)
     width = MIN_COLUMNS + 44
     batches = []
@@ -29,8 +32,8 @@ def test_input_factor_with_blank_columns_matches_dense(with_bias: bool, blank_sh
     running = None
     expected = None
     for x in batches:
-        running = update_input_factor(running, x, with_bias, decay)
+        running = update_input_factor(running, x.to(device), with_bias, decay)
         batch = _dense(x, with_bias)
         expected = batch if expected is None else decay * expected + (1 - decay) * batch
     assert running is not None and expected is not None
-    torch.testing.assert_close(running, expected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(running.cpu(), expected, rtol=1e-12, atol=1e-14)

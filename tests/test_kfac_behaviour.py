@@ -1,4 +1,7 @@
-"""KFAC as a user meets it: a peer library's factors, resumption, reproducibility, errors."""
+"""KFAC as a user meets it: a peer library's factors, resumption, reproducibility, errors.
+
+Every test runs on each available device (the ``device`` fixture); reruns that are bitwise equal
+on the CPU are compared to tests/rerun.py's stated tolerance on CUDA."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from kfac_kwargs import make_kfac
 from kfaclab import KFAC, LevenbergMarquardt
 from kfaclab.curvature import decompose
 from kfaclab.optim import KFACOptions
+from rerun import assert_same, assert_same_float
 
 
 def _mlp(seed: int, dtype: torch.dtype = torch.float64) -> nn.Sequential:
@@ -24,10 +28,16 @@ def _mlp(seed: int, dtype: torch.dtype = torch.float64) -> nn.Sequential:
     ).to(dtype)
 
 
-def _batches(n: int, dtype: torch.dtype = torch.float64) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(
+    n: int, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Drawn on the CPU (the same numbers for every device), then moved to ``device``."""
     g = torch.Generator().manual_seed(1234)
     return [
-        (torch.randn(16, 6, generator=g).to(dtype), torch.randint(0, 3, (16,), generator=g))
+        (
+            torch.randn(16, 6, generator=g).to(device, dtype),
+            torch.randint(0, 3, (16,), generator=g).to(device),
+        )
         for _ in range(n)
     ]
 
@@ -40,10 +50,10 @@ def _train(model: nn.Module, opt: KFAC, batches: list[tuple[torch.Tensor, torch.
         opt.step(lambda x=x, y=y: F.cross_entropy(model(x), y), loss=loss)
 
 
-def test_factors_match_curvlinops_empirical_fisher() -> None:
+def test_factors_match_curvlinops_empirical_fisher(device: torch.device) -> None:
     curvlinops = pytest.importorskip("curvlinops")
-    model = _mlp(0)
-    x, y = _batches(1)[0]
+    model = _mlp(0).to(device)
+    x, y = _batches(1, device=device)[0]
     peer = curvlinops.KFACLinearOperator(
         model,
         nn.CrossEntropyLoss(reduction="mean"),
@@ -63,9 +73,9 @@ def test_factors_match_curvlinops_empirical_fisher() -> None:
 
 
 @pytest.mark.parametrize("form", ["exact", "factored"])
-def test_state_dict_round_trip_resumes_bit_for_bit(form: str) -> None:
-    batches = _batches(12, torch.float32)
-    model = _mlp(1, torch.float32)
+def test_state_dict_round_trip_resumes_bit_for_bit(form: str, device: torch.device) -> None:
+    batches = _batches(12, torch.float32, device)
+    model = _mlp(1, torch.float32).to(device)
     damping = LevenbergMarquardt(initial=1.0, every=2)
     opt = KFAC(
         model,
@@ -78,7 +88,7 @@ def test_state_dict_round_trip_resumes_bit_for_bit(form: str) -> None:
     saved_model = copy.deepcopy(model.state_dict())
     saved_opt = copy.deepcopy(opt.state_dict())
 
-    twin = _mlp(99, torch.float32)
+    twin = _mlp(99, torch.float32).to(device)
     twin.load_state_dict(saved_model)
     twin_opt = KFAC(
         twin,
@@ -88,28 +98,30 @@ def test_state_dict_round_trip_resumes_bit_for_bit(form: str) -> None:
         options=KFACOptions(damping_form=form, inverse_every=3),
     )
     twin_opt.load_state_dict(saved_opt)
-    # Stepped in lockstep, original and resumed copy stay identical to the last bit.
+    # Stepped in lockstep, original and resumed copy stay identical to the last bit (on CUDA:
+    # tests/rerun.py's tolerance).
     for x, y in batches[5:]:
         _train(model, opt, [(x, y)])
         _train(twin, twin_opt, [(x, y)])
         for p, q in zip(model.parameters(), twin.parameters(), strict=True):
-            assert torch.equal(p, q)
-        assert opt.current_damping() == twin_opt.current_damping()
+            assert_same(p, q)
+        assert_same_float(opt.current_damping(), twin_opt.current_damping(), device)
     assert opt.steps_done == twin_opt.steps_done == 12
 
 
-def test_two_seeded_runs_are_bitwise_equal() -> None:
+def test_two_seeded_runs_are_bitwise_equal(device: torch.device) -> None:
+    """Bitwise on the CPU; on CUDA to tests/rerun.py's tolerance."""
     params = []
     for _ in range(2):
-        model = _mlp(2, torch.float32)
+        model = _mlp(2, torch.float32).to(device)
         opt = KFAC(model, lr=0.1, damping=1e-2, momentum=0.5)
-        _train(model, opt, _batches(15, torch.float32))
+        _train(model, opt, _batches(15, torch.float32, device))
         params.append([p.detach().clone() for p in model.parameters()])
     for p, q in zip(*params, strict=True):
-        assert torch.equal(p, q)
+        assert_same(p, q)
 
 
-def test_kfac_beats_sgd_on_ill_conditioned_least_squares() -> None:
+def test_kfac_beats_sgd_on_ill_conditioned_least_squares(device: torch.device) -> None:
     """Linear regression with feature scales spanning 3 decades: SGD crawls along the flat
     directions; K-FAC with the true (Monte-Carlo, Gaussian) Fisher — Gauss–Newton here, whose A is
     the input second moment — rescales them."""
@@ -118,13 +130,14 @@ def test_kfac_beats_sgd_on_ill_conditioned_least_squares() -> None:
     x = torch.randn(512, 10, generator=g, dtype=torch.float64) * scales
     w_true = torch.randn(10, 2, generator=g, dtype=torch.float64)
     y = x @ w_true + 0.01 * torch.randn(512, 2, generator=g, dtype=torch.float64)
+    x, y = x.to(device), y.to(device)
 
     def run(make_opt: Callable[[nn.Module], torch.optim.Optimizer]) -> float:
         torch.manual_seed(0)
-        model = nn.Linear(10, 2).double()
+        model = nn.Linear(10, 2).double().to(device)
         opt = make_opt(model)
         for step in range(100):
-            idx = torch.arange(64) + 64 * (step % 8)
+            idx = torch.arange(64, device=device) + 64 * (step % 8)
             out = model(x[idx])
             loss = F.mse_loss(out, y[idx])
             opt.zero_grad()
@@ -174,42 +187,45 @@ def test_kfac_beats_sgd_on_ill_conditioned_least_squares() -> None:
         ({"kl_clip": math.inf}, "kl_clip must be None or a finite number > 0, got inf"),
     ],
 )
-def test_bad_arguments_name_argument_rule_and_value(kwargs: dict, message: str) -> None:
+def test_bad_arguments_name_argument_rule_and_value(
+    kwargs: dict, message: str, device: torch.device
+) -> None:
     args = {"lr": 0.1, **kwargs}
     with pytest.raises(ValueError) as info:
-        make_kfac(_mlp(0), **args)
+        make_kfac(_mlp(0).to(device), **args)
     assert message in str(info.value)
 
 
-def test_model_without_linear_layers_is_refused() -> None:
+def test_model_without_linear_layers_is_refused(device: torch.device) -> None:
     with pytest.raises(
         ValueError,
         match=r"at least one trainable nn\.Linear or nn\.Conv2d layer, got none in Conv1d",
     ):
-        KFAC(nn.Conv1d(1, 1, 3), lr=0.1)
+        KFAC(nn.Conv1d(1, 1, 3).to(device), lr=0.1)
 
 
-def test_levenberg_marquardt_same_batch_needs_a_closure() -> None:
-    model = _mlp(3)
+def test_levenberg_marquardt_same_batch_needs_a_closure(device: torch.device) -> None:
+    model = _mlp(3).to(device)
     opt = KFAC(model, lr=0.1, damping=LevenbergMarquardt(initial=1.0, every=1))
-    x, y = _batches(1)[0]
+    x, y = _batches(1, device=device)[0]
     F.cross_entropy(model(x), y).backward()
     with pytest.raises(ValueError, match="closure is required"):
         opt.step()
 
 
-def test_levenberg_marquardt_moves_damping_during_training() -> None:
-    model = _mlp(4)
+def test_levenberg_marquardt_moves_damping_during_training(device: torch.device) -> None:
+    model = _mlp(4).to(device)
     opt = KFAC(model, lr=0.5, damping=LevenbergMarquardt(initial=10.0, every=1))
-    _train(model, opt, _batches(20))
+    _train(model, opt, _batches(20, device=device))
     # Good steps (ρ > ¾) on this easy problem lower λ from its start by a factor ω = 0.95 each.
     assert opt.current_damping() < 10.0
 
 
-def test_mc_fisher_uses_sampled_labels() -> None:
-    """G from sample_fisher equals the factor of a loss on the very labels it sampled."""
-    model = _mlp(5)
-    x, _ = _batches(1)[0]
+def test_mc_fisher_uses_sampled_labels(device: torch.device) -> None:
+    """G from sample_fisher equals the factor of a loss on the very labels it sampled (drawn on
+    ``device``: torch.manual_seed seeds every device's generator)."""
+    model = _mlp(5).to(device)
+    x, _ = _batches(1, device=device)[0]
     opt = KFAC(model, lr=0.1, damping=0.1, options=KFACOptions(fisher="mc"))
     logits = model(x)
     torch.manual_seed(77)
@@ -218,7 +234,7 @@ def test_mc_fisher_uses_sampled_labels() -> None:
     sampled = torch.multinomial(logits.detach().softmax(-1), 1).squeeze(-1)
     F.cross_entropy(logits, sampled).backward()  # gradient from the sampled labels
     opt.step()
-    oracle = _mlp(5)
+    oracle = _mlp(5).to(device)
     oracle_opt = KFAC(oracle, lr=0.1, damping=0.1, options=KFACOptions(fisher="empirical"))
     F.cross_entropy(oracle(x), sampled).backward()
     oracle_opt.step()
@@ -227,11 +243,11 @@ def test_mc_fisher_uses_sampled_labels() -> None:
         torch.testing.assert_close(mine.factor_a, ref.factor_a)
 
 
-def test_kl_clip_scales_the_step_and_is_counted() -> None:
-    x, y = _batches(1)[0]
+def test_kl_clip_scales_the_step_and_is_counted(device: torch.device) -> None:
+    x, y = _batches(1, device=device)[0]
     deltas = []
     for clip in (None, 1e-8):
-        model = _mlp(6)
+        model = _mlp(6).to(device)
         opt = KFAC(model, lr=0.1, damping=0.1, options=KFACOptions(kl_clip=clip))
         before = [p.detach().clone() for p in model.parameters()]
         F.cross_entropy(model(x), y).backward()
@@ -245,7 +261,9 @@ def test_kl_clip_scales_the_step_and_is_counted() -> None:
         torch.testing.assert_close(clipped, nu * free)
 
 
-def test_failed_float32_eigh_falls_back_to_float64(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_float32_eigh_falls_back_to_float64(
+    monkeypatch: pytest.MonkeyPatch, device: torch.device
+) -> None:
     """Simulates LAPACK's non-convergence for float32 inputs (seen on this project's machines)."""
     real_eigh = torch.linalg.eigh
 
@@ -255,17 +273,17 @@ def test_failed_float32_eigh_falls_back_to_float64(monkeypatch: pytest.MonkeyPat
         return real_eigh(m)
 
     monkeypatch.setattr(decompose.torch.linalg, "eigh", flaky_eigh)
-    model = _mlp(7, torch.float32)
+    model = _mlp(7, torch.float32).to(device)
     opt = KFAC(model, lr=0.1, damping=1e-2)
-    _train(model, opt, _batches(3, torch.float32))
+    _train(model, opt, _batches(3, torch.float32, device))
     assert opt.counters["decomposition_float64_retries"] > 0
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_non_finite_factor_keeps_the_previous_decomposition() -> None:
-    model = _mlp(8)
+def test_non_finite_factor_keeps_the_previous_decomposition(device: torch.device) -> None:
+    model = _mlp(8).to(device)
     opt = KFAC(model, lr=0.1, damping=1e-2, options=KFACOptions(inverse_every=1))
-    batches = _batches(2)
+    batches = _batches(2, device=device)
     _train(model, opt, batches[:1])
     kept = opt.engine.layers[0].inverse
     x, y = batches[1]
@@ -279,11 +297,11 @@ def test_non_finite_factor_keeps_the_previous_decomposition() -> None:
     assert opt.engine.layers[0].inverse is kept
 
 
-def test_diagnostics_agree_with_dense_spectrum() -> None:
-    model = _mlp(9)
+def test_diagnostics_agree_with_dense_spectrum(device: torch.device) -> None:
+    model = _mlp(9).to(device)
     # inverse_every=1: diagnostics describe the last decomposition, here of the current factors.
     opt = KFAC(model, lr=0.1, damping=0.05, options=KFACOptions(inverse_every=1))
-    _train(model, opt, _batches(2))
+    _train(model, opt, _batches(2, device=device))
     diag = opt.diagnostics()
     layer = opt.engine.layers[1]
     assert layer.factor_a is not None and layer.factor_g is not None
@@ -298,7 +316,7 @@ def test_diagnostics_agree_with_dense_spectrum() -> None:
     assert d["relative_damping"] == pytest.approx(lam / float(eig.mean()), rel=1e-6)
 
 
-def test_parameters_outside_linear_layers_get_the_plain_gradient() -> None:
+def test_parameters_outside_linear_layers_get_the_plain_gradient(device: torch.device) -> None:
     class Scaled(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -308,21 +326,23 @@ def test_parameters_outside_linear_layers_get_the_plain_gradient() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.scale * self.linear(x)
 
-    model = Scaled()
+    model = Scaled().to(device)
     opt = KFAC(model, lr=0.1, damping=0.1)
-    x, y = _batches(1)[0]
+    x, y = _batches(1, device=device)[0]
     F.cross_entropy(model(x), y).backward()
     grad = model.scale.grad.clone()  # type: ignore[union-attr]
     opt.step()
     assert float(model.scale.detach()) == pytest.approx(1.5 - 0.1 * float(grad))
 
 
-def test_spectrum_relative_damping_is_per_layer_and_matches_dense_spectrum() -> None:
+def test_spectrum_relative_damping_is_per_layer_and_matches_dense_spectrum(
+    device: torch.device,
+) -> None:
     from kfaclab import SpectrumRelative
 
-    model = _mlp(12)
+    model = _mlp(12).to(device)
     opt = KFAC(model, lr=0.1, damping=SpectrumRelative(0.1))
-    x, y = _batches(1)[0]
+    x, y = _batches(1, device=device)[0]
     F.cross_entropy(model(x), y).backward()
     opt.step()
     lams = []

@@ -1,4 +1,9 @@
-"""The model builders: shapes and layer names, activations, default init, argument checks."""
+"""The model builders: shapes and layer names, activations, default init, argument checks.
+
+Tests that run a forward pass do so on each available device (the ``device`` fixture). The rest
+inspect modules built on the CPU, where the builders always build (same seed, same weights on
+every device), or check arguments: no device is involved.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from torch import nn
 from kfaclab.choices import ACTIVATIONS
 from kfaclab.errors import UsageError
 from kfaclab.models import ACTIVATION_MODULES, ToImage, build_cnn, build_mlp
+from rerun import assert_same
 
 
 def linears(model: nn.Module) -> list[nn.Linear]:
@@ -20,14 +26,14 @@ def linears(model: nn.Module) -> list[nn.Linear]:
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 6])
-def test_depth_counts_linear_layers_with_expected_shapes(depth: int) -> None:
-    model = build_mlp(depth=depth, width=32, in_features=20, out_features=7)
+def test_depth_counts_linear_layers_with_expected_shapes(depth: int, device: torch.device) -> None:
+    model = build_mlp(depth=depth, width=32, in_features=20, out_features=7).to(device)
     layers = linears(model)
     assert len(layers) == depth
     sizes = [20] + [32] * (depth - 1) + [7]
     assert [(m.in_features, m.out_features) for m in layers] == list(itertools.pairwise(sizes))
     assert all(m.bias is not None for m in layers)
-    assert model(torch.zeros(5, 20)).shape == (5, 7)
+    assert model(torch.zeros(5, 20, device=device)).shape == (5, 7)
 
 
 def test_default_is_the_paper_model() -> None:
@@ -47,14 +53,17 @@ def test_activation_between_layers_never_after_the_last(activation: str, cls: ty
     assert kinds == [nn.Linear, cls, nn.Linear, cls, nn.Linear, cls, nn.Linear]
 
 
-def test_identity_is_a_deep_linear_network_without_activation_modules() -> None:
+def test_identity_is_a_deep_linear_network_without_activation_modules(
+    device: torch.device,
+) -> None:
     model = build_mlp(depth=6, activation="identity")
     assert all(isinstance(m, nn.Linear) for m in model.children())
     assert len(list(model.children())) == 6
     # A product of affine maps: f(x + y) - f(y) = f(x) - f(0).
     x, y = torch.randn(3, 784, dtype=torch.float64), torch.randn(3, 784, dtype=torch.float64)
-    model = model.double()
-    zero = model(torch.zeros(1, 784, dtype=torch.float64))
+    x, y = x.to(device), y.to(device)
+    model = model.to(device, torch.float64)
+    zero = model(torch.zeros(1, 784, dtype=torch.float64, device=device))
     torch.testing.assert_close(model(x + y) - model(y), model(x) - zero)
 
 
@@ -142,13 +151,14 @@ def test_cnn_default_is_lenet_with_readable_names() -> None:
     assert sum(p.numel() for p in model.parameters()) == 61706  # LeNet-5 with 28×28 inputs
 
 
-def test_cnn_takes_flat_rows_and_images_alike() -> None:
+def test_cnn_takes_flat_rows_and_images_alike(device: torch.device) -> None:
     torch.manual_seed(0)
-    model = build_cnn().double()
-    x = torch.rand(5, 784, dtype=torch.float64)
+    model = build_cnn().to(device, torch.float64)
+    x = torch.rand(5, 784, dtype=torch.float64).to(device)
     out = model(x)
     assert out.shape == (5, 10)
-    torch.testing.assert_close(model(x.reshape(5, 1, 28, 28)), out, rtol=0, atol=0)
+    # The same computation twice: bitwise on the CPU, tests/rerun.py's tolerance on CUDA.
+    assert_same(model(x.reshape(5, 1, 28, 28)), out)
     # The flat row is the image read row by row: conv1 sees pixel (r, c) at index 28r + c.
     image = x.reshape(5, 1, 28, 28)
     as_image = _child(model, "image", ToImage)(x)
@@ -156,12 +166,12 @@ def test_cnn_takes_flat_rows_and_images_alike() -> None:
     assert torch.equal(as_image[2, 0, 3, 7], x[2, 28 * 3 + 7])
 
 
-def test_cnn_intermediate_shapes() -> None:
+def test_cnn_intermediate_shapes(device: torch.device) -> None:
     model = build_cnn(
         channels=(4, 8), hidden=(32, 16), in_channels=3, image_size=32, out_features=7
-    )
+    ).to(device)
     shapes = {}
-    h = torch.zeros(2, 3 * 32 * 32)
+    h = torch.zeros(2, 3 * 32 * 32, device=device)
     for name, module in model.named_children():
         h = module(h)
         shapes[name] = tuple(h.shape[1:])
@@ -181,10 +191,10 @@ def test_cnn_activations(activation: str, cls: type) -> None:
     assert isinstance(model[-1], nn.Linear)
 
 
-def test_cnn_identity_has_no_activation_modules() -> None:
-    model = build_cnn(activation="identity")
+def test_cnn_identity_has_no_activation_modules(device: torch.device) -> None:
+    model = build_cnn(activation="identity").to(device)
     assert not any(name.startswith("act") for name, _ in model.named_children())
-    assert model(torch.zeros(1, 784)).shape == (1, 10)
+    assert model(torch.zeros(1, 784, device=device)).shape == (1, 10)
 
 
 def test_cnn_pytorch_default_init_and_seed() -> None:
