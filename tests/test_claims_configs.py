@@ -20,7 +20,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 READINGS = ("paper", "paper-linear", "paper-b2", "paper-popular", "paper-popular-noclip")
 NEW_KEYS = ("factor_init", "factor_every", "eigen_floor")  # protocol keys of the cli branch
 
-# Measured in the first full run (docs/results/paper-first-run, lr ≤ 1): SGD's best lr, and λ = 1e-5's.
+# Measured in the first full run (docs/results/paper-first-run, lr ≤ 1): SGD's best lr, and
+# λ = 1e-5's.
 SGD_BEST_LR = 0.315
 SMALLEST_LAMBDA_BEST_LR = 3.11e-5
 TOP_K_SPREAD_DECADES = 0.5  # the top-100's lr spread around the best, in that run (λ = 1e-3)

@@ -1,6 +1,6 @@
-"""Claims of a run kept only as report.md + reruns.json (docs/results/paper-first-run predates claims.json
-and its study storage was not kept): the cell table and the edge warnings read back from the
-report, the reruns from their file, and the same ``evaluate``.
+"""Claims of a run kept only as report.md + reruns.json (docs/results/paper-first-run predates
+claims.json and its study storage was not kept): the cell table and the edge warnings read back
+from the report, the reruns from their file, and the same ``evaluate``.
 
 What this cannot recover, it says: the per-trial histograms are gone, so C4/C5 are "no data";
 binding is known only from the old report's 2%-edge warnings (a warning with more than 10% of the
