@@ -6,23 +6,26 @@ from __future__ import annotations
 import json
 import math
 import re
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats as sps
 
 from kfaclab.analysis import narrative, summarize
-from kfaclab.analysis.claims import evaluate
+from kfaclab.analysis.claims import ClaimSet, evaluate
 from kfaclab.analysis.claims_io import load_claims, save_claims
 from kfaclab.analysis.claims_types import INCONCLUSIVE, REPRODUCED
-from kfaclab.analysis.findings_doc import findings_markdown
+from kfaclab.analysis.findings_doc import PRESET_LR, findings_markdown
+from kfaclab.analysis.findings_tables import lr_range
 from kfaclab.analysis.headline import headline_text
 from kfaclab.analysis.legacy import claims_from_report
 from kfaclab.analysis.numbers import column, num
 from kfaclab.analysis.report import build_report
 from kfaclab.cli.main import main
 from report_fakes import CellSpec, build_study, smoke_dir
-from test_claims import grid, vals
+from test_claims import grid, hist, vals
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -147,22 +150,192 @@ def test_old_full_run_is_read_back_from_its_report() -> None:
     assert load_claims(folder / "claims.json") == cs
 
 
-def test_findings_generated_from_the_runs_it_finds(tmp_path: Path) -> None:
-    for name, specs in (
-        ("paper", grid()),
-        ("paper-b2", grid(l2=CellSpec(1e-2, vals(0.05, 0.01), reruns=[0.05, 0.051, 0.05]))),
-    ):
-        study, reruns = build_study(specs)
-        study.protocol["protocol"]["name"] = name
-        (tmp_path / name).mkdir()
-        save_claims(evaluate(summarize(study, reruns)), tmp_path / name / "claims.json")
-    text = findings_markdown(tmp_path)
-    assert "| claim | paper says | paper | paper-b2 |" in text
-    row = next(ln for ln in text.splitlines() if ln.startswith("| C1 best λ"))
-    assert row.endswith("| ✓ reproduced | ✗ not reproduced |")
-    assert "**Awaiting their runs:** paper-linear, paper-popular, paper-popular-noclip." in text
-    assert "- **C1** (λ = 1 gives the lowest training loss): reproduced under paper; " in text
-    assert "not reproduced under paper-b2." in text
+def _save_run(folder: Path, specs: list[CellSpec], name: str) -> ClaimSet:
+    """A run folder holding claims.json computed from a constructed study (with its reruns)."""
+    study, reruns = build_study(specs)
+    study.protocol["protocol"]["name"] = name
+    folder.mkdir(parents=True, exist_ok=True)
+    cs = evaluate(summarize(study, reruns))
+    save_claims(cs, folder / "claims.json")
+    return cs
+
+
+def _section(text: str, heading: str) -> str:
+    start = text.index(heading)
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end >= 0 else None]
+
+
+def _row(section: str, prefix: str) -> list[str]:
+    line = next(ln for ln in section.splitlines() if ln.startswith(prefix))
+    return [x.strip() for x in line.strip("|").split(" | ")]
+
+
+def _t_interval(values: list[float]) -> tuple[float, float, float]:
+    """The 95% t-interval of a mean, by scipy (the oracle for the cells' C1 numbers)."""
+    v = np.asarray(values)
+    lo, hi = sps.t.interval(0.95, v.size - 1, loc=v.mean(), scale=sps.sem(v))
+    return float(v.mean()), float(lo), float(hi)
+
+
+def _welch_interval(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """mean(a) − mean(b) with Welch's 95% interval, degrees of freedom floored (the study's
+    documented conservative choice), by scipy."""
+    x, y = np.asarray(a), np.asarray(b)
+    va, vb = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+    df = (va + vb) ** 2 / (va**2 / (x.size - 1) + vb**2 / (y.size - 1))
+    half = sps.t.ppf(0.975, math.floor(df)) * math.sqrt(va + vb)
+    d = float(x.mean() - y.mean())
+    return d, d - half, d + half
+
+
+def _ci(mean: float, lo: float, hi: float) -> str:
+    return f"{num(mean)} [{num(lo)}, {num(hi)}]"
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    """docs/results as it would be with two full runs and three screening runs: paper
+    (every claim but the gradient ones holds), paper-b2 (λ = 1e-2 wins: C1 fails), screening
+    paper (gradients ordered as claimed), paper-linear (λ = 100 tied with the best: C3 fails),
+    paper-popular (λ = 100's lr presses on the range's low end: C3 cannot tell)."""
+    wide = CellSpec(100.0, vals(0.30, 0.02), reruns=[0.31, 0.30, 0.32])
+    _save_run(tmp_path / "paper", grid(p2=wide), "paper")
+    better = CellSpec(1e-2, vals(0.05, 0.01), reruns=[0.05, 0.051, 0.05])
+    _save_run(tmp_path / "paper-b2", grid(l2=better), "paper-b2")
+    screening = tmp_path / "screening"
+    _save_run(screening / "readings-quick-paper", grid(**hist(+1, -1)), "readings-quick-paper")
+    tied = CellSpec(100.0, vals(0.101, 0.01))
+    _save_run(screening / "readings-quick-paper-linear", grid(p2=tied), "readings-quick-linear")
+    bound = CellSpec(100.0, vals(0.3, 0.01), lr=[1e-6] + [1.0] * 19)
+    _save_run(screening / "readings-quick-paper-popular", grid(p2=bound), "readings-quick-pop")
+    return tmp_path
+
+
+def test_findings_tables_show_each_verdict_with_its_interval(results: Path) -> None:
+    full = _section(findings_markdown(results), "## The claims at full scale")
+    assert _row(full, "| the paper says")[1:] == ["paper", "paper-b2"]
+    best = _t_interval(vals(0.10, 0.01))
+    c1 = _row(full, "| C1:")
+    assert c1[1] == f"✓ best 1e+00: {_ci(*best)}; tied: none"
+    assert c1[2] == f"✗ best 1e-02: {_ci(*_t_interval(vals(0.05, 0.01)))}; tied: none"
+    # C2: λ = 1e-4 diverged in 10 of 30 trials, the best λ = 1 in 1 of 21; 0.40 / 0.10 = 4×
+    assert (
+        _row(full, "| C2:")[1] == "✓ 1e-04: 33% diverged (best: 4.8%); top-k loss 4.00× the best's"
+    )
+    assert _row(full, "| C2:")[2] == "✓ 1e-04: 33% diverged (best: 0%); top-k loss 8.00× the best's"
+    c3 = _welch_interval(vals(0.30, 0.02), vals(0.10, 0.01))
+    assert _row(full, "| C3:")[1] == f"✓ 1e+02 − best: {_ci(*c3)}"
+    # no gradient histograms were recorded: the cell says so with the finding's own words
+    assert _row(full, "| C4:")[1].startswith("? (no data) fewer than two λ have recorded")
+
+
+def test_gradient_cells_count_layers_and_give_the_median_shift(results: Path) -> None:
+    screen = _section(findings_markdown(results), "## The claims at screening scale")
+    # λ = 10's gradients lie a decade above λ = 1e-4's at iteration 60, a decade below at 360
+    for key, step in (("C4", 60), ("C5", 360)):
+        cell = _row(screen, f"| {key}:")[1]
+        m = re.fullmatch(
+            rf"✓ iteration {step}: 6/6 layers as claimed, 0/6 reversed; "
+            r"median shift (\S+) decades",
+            cell,
+        )
+        assert m is not None, cell
+        assert float(m.group(1)) == pytest.approx(1.0, abs=0.2)
+
+
+def test_screening_and_full_tables_are_apart_and_missing_runs_awaited(results: Path) -> None:
+    text = findings_markdown(results)
+    full = _section(text, "## The claims at full scale")
+    screen = _section(text, "## The claims at screening scale")
+    assert _row(screen, "| the paper says")[1:] == ["paper", "paper-linear", "paper-popular"]
+    assert "paper-linear |" not in full and "paper-b2" not in _row(screen, "| the paper says")
+    assert _row(screen, "| C3:")[2].startswith("✗ 1e+02 − best: ")
+    assert _row(screen, "| C3:")[3].startswith("? (range binds) 1e+02 − best: ")
+    assert (
+        "**Awaiting their runs:** paper-linear, paper-popular, paper-popular-noclip, "
+        "paper-seed1, paper-first-run." in full
+    )
+    assert "**Awaiting screening:** paper-b2, paper-popular-noclip." in screen
+    plain = _section(text, "## In plain words")
+    assert (
+        "- **C1** — the paper: λ = 1 gives the lowest training loss. **Full scale:** reproduced "
+        "under paper; not reproduced under paper-b2; best λ 1e+00 (paper), 1e-02 (paper-b2)."
+    ) in plain
+    assert (
+        "- **C3** — the paper: the largest λ trains more slowly than the best λ. **Full scale:** "
+        "reproduced under both. **Screening:** reproduced under paper; not reproduced under "
+        "paper-linear; cannot tell under paper-popular (range binds)."
+    ) in plain
+    assert "undecided in every run: C4, C5." in plain
+
+
+def test_each_choice_compares_best_losses_and_verdicts(results: Path) -> None:
+    choices = _section(findings_markdown(results), "## How much each choice matters")
+    best, better = _t_interval(vals(0.10, 0.01)), _t_interval(vals(0.05, 0.01))
+    assert _row(choices, "| λ convention: paper → paper-b2 | full") == [
+        "λ convention: paper → paper-b2",
+        "full",
+        f"1e+00: {_ci(*best)}",
+        f"1e-02: {_ci(*better)}",
+        "paper-b2 lower (intervals separate)",
+        "C1 ✓→✗",
+    ]
+    row = _row(choices, "| activation: paper → paper-linear | screening")
+    assert row[4] == "intervals overlap" and row[5] == "C3 ✓→✗, C4 ✓→?, C5 ✓→?"
+    assert "| activation: paper → paper-linear | full" not in choices
+    assert "awaiting their runs: activation (paper-linear);" in choices
+
+
+def test_binding_ranges_listed_under_their_run(results: Path) -> None:
+    cs = load_claims(results / "screening" / "readings-quick-paper-popular" / "claims.json")
+    bound = cs.claims[2].evidence["binding"]
+    text = findings_markdown(results)
+    runs = _section(text, "## Each screening run")
+    item = runs[runs.index("- **paper-popular** ") :]
+    assert [f"  - {b}" for b in bound] == item.splitlines()[1 : 1 + len(bound)]
+    assert (
+        "- **paper-linear** ([report](screening/readings-quick-paper-linear/report.md)): "
+        "no search range binds." in runs
+    )
+
+
+def test_search_ranges_and_figures_from_each_runs_report(results: Path) -> None:
+    # a real report (its figures, its protocol block) for a full paper-linear run ...
+    study, _ = build_study(grid(**hist(+1, -1)))
+    build_report(study, results / "paper-linear", storage="file", reruns=False)
+    # ... and a report.md holding only the protocol of a run that searched lr/λ
+    proto = "[search]\nn_trials = 300\nlr = { low = 0.0001, high = 1000.0, log = true }\n"
+    proto += 'lr_scale = "lambda"\n\n[training]\nbatch_size = 128\nepochs = 1\n'
+    (results / "paper" / "report.md").write_text(f"# x\n\n## Protocol\n\n```toml\n{proto}```\n")
+    text = findings_markdown(results)
+    ranges = _row(_section(text, "## What the paper left unstated"), "| search ranges")[1]
+    assert (
+        "Full: lr/λ ∈ [1e-4, 1e3] (paper); lr ∈ [1e-6, 1e3] (paper-linear); range not stored "
+        "(paper-b2)." in ranges
+    )
+    assert "Screening: range not stored (paper, paper-linear, paper-popular)." in ranges
+    assert "Full, awaiting (their presets): lr ∈ [1e-6, 1e3] (paper-popular, " in ranges
+    assert (
+        "**Full scale:** paper, paper-linear, paper-b2 (300 trials a cell, 1 epoch at batch "
+        "128 (paper))." in text
+    )
+    figures = _section(text, "## The figures beside the paper's")
+    assert _row(figures, "| figure")[1:] == ["paper-linear"]  # the only run with figures
+    shown = re.findall(r"\]\(([^)]+\.png)\)", figures)
+    assert shown == [
+        "paper-linear/figures/learning_curves.png",
+        "paper-linear/figures/gradient_histograms.png",
+    ]
+    assert all((results / p).is_file() for p in shown)
+
+
+def test_preset_ranges_named_for_awaited_runs_are_the_configs() -> None:
+    for name, said in PRESET_LR.items():
+        path = REPO / "configs" / f"{name}.toml"
+        if path.is_file():  # paper-seed1 is paper run with another seed
+            assert lr_range(tomllib.loads(path.read_text())) == said, name
+    assert PRESET_LR["paper-seed1"] == PRESET_LR["paper"]
 
 
 def test_committed_findings_is_what_the_generator_writes() -> None:

@@ -63,9 +63,15 @@ def claims_matrix(runs: Sequence[ClaimSet]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_section(cs: ClaimSet, link: str | None) -> str:
-    """One run: its headline sentence and each claim's finding with its numbers."""
-    out = [f"### {md_escape(cs.protocol)}", ""]
+def bindings(cs: ClaimSet) -> list[str]:
+    """The binding search ranges the claims of ``cs`` name, each once, in the order found."""
+    return list(dict.fromkeys(str(b) for c in cs.claims for b in c.evidence.get("binding", [])))
+
+
+def run_section(cs: ClaimSet, link: str | None, title: str | None = None) -> str:
+    """One run: its headline sentence and each claim's finding with its numbers. ``title``
+    names the run where its folder, not its protocol's name, tells runs apart."""
+    out = [f"### {md_escape(title or cs.protocol)}", ""]
     if link:
         out += [f"Full report: [{link}]({link}).", ""]
     out += [sentence(cs.headline), ""]
@@ -77,7 +83,7 @@ def run_section(cs: ClaimSet, link: str | None) -> str:
     for c in cs.claims:
         cells = (f"{c.key} {c.title}", c.finding, c.verdict_text())
         out.append("| " + " | ".join(map(_cell_text, cells)) + " |")
-    binding = dict.fromkeys(b for c in cs.claims for b in c.evidence.get("binding", []))
+    binding = bindings(cs)
     if binding:
         out += ["", "Binding search ranges (claims depending on these cells are inconclusive):"]
         out += [f"- {md_escape(str(b))}" for b in binding]

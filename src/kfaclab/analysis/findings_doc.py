@@ -1,17 +1,23 @@
-"""docs/results/FINDINGS.md, generated: the paper's claims, the verdict under each reading, the
-figures side by side, what the paper left open, and the conclusion in plain words, from the runs
-kept under docs/results (each folder's claims.json). Readings without a run say so."""
+"""docs/results/FINDINGS.md, generated: the answer in plain words first, then the claims × runs
+tables (full scale and screening apart), how much each open choice matters, the figures side by
+side, what the paper left unstated, and each run's binding search ranges, all from the runs kept
+under docs/results (each folder's claims.json, and the protocol its report.md prints). Runs not
+there yet are listed as awaiting; no verdict or number here is written by hand.
+
+The cells and comparisons are built in findings_tables.py."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
+from kfaclab.analysis import findings_tables as ft
+from kfaclab.analysis.blocks import md_escape
 from kfaclab.analysis.claims import ClaimSet
-from kfaclab.analysis.claims_types import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
-from kfaclab.analysis.findings import claims_for_run, claims_matrix, run_section
+from kfaclab.analysis.claims_types import NOT_REPRODUCED, REPRODUCED
+from kfaclab.analysis.findings import bindings, claims_for_run, run_section
 
-# The readings FINDINGS.md covers, in the order of its table, with what each assumes.
+# The readings of the paper's protocol, with what each assumes.
 READINGS: tuple[tuple[str, str], ...] = (
     ("paper", "ReLU, λ as kfaclab defines it, factors from the first batch, no clip"),
     ("paper-linear", "as paper, no activation (the paper's 'linear NN' taken literally)"),
@@ -24,119 +30,246 @@ READINGS: tuple[tuple[str, str], ...] = (
     ("paper-popular-noclip", "paper-popular without the KL clip"),
 )
 
-OPEN_CHOICES = (
-    ("activation", "ReLU or none", "paper vs paper-linear"),
-    ("λ convention", "per-example averaged G, or G/B² (λ × B²)", "paper vs paper-b2"),
+# Full-scale runs, as folders docs/results/<name>: the readings, a replication, the first run.
+FULL_RUNS: tuple[tuple[str, str], ...] = (
+    *READINGS,
+    ("paper-seed1", "paper again with another sampler seed: does its verdict replicate?"),
     (
-        "factor initialisation and refresh",
-        "first batch every step, or identity + every 10",
-        "paper vs paper-popular-noclip",
-    ),
-    ("KL clipping", "none (eq. 2), or 1e-3", "paper-popular vs paper-popular-noclip"),
-    ("training length, batch size", "one epoch at B = 128 (469 steps)", "fixed in every reading"),
-    (
-        "search ranges",
-        "lr [1e-6, 1e3] (1e7 for paper-b2), checked for binding per cell",
-        "every report",
+        "paper-first-run",
+        "the first full run of paper, with one absolute lr range for every λ (search ranges "
+        "below); paper repeats it with the range relative to λ",
     ),
 )
 
 
-def collect(results: Path, names: Sequence[str]) -> dict[str, ClaimSet]:
-    """The claims of each reading's folder under ``results`` that has claims.json."""
+def screening_folder(reading: str) -> str:
+    return f"screening/readings-quick-{reading}"
+
+
+# What the full presets not yet run search (configs/<name>.toml; a test checks they agree). Only
+# used for runs still awaited: a run that landed states its own range in its report.md.
+PRESET_LR = {
+    "paper": "lr/λ ∈ [1e-4, 1e3]",
+    "paper-linear": "lr/λ ∈ [1e-4, 1e3]",
+    "paper-b2": "lr/λ ∈ [1e-4, 1e3]",
+    "paper-seed1": "lr/λ ∈ [1e-4, 1e3]",
+    "paper-popular": "lr ∈ [1e-6, 1e3]",
+    "paper-popular-noclip": "lr ∈ [1e-6, 1e3]",
+}
+
+# The open choices compared by two runs that differ in that choice only: (choice, a, b).
+CHOICES: tuple[tuple[str, str, str], ...] = (
+    ("activation", "paper", "paper-linear"),
+    ("λ convention", "paper", "paper-b2"),
+    ("factor initialisation and refresh", "paper", "paper-popular-noclip"),
+    ("KL clip", "paper-popular-noclip", "paper-popular"),
+    ("search range", "paper-first-run", "paper"),
+    ("sampler seed (replication)", "paper", "paper-seed1"),
+)
+
+UNSTATED = (
+    ("activation", "ReLU or none", "paper vs paper-linear"),
+    ("λ convention", "per-example averaged G, or G/B² (λ × B²)", "paper vs paper-b2"),
+    (
+        "factor initialisation and refresh",
+        "first batch every step, or identity + statistics every 10 (MC Fisher)",
+        "paper vs paper-popular-noclip",
+    ),
+    ("KL clipping", "none (eq. 2), or 1e-3", "paper-popular vs paper-popular-noclip"),
+    ("training length, batch size", "one epoch at B = 128 (469 steps)", "fixed in every reading"),
+)
+
+
+def collect(results: Path, folders: Mapping[str, str]) -> dict[str, ClaimSet]:
+    """The claims of each named run whose folder (relative to ``results``) has claims.json."""
     return {
-        n: claims_for_run(results / n) for n in names if (results / n / "claims.json").is_file()
+        n: claims_for_run(results / f)
+        for n, f in folders.items()
+        if (results / f / "claims.json").is_file()
     }
 
 
-def _figures(results: Path, runs: dict[str, ClaimSet]) -> list[str]:
-    shown = [n for n in runs if (results / n / "figures" / "learning_curves.png").is_file()]
-    if not shown:
-        return ["No run under docs/results has figures yet."]
-    out = ["| " + " | ".join(shown) + " |", "|" + " --- |" * len(shown)]
-    for key in ("learning_curves", "gradient_histograms"):
-        out.append(
-            "| "
-            + " | ".join(
-                f"![{n} {key}]({n}/figures/{key}.png)"
-                if (results / n / "figures" / f"{key}.png").is_file()
-                else "–"
-                for n in shown
-            )
-            + " |"
-        )
-    return out
-
-
-def conclusion(runs: dict[str, ClaimSet]) -> list[str]:
-    """Per claim, which readings reproduce it, which do not, which cannot tell: plain words."""
-    if not runs:
-        return ["No reading has a run yet: no claim can be judged."]
-    first = next(iter(runs.values()))
+def _per_claim(full: Mapping[str, ClaimSet], screen: Mapping[str, ClaimSet]) -> list[str]:
+    first = next(iter(full.values()), None) or next(iter(screen.values()))
     out = []
-    for i, c in enumerate(first.claims):
-        by: dict[str, list[str]] = {REPRODUCED: [], NOT_REPRODUCED: [], INCONCLUSIVE: []}
-        for name, cs in runs.items():
-            by.setdefault(cs.claims[i].verdict, []).append(name)
-        parts = [
-            f"{word} under {', '.join(by[v])}"
-            for v, word in (
-                (REPRODUCED, "reproduced"),
-                (NOT_REPRODUCED, "not reproduced"),
-                (INCONCLUSIVE, "undecided"),
-            )
-            if by[v]
-        ]
-        out.append(f"- **{c.key}** ({c.paper}): " + "; ".join(parts) + ".")
+    for c in first.claims:
+        line = f"- **{c.key}** — the paper: {c.paper}."
+        for scale, runs in (("Full scale", full), ("Screening", screen)):
+            if runs:
+                line += f" **{scale}:** {ft.verdict_words(runs, c.key)}"
+                line += f"; best λ {ft.best_words(runs)}." if c.key == "C1" else "."
+        out.append(line)
     return out
 
 
-def findings_markdown(results: Path, readings: Sequence[tuple[str, str]] = READINGS) -> str:
-    runs = collect(results, [n for n, _ in readings])
-    missing = [n for n, _ in readings if n not in runs]
+def _somewhere(full: Mapping[str, ClaimSet], key: str, verdict: str) -> bool:
+    return any(getattr(ft.by_key(cs, key), "verdict", None) == verdict for cs in full.values())
+
+
+def conclusion(full: Mapping[str, ClaimSet], screen: Mapping[str, ClaimSet]) -> list[str]:
+    """Per claim, which full runs and which screening runs reproduce it, do not, cannot tell;
+    then the full-scale tally in one sentence."""
+    if not full and not screen:
+        return ["No run has landed yet: no claim can be judged."]
+    out = _per_claim(full, screen)
+    if not full:
+        return [*out, "", "No full-scale run has landed yet: the verdicts above are screening's."]
+    keys = [c.key for c in next(iter(full.values())).claims]
+    yes = [k for k in keys if _somewhere(full, k, REPRODUCED)]
+    no = [k for k in keys if _somewhere(full, k, NOT_REPRODUCED)]
+    open_ = [k for k in keys if k not in yes + no]
+    return [
+        *out,
+        "",
+        f"**At full scale so far:** reproduced in at least one run: {', '.join(yes) or 'none'}; "
+        f"not reproduced in at least one run: {', '.join(no) or 'none'}; undecided in every "
+        f"run: {', '.join(open_) or 'none'}.",
+    ]
+
+
+def _scale(folder: Path) -> str | None:
+    proto = ft.stored_protocol(folder)
+    return ft.scale_words(proto) if proto else None
+
+
+def _intro(results: Path, full: Mapping[str, ClaimSet], screen: Mapping[str, ClaimSet]) -> str:
+    awaited = [n for n, _ in FULL_RUNS if n not in full]
+    scale = ft.grouped({n: _scale(results / n) for n in full}, name_one=False)
+    text = "**Full scale:** " + (", ".join(full) if full else "no run yet")
+    text += f" ({scale})" if scale else ""
+    text += f". Awaiting: {', '.join(awaited)}." if awaited else "."
+    if screen:
+        folders = {n: _scale(results / screening_folder(n)) for n in screen}
+        s_scale = ft.grouped(folders, name_one=False)
+        text += f" **Screening:** {', '.join(screen)}" + (f" ({s_scale})." if s_scale else ".")
+    return text
+
+
+def _search_ranges(
+    results: Path, full: Mapping[str, ClaimSet], screen: Mapping[str, ClaimSet]
+) -> str:
+    """Each run's lr range as its report.md states it; a run still awaited, as its preset does."""
+
+    def lr(folder: Path) -> str:
+        proto = ft.stored_protocol(folder)
+        return (ft.lr_range(proto) if proto else None) or "range not stored"
+
+    parts = []
+    if screen:
+        ranges = {n: lr(results / screening_folder(n)) for n in screen}
+        parts.append("Screening: " + ft.grouped(ranges))
+    if full:
+        parts.append("Full: " + ft.grouped({n: lr(results / n) for n in full}))
+    awaited = {n: PRESET_LR.get(n) for n, _ in FULL_RUNS if n not in full}
+    if any(awaited.values()):
+        parts.append("Full, awaiting (their presets): " + ft.grouped(awaited))
+    return (
+        ". ".join(parts) + ". lr/λ: a fixed-λ cell searches lr/λ, so each λ's optimum has the "
+        "same room (kfaclab.lr_scale); lr: one absolute range for every λ"
+    )
+
+
+def _screening_sections(screen: Mapping[str, ClaimSet]) -> list[str]:
+    out = []
+    for n, cs in screen.items():
+        bound = bindings(cs)
+        out.append(
+            f"- **{md_escape(n)}** ([report]({screening_folder(n)}/report.md)): "
+            + (f"{len(bound)} binding:" if bound else "no search range binds.")
+        )
+        out += [f"  - {md_escape(b)}" for b in bound]
+    return out
+
+
+def findings_markdown(results: Path) -> str:
+    full = collect(results, {n: n for n, _ in FULL_RUNS})
+    screen = collect(results, {n: screening_folder(n) for n, _ in READINGS})
+    awaited = [n for n, _ in FULL_RUNS if n not in full]
+    unseparated = sum(bool(cs.headline.separation_warning) for cs in screen.values())
     lines = [
         "# Findings: does the 2022 damping study reproduce?",
         "",
-        "Generated by `kfaclab.analysis.findings_doc` from the runs under docs/results (each "
-        "folder's claims.json, written by `kfaclab report`); regenerate it after a run with "
-        "`python -m kfaclab.analysis.findings_doc`. Each verdict is computed, with its evidence, "
-        "by `kfaclab.analysis.claims`; thresholds are named constants there.",
+        "Generated by `python -m kfaclab.analysis.findings_doc` from the runs under docs/results "
+        "(each folder's claims.json and report.md); every verdict is computed, with its evidence, "
+        "by `kfaclab.analysis.claims` (thresholds are named constants there).",
         "",
-        "## The claims and the verdict under each reading",
+        "## In plain words",
         "",
-    ]
-    lines += [f"- **{n}**: {what}" for n, what in readings]
-    lines.append("")
-    lines.append(claims_matrix(list(runs.values())) if runs else "No reading has a run yet.")
-    if missing:
-        lines += [
-            "",
-            "**Awaiting their runs:** " + ", ".join(missing) + ". Their verdicts are not known "
-            "yet; screen them with the readings-quick-* presets (configs/readings-quick-paper.toml "
-            "says how) and run the closest at full scale.",
-        ]
-    lines += ["", "## In plain words", "", *conclusion(runs), ""]
-    lines += ["## Each run", ""]
-    for name, cs in runs.items():
-        report = results / name / "report.md"
-        lines.append(run_section(cs, f"{name}/report.md" if report.is_file() else None))
-    lines += [
+        _intro(results, full, screen),
+        "",
+        "✓ reproduced, ✗ not reproduced, ? cannot tell: the evidence does not decide, most often "
+        "because a cell's best trials sit at the edge of a search range (range binds: the answer "
+        "may be the range's, not λ's; the sections at the end list each run's).",
+        "",
+        *conclusion(full, screen),
+        "",
+        "## The claims at full scale",
+        "",
+        "Each cell: the verdict, then the numbers that decide it (95% intervals in brackets): "
+        "C1 the best λ's top-k mean final loss and the λ tied with it; C2 the smallest λ's "
+        "divergence rate against the best λ's and its loss relative to the best's; C3 the largest "
+        "λ's loss minus the best's; C4/C5 the layers whose 95% bootstrap interval shows the "
+        "claimed order, or the reverse, and the median shift in decades of (∂L/∂θ)² (positive: "
+        "as claimed).",
+        "",
+        *(ft.claims_table(full) if full else ["No full-scale run has landed yet."]),
+        "",
+        *([f"**Awaiting their runs:** {', '.join(awaited)}.", ""] if awaited else []),
+        *(f"- **{n}**: {what}" for n, what in FULL_RUNS),
+        "",
+        "## The claims at screening scale",
+        "",
+        f"The five readings screened (docs/results/screening/README.md). {unseparated} of "
+        f"{len(screen)} screening runs cannot separate neighbouring λ (their 95% intervals "
+        "overlap): they show which choices may matter, not final verdicts.",
+        "",
+        *(ft.claims_table(screen) if screen else ["No screening run is stored yet."]),
+        "",
+        *(
+            [f"**Awaiting screening:** {', '.join(m)}.", ""]
+            if (m := [n for n, _ in READINGS if n not in screen])
+            else []
+        ),
+        "## How much each choice matters",
+        "",
+        "Two runs that differ in one choice: each one's best λ with its top-k mean final loss, "
+        "whether the two losses' intervals separate, and the claims whose verdict changes. λ as "
+        "each run's grid writes it (paper-b2's in the B²-scaled convention).",
+        "",
+        *ft.choices_table(CHOICES, full, screen),
+        "",
         "## The figures beside the paper's",
         "",
         "The paper's figure (a) shows the training loss of each λ falling over one run, λ = 1 "
         "lowest; its figure (b) histograms of (∂L/∂θ)² at iterations 60–360, larger λ with "
-        "larger gradients early and smaller λ with larger gradients late. Ours, per reading:",
+        "larger gradients early and smaller λ with larger gradients late. Ours, full scale:",
         "",
-        *_figures(results, runs),
+        *ft.figure_table(results, {n: n for n in full}),
         "",
-        "## What the paper left unstated, and which reading tests it",
+        "Screening:",
+        "",
+        *ft.figure_table(results, {n: screening_folder(n) for n in screen}),
+        "",
+        "## What the paper left unstated, and which runs test it",
         "",
         "| choice | the options | compared by |",
         "| --- | --- | --- |",
-        *(f"| {a} | {b} | {c} |" for a, b, c in OPEN_CHOICES),
+        *(f"| {a} | {b} | {c} |" for a, b, c in UNSTATED),
+        f"| search ranges | {_search_ranges(results, full, screen)} | each run's binding ranges "
+        "below |",
         "",
-        "How much each choice matters is the difference between the two readings' verdicts and "
-        "numbers in the table above; a choice whose readings await their runs is not yet known.",
+        "## Each full run",
+        "",
+    ]
+    for name, cs in full.items():
+        link = f"{name}/report.md" if (results / name / "report.md").is_file() else None
+        lines.append(run_section(cs, link, title=name))
+    if not full:
+        lines += ["No full-scale run has landed yet.", ""]
+    lines += [
+        "## Each screening run: the search ranges that bind",
+        "",
+        *_screening_sections(screen),
         "",
     ]
     return "\n".join(lines)
