@@ -22,7 +22,13 @@ import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, ScalarFormatter
+from matplotlib.ticker import (
+    FuncFormatter,
+    LogFormatterSciNotation,
+    LogLocator,
+    NullFormatter,
+    ScalarFormatter,
+)
 
 from kfaclab.analysis.cells import CellSummary
 from kfaclab.analysis.summaries import StudySummary
@@ -58,8 +64,13 @@ def lam_colors(lams: Sequence[float]) -> dict[float, str]:
     return {x: to_hex(cmap(0.8 * (math.log10(x) - lo) / span)) for x in lams if x > 0}
 
 
+PLAIN_LOG_RANGE = (1e-3, 1e4)
+"""A log axis within these bounds reads as plain numbers (0.001 … 1000); beyond, as 10^k."""
+
+
 def log_axis(ax: Axes, which: str = "y") -> None:
-    """Log scale with plain-number labels (0.2, 0.5, 1) instead of 2×10⁻¹; minor labels only
+    """Log scale with plain-number labels (0.2, 0.5, 1) instead of 2×10⁻¹ (powers of ten when the
+    axis reaches beyond ``PLAIN_LOG_RANGE``); minor labels only
     while the axis spans under two decades. Data spanning less than a factor of 3 (e.g. losses
     that barely moved) stay linear: a log axis would only add unreadable tick labels."""
     axis = ax.yaxis if which == "y" else ax.xaxis
@@ -69,6 +80,11 @@ def log_axis(ax: Axes, which: str = "y") -> None:
         return
     (ax.set_yscale if which == "y" else ax.set_xscale)("log")
     lo, hi = ax.get_ylim() if which == "y" else ax.get_xlim()
+    if lo < PLAIN_LOG_RANGE[0] or hi > PLAIN_LOG_RANGE[1]:
+        # Many decades: every label as a power of ten, so one axis never mixes 1e-06 and 10000.
+        axis.set_major_formatter(LogFormatterSciNotation())
+        axis.set_minor_formatter(NullFormatter())
+        return
     fmt = FuncFormatter(lambda v, _: f"{v:g}")
     axis.set_major_formatter(fmt)
     if lo > 0 and hi / lo < 100:
