@@ -200,7 +200,7 @@ class DirectionSide:
         n_layers = len(self.layers)
         positions = [i for i, d in enumerate(directions) if d.numel()]
         keys = [
-            self.layers[i].module.weight if i < n_layers else self.other_params[i - n_layers]
+            self.layers[i].weight if i < n_layers else self.other_params[i - n_layers]
             for i in positions
         ]
         velocities = [directions[i] for i in positions]

@@ -248,7 +248,7 @@ class KFAC(Optimizer):
     def _require_gradients(self) -> None:
         skipped = self._engine.directions.deferred.skipped
         for layer, batch in zip(self._engine.layers, self._capture.layers, strict=True):
-            if layer.module.weight.grad is not None or layer.name in skipped:
+            if layer.weight.grad is not None or layer.name in skipped:
                 return
             if batch.output_grads is not None:
                 return
@@ -273,7 +273,7 @@ class KFAC(Optimizer):
             x = inputs[0]
             if not torch.is_grad_enabled():  # not a training batch: fold in, then recompute
                 directions.materialize()
-                return nn.functional.linear(x, layer.module.weight, layer.module.bias)
+                return nn.functional.linear(x, layer.weight, layer.bias)
             correct = directions.forward_correction(index, x.detach().reshape(-1, x.shape[-1]))
             assert correct is not None
             return correct(output)
