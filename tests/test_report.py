@@ -171,3 +171,24 @@ def test_report_in_headless_chromium(fake_report: Report, tmp_path: Path) -> Non
         check=True,
     )
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_html_tables_align_numbers_right_and_text_left() -> None:
+    """Digits line up in numeric columns; a text column (the claims, verdicts) reads left to
+    right and wraps instead of pushing the table wider than the page."""
+    from kfaclab.analysis.blocks import Table, to_html
+
+    table = Table(
+        ["cell", "loss", "95% CI", "diverged", "verdict"],
+        [
+            ["λ=1e-03", "0.0797 ± 0.00952", "[0.0778, 0.0816]", "36%", "reproduced"],
+            ["SGD", "0.172", "–", "7.3%", "not reproduced: the ordering is reversed"],
+        ],
+    )
+    page = to_html([table], "t")
+    heads = re.findall(r"<th( class=\"text\")?>([^<]*)</th>", page)
+    assert [(h, bool(c)) for c, h in heads] == [
+        ("cell", True), ("loss", False), ("95% CI", False), ("diverged", False), ("verdict", True)
+    ]  # fmt: skip
+    assert "<td>0.0797 ± 0.00952</td>" in page and "<td>[0.0778, 0.0816]</td>" in page
+    assert '<td class="text verdict-reproduced">reproduced</td>' in page

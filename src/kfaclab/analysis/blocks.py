@@ -119,8 +119,8 @@ pre{background:#f6f6f6;padding:.6rem;overflow-x:auto;font-size:.8rem}caption{cap
 font-size:.8rem;color:#555;text-align:left}.scroll{overflow-x:auto;max-width:100%}
 tr.best td{background:#e8f4ea;font-weight:600}ul.warning{list-style-position:inside;margin:.5rem 0}
 ul.warning li{margin:.15rem 0}nav.toc{background:#f7f7f7;padding:.4rem 1rem;font-size:.9rem}
-nav.toc ul{margin:.2rem 0;padding-left:1.2rem}td.wrap{white-space:normal;text-align:left;
-min-width:14rem}.verdict-reproduced{color:#006d2c;font-weight:600}.verdict-not{color:#b30000;
+nav.toc ul{margin:.2rem 0;padding-left:1.2rem}td.text,th.text{text-align:left;white-space:normal}
+td.wrap{white-space:normal;min-width:14rem}.verdict-reproduced{color:#006d2c;font-weight:600}.verdict-not{color:#b30000;
 font-weight:600}.verdict-inconclusive{color:#8a5a00;font-weight:600}
 """
 
@@ -167,12 +167,34 @@ _VERDICT_CLASSES = (
 )
 
 
+def _is_number(cell: str) -> bool:
+    """A cell that reads as a number, interval or count ("0.636 ± 0.314", "[0.57, 0.70]", "42%",
+    "300/300", "–"): right-aligned so digits line up; anything else is text, left-aligned."""
+    return bool(_NUMBER_CELL.fullmatch(cell.strip()))
+
+
+_NUMBER_CELL = re.compile(
+    r"[-−+]?[\d.]+(e[-+]?\d+)?( ?[±×/%] ?[\d.e+\-−]*)*%?|\[[^\]]*\]|–|\*\*.*\*\*"
+)
+
+
 def _html_table(b: Table) -> str:
     e = html.escape
-    head = "".join(f"<th>{e(h)}</th>" for h in b.header)
+    text_columns = {
+        j
+        for j in range(len(b.header))
+        if any(j < len(r) and r[j].strip() and not _is_number(r[j]) for r in b.rows)
+    }
 
-    def cell(c: str) -> str:
-        classes = ["wrap"] if len(c) > 40 else []  # long text (the claims) wraps; numbers don't
+    def header(j: int, h: str) -> str:
+        return f'<th class="text">{e(h)}</th>' if j in text_columns else f"<th>{e(h)}</th>"
+
+    head = "".join(header(j, h) for j, h in enumerate(b.header))
+
+    def cell(j: int, c: str) -> str:
+        classes = ["text"] if j in text_columns else []
+        if len(c) > 40:
+            classes.append("wrap")  # long text (the claims) wraps; numbers don't
         for verdict, name in _VERDICT_CLASSES:
             if c.startswith(verdict):
                 classes.append(f"verdict-{name}")
@@ -181,7 +203,9 @@ def _html_table(b: Table) -> str:
         return f"<td{cls}>{e(c)}</td>"
 
     body = "".join(
-        ('<tr class="best">' if k == b.highlight else "<tr>") + "".join(map(cell, r)) + "</tr>"
+        ('<tr class="best">' if k == b.highlight else "<tr>")
+        + "".join(cell(j, c) for j, c in enumerate(r))
+        + "</tr>"
         for k, r in enumerate(b.rows)
     )
     cap = f"<caption>{e(b.caption)}</caption>" if b.caption else ""
