@@ -63,7 +63,7 @@ def test_constructed_report_answers_first(tmp_path: Path) -> None:
     ids = set(re.findall(r'<h2 id="([^"]+)"', page))
     links = re.findall(r'<nav class="toc">.*?</nav>', page, re.S)[0]
     assert set(re.findall(r'href="#([^"]+)"', links)) == ids and "answer" in ids
-    assert page.count('<tr class="best"><td>λ=1e+00</td>') == 1
+    assert page.count('<tr class="best"><td class="text">λ=1e+00</td>') == 1
     assert page.count("<table>") == page.count('<div class="scroll"><table>')
     assert "overflow-x:auto" in page
     # claims.json round-trips to what the report computed
