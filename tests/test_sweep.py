@@ -307,3 +307,33 @@ def test_lr_scaled_by_lambda_samples_each_cell_in_its_own_range(tmp_path: Path) 
             assert low <= t.params["lr"] <= high
     # λ = 1e-3's lr lies below every lr the unscaled range allows: the scaling really applied.
     assert max(t.params["lr"] for t in by_cell["kfac-lam=1e-03"]) < 1e-2
+
+
+@pytest.mark.parametrize("where", ["heartbeat", "records"])
+def test_interrupt_outside_the_trial_requeues_the_asked_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """A Ctrl-C/SIGTERM landing after ask but before the trial's own guard (starting its
+    heartbeat) or after it but before tell (writing its record) re-queues the trial: nothing
+    stays RUNNING (a SIGTERM race seen in the real CLI test on a loaded machine)."""
+    import kfaclab.study.sweep as sweep_module
+
+    p = protocol(n_trials=2, name="race")
+    spec = StorageSpec(folder=tmp_path)
+    ensure_studies(p, open_storage(spec, create=True), spec)
+
+    def interrupt(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    if where == "heartbeat":
+        monkeypatch.setattr(sweep_module.Heartbeat, "__enter__", interrupt)
+    else:
+        monkeypatch.setattr(sweep_module.records, "write_record", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        Worker(p, spec, trial_fn=fake_trial).run()
+    states = [t.state for ts in trials_by_cell(tmp_path, p.name).values() for t in ts]
+    assert TrialState.RUNNING not in states
+    assert states.count(TrialState.FAIL) == 1 and states.count(TrialState.WAITING) == 1
+    monkeypatch.undo()
+    assert run_sweep(p, spec, trial_fn=fake_trial) == 0  # the rerun completes the cells
+    assert_exact(tmp_path, p)

@@ -144,6 +144,9 @@ class Worker:
         self.index, self.count = index, count
         self.trial_fn = trial_fn
         self.stop = stop or threading.Event()
+        # The trial asked and not yet told, with its heartbeat once started: what a Ctrl-C or
+        # SIGTERM outside the trial's own guard must re-queue (see run).
+        self._current: tuple[optuna.Study, optuna.Trial, Heartbeat | None] | None = None
         self.storage = spec.open(create=True)
         self.journal = not spec.builtin_heartbeat  # kfaclab's own heartbeat attr
         self.cells = ensure_studies(protocol, self.storage, spec)
@@ -169,12 +172,27 @@ class Worker:
                     break
                 continue
             cell = choice
-            started = self._start(cell)
-            if started is None:
-                continue  # filled by another worker meanwhile; choose again
-            self._finish(cell, *started, fn)
+            try:
+                started = self._start(cell)
+                if started is None:
+                    continue  # filled by another worker meanwhile; choose again
+                self._finish(cell, *started, fn)
+            except BaseException as exc:
+                # Ctrl-C or SIGTERM between ask and the trial's own guard (inside _start, or
+                # on the way to _finish): the asked trial must not stay RUNNING.
+                self._abandon_current(exc)
+                raise
             ran += 1
         return ran
+
+    def _abandon_current(self, exc: BaseException) -> None:
+        current, self._current = self._current, None
+        if current is None:
+            return
+        study, trial, beat = current
+        if beat is not None:
+            beat.__exit__()
+        self._abandon(study, trial, exc)
 
     def _wait_for_others(self) -> bool:
         """Nothing left to start, but other workers (here or on other machines) still run
@@ -227,6 +245,7 @@ class Worker:
                 # "Heartbeat … supposed to be used with Study.optimize": Heartbeat does it here.
                 warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
                 trial = study.ask(space)  # a WAITING (retried) trial first, with its params
+                self._current = (study, trial, None)
             for key, value in worker_attrs().items():
                 self.storage.set_trial_system_attr(trial._trial_id, key, value)
             if records.SEED not in trial.user_attrs:
@@ -235,6 +254,7 @@ class Worker:
                 trial.set_user_attr(records.SEED, search.seed + offset)
             beat = Heartbeat(self.storage, trial._trial_id)
             beat.__enter__()  # the first beat lands before the lock is released
+            self._current = (study, trial, beat)
         return trial, beat
 
     def _finish(self, cell: CellInfo, trial: optuna.Trial, beat: Heartbeat, fn: TrialFn) -> None:
@@ -244,11 +264,13 @@ class Worker:
         try:
             result = fn(config, progress=curve.progress) if takes_progress(fn) else fn(config)
         except BaseException as exc:
+            self._current = None
             beat.__exit__()
             curve.close()  # the curve so far stays on the failed trial
             self._abandon(study, trial, exc)
             raise
         beat.__exit__()
+        self._current = (study, trial, None)  # a signal before tell still re-queues it
         value = result.value
         attrs = records.result_attrs(result)
         if result.status == "diverged" or not math.isfinite(value):
@@ -261,7 +283,9 @@ class Worker:
             for key, attr in attrs.items():
                 trial.set_user_attr(key, attr)
             study.tell(trial, value)
+            self._current = None
         except optuna.exceptions.UpdateFinishedTrialError:
+            self._current = None
             # Declared dead (heartbeat lost for longer than the grace period) and re-queued;
             # its retry carries the same parameters, so this result is simply not kept.
             pass
