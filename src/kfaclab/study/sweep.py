@@ -144,8 +144,8 @@ class Worker:
         self.index, self.count = index, count
         self.trial_fn = trial_fn
         self.stop = stop or threading.Event()
-        # The trial asked and not yet told, with its heartbeat once started: what a Ctrl-C or
-        # SIGTERM outside the trial's own guard must re-queue (see run).
+        # The trial asked and not yet told, with its heartbeat once started: what an
+        # interrupted run() must re-queue.
         self._current: tuple[optuna.Study, optuna.Trial, Heartbeat | None] | None = None
         self.storage = spec.open(create=True)
         self.journal = not spec.builtin_heartbeat  # kfaclab's own heartbeat attr
@@ -178,21 +178,30 @@ class Worker:
                     continue  # filled by another worker meanwhile; choose again
                 self._finish(cell, *started, fn)
             except BaseException as exc:
-                # Ctrl-C or SIGTERM between ask and the trial's own guard (inside _start, or
-                # on the way to _finish): the asked trial must not stay RUNNING.
+                # An error, Ctrl-C or SIGTERM anywhere between ask and tell (in the trial, or
+                # around it): fail the asked trial and re-queue it, never leave it RUNNING.
                 self._abandon_current(exc)
                 raise
             ran += 1
         return ran
 
     def _abandon_current(self, exc: BaseException) -> None:
+        """The asked trial that ``exc`` interrupted, if any: stop its heartbeat, fail it and
+        re-queue the same parameters, so a rerun redoes exactly this trial; ``exc`` propagates."""
         current, self._current = self._current, None
         if current is None:
             return
         study, trial, beat = current
         if beat is not None:
             beat.__exit__()
-        self._abandon(study, trial, exc)
+        try:
+            # Under the lock: between the FAIL and its WAITING copy the cell looks one short.
+            with self.spec.cell_lock(study.study_name):
+                trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
+                study.tell(trial, state=TrialState.FAIL)
+                retry_callback()(study, self.storage.get_trial(trial._trial_id))
+        except Exception:  # the storage is gone too; liveness will catch it on the next run
+            pass
 
     def _wait_for_others(self) -> bool:
         """Nothing left to start, but other workers (here or on other machines) still run
@@ -263,14 +272,10 @@ class Worker:
         curve = CurveReporter(trial)
         try:
             result = fn(config, progress=curve.progress) if takes_progress(fn) else fn(config)
-        except BaseException as exc:
-            self._current = None
-            beat.__exit__()
-            curve.close()  # the curve so far stays on the failed trial
-            self._abandon(study, trial, exc)
+        except BaseException:
+            curve.close()  # the curve so far stays on the failed trial; run() re-queues it
             raise
-        beat.__exit__()
-        self._current = (study, trial, None)  # a signal before tell still re-queues it
+        beat.__exit__()  # idempotent: run() may stop it again if a signal lands before tell
         value = result.value
         attrs = records.result_attrs(result)
         if result.status == "diverged" or not math.isfinite(value):
@@ -283,21 +288,8 @@ class Worker:
             for key, attr in attrs.items():
                 trial.set_user_attr(key, attr)
             study.tell(trial, value)
-            self._current = None
         except optuna.exceptions.UpdateFinishedTrialError:
-            self._current = None
             # Declared dead (heartbeat lost for longer than the grace period) and re-queued;
             # its retry carries the same parameters, so this result is simply not kept.
             pass
-
-    def _abandon(self, study: optuna.Study, trial: optuna.Trial, exc: BaseException) -> None:
-        """An exception or Ctrl-C inside a trial: fail it and re-queue the same parameters, so a
-        rerun redoes exactly this trial; the error itself propagates."""
-        try:
-            # Under the lock: between the FAIL and its WAITING copy the cell looks one short.
-            with self.spec.cell_lock(study.study_name):
-                trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
-                study.tell(trial, state=TrialState.FAIL)
-                retry_callback()(study, self.storage.get_trial(trial._trial_id))
-        except Exception:  # the storage is gone too; liveness will catch it on the next run
-            pass
+        self._current = None
