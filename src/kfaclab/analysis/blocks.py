@@ -120,8 +120,8 @@ font-size:.8rem;color:#555;text-align:left}.scroll{overflow-x:auto;max-width:100
 tr.best td{background:#e8f4ea;font-weight:600}ul.warning{list-style-position:inside;margin:.5rem 0}
 ul.warning li{margin:.15rem 0}nav.toc{background:#f7f7f7;padding:.4rem 1rem;font-size:.9rem}
 nav.toc ul{margin:.2rem 0;padding-left:1.2rem}td.text,th.text{text-align:left;white-space:normal}
-td.wrap{white-space:normal;min-width:14rem}.verdict-reproduced{color:#006d2c;font-weight:600}.verdict-not{color:#b30000;
-font-weight:600}.verdict-inconclusive{color:#8a5a00;font-weight:600}
+td.wrap{white-space:normal;min-width:14rem}.verdict-reproduced{color:#006d2c;font-weight:600}
+.verdict-not{color:#b30000;font-weight:600}.verdict-inconclusive{color:#8a5a00;font-weight:600}
 """
 
 
@@ -173,9 +173,7 @@ def _is_number(cell: str) -> bool:
     return bool(_NUMBER_CELL.fullmatch(cell.strip()))
 
 
-_NUMBER_CELL = re.compile(
-    r"[-−+]?[\d.]+(e[-+]?\d+)?( ?[±×/%] ?[\d.e+\-−]*)*%?|\[[^\]]*\]|–|\*\*.*\*\*"
-)
+_NUMBER_CELL = re.compile(r"[-−+]?[\d.]+(e[-+]?\d+)?( ?[±×/%] ?[\d.e+\-−]*)*%?|\[[^\]]*\]|–")
 
 
 def _html_table(b: Table) -> str:

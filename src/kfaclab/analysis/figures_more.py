@@ -190,11 +190,10 @@ def hyperparameters(summary: StudySummary, out_dir: Path) -> DrawnFigure | None:
             for r in cell_ranges(summary.protocol, c)
             if r.name == name
         )
-        for i in (1, 2):
-            if bounds:
-                ax.plot(
-                    [b[0] for b in bounds], [b[i] for b in bounds], color="grey", lw=0.8, ls=":"
-                )
+        if bounds:
+            lams, lows, highs = zip(*bounds, strict=True)
+            for edge in (lows, highs):
+                ax.plot(lams, edge, color="grey", lw=0.8, ls=":")
         if log:
             log_axis(ax)
         _lam_axis(ax)

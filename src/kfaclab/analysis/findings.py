@@ -39,8 +39,9 @@ def claims_for_run(folder: Path) -> ClaimSet:
     return evaluate(summarize(study, load_reruns(folder / "reruns.json")))
 
 
-def _cell_text(text: str) -> str:
-    return md_escape(text).replace("|", "\\|")
+def table_row(cells: Sequence[str]) -> str:
+    """One markdown table row, each cell escaped (a "|" inside a cell would split it)."""
+    return "| " + " | ".join(md_escape(x).replace("|", "\\|") for x in cells) + " |"
 
 
 def _cell(verdict: str, reason: str) -> str:
@@ -53,13 +54,13 @@ def claims_matrix(runs: Sequence[ClaimSet]) -> str:
     if not runs:
         return ""
     head = ["claim", "paper says", *(r.protocol for r in runs)]
-    lines = ["| " + " | ".join(map(_cell_text, head)) + " |", "|" + " --- |" * len(head)]
+    lines = [table_row(head), "|" + " --- |" * len(head)]
     for i, c in enumerate(runs[0].claims):
         cells = [f"{c.key} {c.title}", c.paper]
         for r in runs:
             other = r.claims[i] if i < len(r.claims) else None
             cells.append(_cell(other.verdict, other.reason) if other else "–")
-        lines.append("| " + " | ".join(_cell_text(x) for x in cells) + " |")
+        lines.append(table_row(cells))
     return "\n".join(lines) + "\n"
 
 
@@ -82,7 +83,7 @@ def run_section(cs: ClaimSet, link: str | None, title: str | None = None) -> str
     out += ["| claim | this study finds | verdict |", "| --- | --- | --- |"]
     for c in cs.claims:
         cells = (f"{c.key} {c.title}", c.finding, c.verdict_text())
-        out.append("| " + " | ".join(map(_cell_text, cells)) + " |")
+        out.append(table_row(cells))
     binding = bindings(cs)
     if binding:
         out += ["", "Binding search ranges (claims depending on these cells are inconclusive):"]

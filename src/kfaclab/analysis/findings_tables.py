@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kfaclab.analysis.blocks import md_escape
 from kfaclab.analysis.claims import ClaimSet
 from kfaclab.analysis.claims_types import BINDS, INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Claim
+from kfaclab.analysis.findings import table_row
 from kfaclab.analysis.numbers import num, percent
 
 SYMBOL = {REPRODUCED: "✓", NOT_REPRODUCED: "✗", INCONCLUSIVE: "?"}
@@ -112,18 +112,13 @@ def by_key(cs: ClaimSet, key: str) -> Claim | None:
     return next((c for c in cs.claims if c.key == key), None)
 
 
-def row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(md_escape(x).replace("|", "\\|") for x in cells) + " |"
-
-
 def claims_table(runs: Mapping[str, ClaimSet]) -> list[str]:
     """Claims × runs (columns named by the keys of ``runs``), one cell per claim and run."""
     first = next(iter(runs.values()))
-    out = [row(["the paper says", *runs]), "|" + " --- |" * (len(runs) + 1)]
+    out = [table_row(["the paper says", *runs]), "|" + " --- |" * (len(runs) + 1)]
     for c in first.claims:
-        out.append(
-            row([f"{c.key}: {c.paper}", *(claim_cell(by_key(r, c.key)) for r in runs.values())])
-        )
+        cells = [claim_cell(by_key(r, c.key)) for r in runs.values()]
+        out.append(table_row([f"{c.key}: {c.paper}", *cells]))
     return out
 
 
@@ -192,9 +187,9 @@ def verdict_changes(ca: ClaimSet, cb: ClaimSet) -> str:
     return ", ".join(changed) or "none"
 
 
-def comparison_row(what: str, scale: str, a: str, ca: ClaimSet, b: str, cb: ClaimSet) -> str:
+def comparison_table_row(what: str, scale: str, a: str, ca: ClaimSet, b: str, cb: ClaimSet) -> str:
     """One open choice at one scale: best λ and loss of each side, and the verdicts that differ."""
-    return row(
+    return table_row(
         [
             f"{what}: {a} → {b}",
             scale,
@@ -271,12 +266,12 @@ def choices_table(
     """One row per open choice (what, run a, run b) and scale where both runs exist; the choices
     still missing a full-scale run are listed under the table."""
     head = ["open choice: a → b", "scale", "a: best λ, top-k mean [95% CI]", "b: the same"]
-    out = [row([*head, "best losses", "verdicts that differ"]), "|" + " --- |" * 6]
+    out = [table_row([*head, "best losses", "verdicts that differ"]), "|" + " --- |" * 6]
     awaited = []
     for what, a, b in choices:
         for scale, runs in (("screening", screen), ("full", full)):
             if a in runs and b in runs:
-                out.append(comparison_row(what, scale, a, runs[a], b, runs[b]))
+                out.append(comparison_table_row(what, scale, a, runs[a], b, runs[b]))
         if not (a in full and b in full):
             awaited.append(f"{what} ({_names([x for x in (a, b) if x not in full])})")
     if len(out) == 2:
@@ -292,7 +287,7 @@ def figure_table(results: Path, folders: Mapping[str, str]) -> list[str]:
     shown = [n for n, f in folders.items() if (results / f / "figures").is_dir()]
     if not shown:
         return ["No run here has figures yet."]
-    out = [row(["figure", *shown]), "|" + " --- |" * (len(shown) + 1)]
+    out = [table_row(["figure", *shown]), "|" + " --- |" * (len(shown) + 1)]
     for key, what in (("learning_curves", "(a) loss"), ("gradient_histograms", "(b) (∂L/∂θ)²")):
         cells = [
             f"![{n} {key}]({folders[n]}/figures/{key}.png)"
