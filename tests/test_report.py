@@ -192,3 +192,29 @@ def test_html_tables_align_numbers_right_and_text_left() -> None:
     ]  # fmt: skip
     assert "<td>0.0797 ± 0.00952</td>" in page and "<td>[0.0778, 0.0816]</td>" in page
     assert '<td class="text verdict-reproduced">reproduced</td>' in page
+
+
+def test_provenance_counts_only_the_package_as_local_changes(tmp_path: Path) -> None:
+    """Rebuilding a committed report in place rewrites tracked files beside it; that must not
+    mark the report as built from uncommitted code — a change to the package must."""
+    from kfaclab.analysis.provenance import git_commit
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            cwd=tmp_path, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+
+    package, results = tmp_path / "src" / "kfaclab", tmp_path / "docs"
+    package.mkdir(parents=True)
+    results.mkdir()
+    (package / "mod.py").write_text("x = 1\n")
+    (results / "report.md").write_text("old\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "c")
+    head = git("rev-parse", "HEAD")
+    (results / "report.md").write_text("rebuilt\n")
+    assert git_commit(package) == head
+    (package / "mod.py").write_text("x = 2\n")
+    assert git_commit(package) == head + " + local changes"

@@ -37,15 +37,17 @@ def versions() -> list[tuple[str, str]]:
     return out
 
 
-def git_commit() -> str:
-    """The commit of the kfaclab source tree (with "+ local changes" if dirty), or why none."""
-    here = Path(__file__).resolve().parent
+def git_commit(package: Path | None = None) -> str:
+    """The commit of the kfaclab source tree (with "+ local changes" if the package's own files
+    differ from it: a report rebuilt in place beside its tracked outputs is not "dirty"), or why
+    none. ``package``: the source folder to check (default: this installed kfaclab's)."""
+    package = package or Path(__file__).resolve().parents[1]
     try:
         run = lambda *a: subprocess.run(  # noqa: E731
-            ["git", *a], cwd=here, capture_output=True, text=True, timeout=10, check=True
+            ["git", *a], cwd=package, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
         commit = run("rev-parse", "HEAD")
-        dirty = run("status", "--porcelain", "--untracked-files=no")
+        dirty = run("status", "--porcelain", "--untracked-files=no", "--", str(package))
     except (OSError, subprocess.SubprocessError):
         return "none (not a git checkout, or no commit yet)"
     return commit + (" + local changes" if dirty else "")
