@@ -17,6 +17,7 @@ from torch import nn
 from kfac_kwargs import make_kfac
 from kfaclab import KFAC, LevenbergMarquardt
 from kfaclab.optim import InputStreamCache, KFACOptions, Speedups
+from kfaclab.optim.input_stream import bitwise_equal
 from rerun import assert_same
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
@@ -287,3 +288,23 @@ def test_deferred_rotation_needs_its_prerequisites(device: torch.device) -> None
             lr=0.1,
             speedups=Speedups(deferred_rotation=True, input_stream_cache=InputStreamCache()),
         )
+
+
+def test_a_follower_needs_the_recorded_bytes_not_just_equal_values() -> None:
+    """Following is decided on bytes: −0.0 is not 0.0 (torch.equal says it is) and a NaN input
+    is its own recording (torch.equal says it is not); odd sizes and strided inputs compare too."""
+    recorded = torch.rand(128, 784)
+    assert bitwise_equal(recorded, recorded.clone())
+    nudged = recorded.clone()
+    nudged[5, 7] = torch.nextafter(nudged[5, 7], torch.tensor(2.0))
+    assert not bitwise_equal(recorded, nudged)
+    zeros = torch.zeros(3)
+    assert torch.equal(zeros, -zeros) and not bitwise_equal(zeros, -zeros)
+    nans = torch.full((3,), float("nan"))
+    assert not torch.equal(nans, nans.clone()) and bitwise_equal(nans, nans.clone())
+    odd = torch.rand(3, 3)  # 36 bytes: not whole 64-bit words
+    assert bitwise_equal(odd, odd.clone()) and not bitwise_equal(odd, odd + 1)
+    strided = torch.rand(6, 4).T
+    assert bitwise_equal(strided, strided.contiguous())
+    assert not bitwise_equal(recorded, recorded.double())
+    assert not bitwise_equal(recorded, recorded[:64])

@@ -19,7 +19,7 @@ from kfaclab.curvature.factored import FactoredInverse
 from kfaclab.optim.capture import LayerCapture
 from kfaclab.optim.deferred import DeferredLayers, InactivePart, batch_weight_grad
 from kfaclab.optim.engine_factors import FactorSide
-from kfaclab.optim.factors import stack_views
+from kfaclab.optim.factors import AliasMemo, stack_views, stacked_view
 from kfaclab.optim.layer_state import LayerState
 
 Deferred = tuple[torch.Tensor, InactivePart]  # a deferred layer's step: (rotated M, inactive d)
@@ -45,6 +45,8 @@ class DirectionSide:
         self.grads_from_batches = grads_from_batches
         self.deferred = DeferredLayers()
         self.diagonal_fallbacks = 0
+        # Per stack (by its members): where its rows and inputs were found (see AliasMemo).
+        self._stack_memos: dict[tuple[int, ...], tuple[AliasMemo, AliasMemo]] = {}
 
     def gradient_block(self, layer: LayerState, batch: LayerCapture) -> torch.Tensor | None:
         """[∇W | ∇b], from the captured batch when no ``.grad`` holds it."""
@@ -56,22 +58,28 @@ class DirectionSide:
             return batch_weight_grad(rows, inputs)
         return layer.gradient_block()
 
-    def _stacked_batch_blocks(self, batches: list[LayerCapture]) -> dict[int, torch.Tensor]:
+    def _stacked_batch_blocks(
+        self, batches: list[LayerCapture]
+    ) -> dict[tuple[int, ...], torch.Tensor]:
         """A backend without ``.grad`` (``grads_from_batches``): the gradient blocks Oᵀ[X | 1] of
-        each stack of equally shaped layers as one batched product, without copies when the
-        backend keeps those layers' rows in one block (the fused MLP)."""
-        blocks: dict[int, torch.Tensor] = {}
+        each stack of equally shaped layers as one batched product (k, out, in+1), by the
+        stack's members, without copies when the backend keeps those layers' rows in one block
+        (the fused MLP)."""
+        blocks: dict[tuple[int, ...], torch.Tensor] = {}
         for members, _ in self.factors.stacks:
             pairs = [_batch_rows(self.layers[i], batches[i]) for i in members]
-            rows = [r for r, _ in pairs]
-            inputs = [x for _, x in pairs]
-            if any(r is None for r in rows) or any(x is None for x in inputs):
+            rows = [r for r, _ in pairs if r is not None]
+            inputs = [x for _, x in pairs if x is not None]
+            if len(rows) < len(members) or len(inputs) < len(members):
                 continue
-            stacked = torch.bmm(
-                stack_views(rows).transpose(1, 2),  # type: ignore[arg-type]
-                stack_views(inputs),  # type: ignore[arg-type]
-            )
-            blocks.update(zip(members, stacked.unbind(0), strict=True))
+            key = tuple(members)
+            memos = self._stack_memos.get(key)
+            if memos is None:
+                memos = self._stack_memos[key] = (AliasMemo(stacked_view), AliasMemo(stacked_view))
+            rows_view, inputs_view = memos[0](rows), memos[1](inputs)
+            stacked_rows = torch.stack(rows) if rows_view is None else rows_view
+            stacked_inputs = torch.stack(inputs) if inputs_view is None else inputs_view
+            blocks[key] = torch.bmm(stacked_rows.transpose(1, 2), stacked_inputs)
         return blocks
 
     def directions(
@@ -89,7 +97,12 @@ class DirectionSide:
         directions: list[torch.Tensor] = []
         deferred: dict[int, Deferred] = {}
         stacked = {i for members, _ in self.factors.stacks for i in members}
-        known = self._stacked_batch_blocks(batches) if self.grads_from_batches else {}
+        batch_stacks = self._stacked_batch_blocks(batches) if self.grads_from_batches else {}
+        known = {
+            i: block
+            for members, blocks in batch_stacks.items()
+            for i, block in zip(members, blocks.unbind(0), strict=True)
+        }
         empty = torch.zeros(0)
         for i, (layer, batch, lam) in enumerate(zip(self.layers, batches, lambdas, strict=True)):
             layer.damping = lam
@@ -123,7 +136,10 @@ class DirectionSide:
                     if grads[i].numel():
                         directions[i] = self.precondition(self.layers[i], grads[i], lambdas[i])
                 continue
-            result = stack.precondition(stack_views(blocks), [lambdas[i] for i in members])
+            # The batch's own stacked product when the blocks are it (no weight decay added).
+            whole = None if weight_decay else batch_stacks.get(tuple(members))
+            block_stack = stack_views(blocks) if whole is None else whole
+            result = stack.precondition(block_stack, [lambdas[i] for i in members])
             for i, direction in zip(members, result.unbind(0), strict=True):
                 directions[i] = direction
         for p in self.other_params:

@@ -20,6 +20,7 @@ from kfaclab.damping.base import Damping, LayerSpectrum
 from kfaclab.optim.capture import LayerCapture
 from kfaclab.optim.factors import (
     MIN_COLUMNS,
+    GroupMemo,
     update_input_factor,
     update_output_factor,
     update_stacked,
@@ -49,6 +50,8 @@ class FactorSide:
         self.spectrum_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         # Equally shaped dense layers preconditioned together; rebuilt after every inversion.
         self.stacks: list[tuple[list[int], StackedExactInverse]] = []
+        # Per group of stacked factor updates (by side and key): where its stacks were found.
+        self._group_memos: dict[tuple[object, ...], GroupMemo] = {}
         if options.factor_init == "identity":
             for layer in layers:
                 layer.factor_a, layer.factor_g = layer.identity_factors()
@@ -90,19 +93,24 @@ class FactorSide:
                     None, output_grads, scale, options.factor_decay
                 )
         for input_key, members in input_groups.items():
-            updated_a = self._updated(members, True, with_ones=bool(input_key[2]))
+            updated_a = self._updated(members, True, input_key, with_ones=bool(input_key[2]))
             for (layer, _), factor in zip(members, updated_a, strict=True):
                 layer.factor_a = factor
         for group_key, members in output_groups.items():
             group_scale = group_key[-1]
             assert isinstance(group_scale, float)
-            updated_g = self._updated(members, False, group_scale)
+            updated_g = self._updated(members, False, group_key, group_scale)
             for (layer, _), factor in zip(members, updated_g, strict=True):
                 layer.factor_g = factor
         return updated
 
     def _updated(
-        self, members: _Group, input_side: bool, scale: float = 1.0, with_ones: bool = False
+        self,
+        members: _Group,
+        input_side: bool,
+        key: tuple[object, ...],
+        scale: float = 1.0,
+        with_ones: bool = False,
     ) -> list[torch.Tensor]:
         """The members' running A (``input_side``; ``with_ones``: append the bias's column of
         ones to the rows) or G after one update with rows ``scale · members[j][1]``: stacked
@@ -116,7 +124,11 @@ class FactorSide:
             return [update_output_factor(runnings[0], rows, scale, decay)]
         present = [r for r in runnings if r is not None]
         assert len(present) == len(runnings)  # grouped only after their first update
-        return update_stacked(present, [rows for _, rows in members], decay, with_ones, scale)
+        memo = self._group_memos.get((input_side, *key))
+        if memo is None:
+            memo = self._group_memos[(input_side, *key)] = GroupMemo()
+        row_blocks = [rows for _, rows in members]
+        return update_stacked(present, row_blocks, decay, with_ones, scale, memo)
 
     # --- inversions -----------------------------------------------------------------------------
 

@@ -13,6 +13,9 @@ the smaller Gram matrix back costs about 1 ms of that gain.
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable, Sequence
+
 import torch
 
 # Worth it only for wide, sparse inputs: below these, index_select and the scatter cost more than
@@ -95,6 +98,7 @@ def update_stacked(
     decay: float,
     with_bias: bool = False,
     scale: float = 1.0,
+    memo: GroupMemo | None = None,
 ) -> list[torch.Tensor]:
     """The running factors of k layers with equally shaped rows, updated in one batched GEMM.
 
@@ -104,14 +108,17 @@ def update_stacked(
 
     Returns the factors as views of one (k, d, d) stack. Given those views again (the next
     step's update of the same layers), it updates that stack in place instead of restacking:
-    the factors passed in then change too. Otherwise the inputs are not modified.
+    the factors passed in then change too. Otherwise the inputs are not modified. ``memo``: the
+    caller's memory of this group's stacks (see ``AliasMemo``), for a caller that passes the same
+    tensors every step.
     """
-    stacked = stack_views(rows)  # (k, N, d)
+    rows_view = stacked_view(rows) if memo is None else memo.rows(rows)
+    stacked = torch.stack(rows) if rows_view is None else rows_view  # (k, N, d)
     if with_bias:
         stacked = torch.cat([stacked, stacked.new_ones(*stacked.shape[:2], 1)], dim=2)
     n = stacked.shape[1]
     alpha = (1.0 - decay) * scale * scale / n
-    running = _stack_of(runnings)
+    running = stack_of(runnings) if memo is None else memo.factors(runnings)
     in_place = running is not None
     if running is None:
         running = torch.stack(runnings)
@@ -119,7 +126,7 @@ def update_stacked(
     return runnings if in_place else list(running.unbind(0))
 
 
-def _stack_of(views: list[torch.Tensor]) -> torch.Tensor | None:
+def stack_of(views: Sequence[torch.Tensor]) -> torch.Tensor | None:
     """The (k, d, d) tensor whose k slices ``views`` are, in order, or None."""
     base = views[0]._base
     if base is None or base.dim() != 3 or base.shape[0] != len(views):
@@ -135,24 +142,73 @@ def _stack_of(views: list[torch.Tensor]) -> torch.Tensor | None:
     return base
 
 
-def stack_views(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """``torch.stack(tensors)`` without a copy when they are consecutive dim-0 slices of one
-    tensor (a backend that keeps its layers' rows in one (L, N, d) block, such as the fused MLP)."""
+def stacked_view(tensors: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    """``torch.stack(tensors)`` as a view, when they are consecutive dim-0 slices of one tensor
+    (a backend that keeps its layers' rows in one (L, N, d) block, such as the fused MLP); else
+    None (stacking them needs a copy)."""
     first = tensors[0]
     base = first._base
     if base is None or base.dim() != first.dim() + 1:
-        return torch.stack(tensors)
+        return None
     shape, stride, step = first.shape, first.stride(), int(base.stride(0))
     offset = int(first.storage_offset())
     start, rest = divmod(offset - int(base.storage_offset()), step)
     if rest or start + len(tensors) > base.shape[0] or shape != base.shape[1:]:
-        return torch.stack(tensors)
+        return None
     if stride != base.stride()[1:]:
-        return torch.stack(tensors)
+        return None
     for t in tensors[1:]:
         offset += step
         if t._base is not base or t.storage_offset() != offset or t.shape != shape:
-            return torch.stack(tensors)
+            return None
         if t.stride() != stride:
-            return torch.stack(tensors)
+            return None
     return base.narrow(0, start, len(tensors))
+
+
+def stack_views(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack(tensors)``, without a copy where ``stacked_view`` finds one."""
+    view = stacked_view(tensors)
+    return torch.stack(list(tensors)) if view is None else view
+
+
+class AliasMemo:
+    """``find(tensors)`` — a tensor aliasing them (``stacked_view``, ``stack_of``) or None —
+    remembered for the last tensors it was asked about.
+
+    A backend hands the engine the same tensor objects step after step (the fused MLP's per-layer
+    rows are fixed views of one block; a stack's running factors are views of one tensor). For
+    the very same objects the alias found last time is the answer again (it shares their memory,
+    so it holds their current values) and the O(k) stride checks — a few µs, several times a
+    step — are skipped. A None answer is not remembered. Valid as long as no caller re-points a
+    tensor at other memory in place (``set_``, ``as_strided_``), which nothing here does.
+    """
+
+    __slots__ = ("_alias", "_find", "_tensors")
+
+    def __init__(self, find: Callable[[Sequence[torch.Tensor]], torch.Tensor | None]) -> None:
+        self._find = find
+        self._tensors: tuple[torch.Tensor, ...] = ()
+        self._alias: torch.Tensor | None = None
+
+    def __call__(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor | None:
+        last = self._tensors
+        if (
+            self._alias is not None
+            and len(last) == len(tensors)
+            and all(map(operator.is_, last, tensors))
+        ):
+            return self._alias
+        alias = self._find(tensors)
+        self._tensors, self._alias = (tuple(tensors), alias) if alias is not None else ((), None)
+        return alias
+
+
+class GroupMemo:
+    """The two ``AliasMemo`` of one group of stacked factor updates: its rows and its factors."""
+
+    __slots__ = ("factors", "rows")
+
+    def __init__(self) -> None:
+        self.rows = AliasMemo(stacked_view)
+        self.factors = AliasMemo(stack_of)
