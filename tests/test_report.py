@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import math
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from kfaclab.analysis.adaptive_io import load_ranking
 from kfaclab.analysis.provenance import strip_password
 from kfaclab.analysis.report import Report, build_report
 from kfaclab.cli.main import main
@@ -66,6 +68,19 @@ def test_fake_report_says_what_is_missing(fake_report: Report) -> None:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert 'href="http' not in html and 'src="http' not in html
+
+
+def test_the_report_writes_the_ranking_it_shows(fake_report: Report) -> None:
+    _, cells = load_ranking(fake_report.markdown.parent / "adaptive.json")
+    section = fake_report.summary.adaptive
+    assert section is not None
+    assert [c.label for c in cells] == [r.label for r in section.rows]
+    for c, r in zip(cells, section.rows, strict=True):
+        assert c.kind == r.kind and c.trials_total == r.trials_total
+        assert c.top_k.n == r.final_loss.n
+        assert c.top_k.mean == r.final_loss.mean or (
+            math.isnan(c.top_k.mean) and math.isnan(r.final_loss.mean)
+        )
 
 
 def test_report_on_smoke_study_via_cli(

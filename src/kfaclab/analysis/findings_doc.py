@@ -16,6 +16,7 @@ from kfaclab.analysis.blocks import md_escape
 from kfaclab.analysis.claims import ClaimSet
 from kfaclab.analysis.claims_types import NOT_REPRODUCED, REPRODUCED
 from kfaclab.analysis.findings import bindings, claims_for_run, run_section
+from kfaclab.analysis.findings_adaptive import adaptive_lines
 
 # The readings of the paper's protocol, with what each assumes.
 READINGS: tuple[tuple[str, str], ...] = (
@@ -237,6 +238,14 @@ def findings_markdown(results: Path) -> str:
         "each run's grid writes it (paper-b2's in the B²-scaled convention).",
         "",
         *ft.choices_table(CHOICES, full, screen),
+        "",
+        "## Adaptive damping without a grid",
+        "",
+        "The paper's open question: can a damping rule, tuned with the budget of one λ cell, "
+        "match the best λ of a grid (configs/adaptive.toml: each rule of kfaclab.damping as a "
+        "cell beside the `paper` run's best fixed λ and SGD, same search and budget per cell)?",
+        "",
+        *adaptive_lines(results),
         "",
         "## The figures beside the paper's",
         "",

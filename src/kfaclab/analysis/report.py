@@ -14,6 +14,7 @@ from typing import Any
 
 from kfaclab.analysis import narrative as nv
 from kfaclab.analysis import provenance as pv
+from kfaclab.analysis.adaptive_io import ranked_cells, save_ranking
 from kfaclab.analysis.blocks import (
     Block,
     Bullets,
@@ -91,6 +92,9 @@ def build_report(
     figures = draw_all(summary, out_dir / "figures")
     claims = evaluate(summary)
     save_claims(claims, out_dir / "claims.json")
+    if summary.adaptive is not None:
+        ranking = ranked_cells(summary.adaptive, summary.reruns)
+        save_ranking(_name(summary.protocol), ranking, out_dir / "adaptive.json")
     blocks = _blocks(summary, claims, figures, study, storage, reruns)
     title = f"kfaclab report: {_name(summary.protocol)}"
     md, page = out_dir / "report.md", out_dir / "report.html"

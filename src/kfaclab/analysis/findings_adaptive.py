@@ -1,0 +1,125 @@
+"""FINDINGS.md's adaptive-damping section, from a run folder's adaptive.json: does a rule, tuned
+with one cell's budget, tie the best fixed λ of a grid? (The paper's own open question.)
+
+Each rule is compared with the best fixed λ twice, as C1 is: on the top-k means of the searches
+(Welch's 95% interval of the difference) and on the reruns of each best configuration over new
+seeds. The top-k trials of a cell share one training seed and one TPE path, so their interval
+alone understates the uncertainty; a rule is called better or worse only where both agree."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from kfaclab.analysis.adaptive_io import RankedCell, load_ranking
+from kfaclab.analysis.findings import table_row
+from kfaclab.analysis.numbers import num
+from kfaclab.analysis.stats import MeanCI, welch
+
+LOWER, HIGHER, TIED, UNKNOWN = "lower", "higher", "tied", "unknown"
+
+
+def compare(a: MeanCI, b: MeanCI) -> tuple[str, str]:
+    """(a's loss lower / higher / tied with b's / unknown, "difference [lo, hi]")."""
+    d = welch(a, b)
+    if not (math.isfinite(d.lo) and math.isfinite(d.hi)):
+        return UNKNOWN, "—"
+    text = f"{num(d.diff)} [{num(d.lo)}, {num(d.hi)}]"
+    if d.hi < 0:
+        return LOWER, text
+    if d.lo > 0:
+        return HIGHER, text
+    return TIED, text
+
+
+def verdict(top_k: str, rerun: str | None) -> str:
+    """A rule against the best fixed λ: better or worse only when the top-k comparison and the
+    reruns' agree (no reruns: the top-k alone, said so)."""
+    if rerun is None or rerun == UNKNOWN:
+        return {LOWER: "better (top-k only)", HIGHER: "worse (top-k only)"}.get(top_k, "tied")
+    if top_k == rerun == LOWER:
+        return "better"
+    if top_k == rerun == HIGHER:
+        return "worse"
+    return "tied"
+
+
+def _mean(m: MeanCI | None) -> str:
+    if m is None or not math.isfinite(m.mean):
+        return "—"
+    if not (math.isfinite(m.lo) and math.isfinite(m.hi)):
+        return num(m.mean)
+    return f"{num(m.mean)} [{num(m.lo)}, {num(m.hi)}]"
+
+
+def adaptive_lines(results: Path, folder: str = "adaptive") -> list[str]:
+    """The section's body: a summary sentence and the table (or why there is none)."""
+    path = results / folder / "adaptive.json"
+    if not path.is_file():
+        return [f"The full-scale `{folder}` run (configs/{folder}.toml) has not landed yet."]
+    _, cells = load_ranking(path)
+    fixed = next((c for c in cells if c.kind == "fixed"), None)
+    if fixed is None:
+        return [f"{folder}/adaptive.json has no fixed-λ cell to compare the rules with."]
+    return [*_summary(cells, fixed), "", *_table(cells, fixed)]
+
+
+def _outcomes(cells: Sequence[RankedCell], fixed: RankedCell) -> list[tuple[RankedCell, str]]:
+    out = []
+    for c in cells:
+        if c.kind != "adaptive":
+            continue
+        top_k, _ = compare(c.top_k, fixed.top_k)
+        rerun = None
+        if c.rerun is not None and fixed.rerun is not None:
+            rerun, _ = compare(c.rerun, fixed.rerun)
+        out.append((c, verdict(top_k, rerun)))
+    return out
+
+
+def _summary(cells: Sequence[RankedCell], fixed: RankedCell) -> list[str]:
+    outcomes = _outcomes(cells, fixed)
+    groups: dict[str, list[str]] = {}
+    for c, v in outcomes:
+        groups.setdefault(v.split(" ")[0], []).append(c.label)
+    parts = [
+        f"{word} it: {', '.join(groups[key])}"
+        for key, word in (("better", "better than"), ("tied", "tied with"), ("worse", "worse than"))
+        if key in groups
+    ]
+    return [
+        f"Against the best fixed λ ({fixed.label}, chosen by a grid of {fixed.trials_total} "
+        f"trials), each rule searched with one cell's budget is {'; '.join(parts)}. Better or "
+        "worse means both the top-k means and the reruns on new seeds say so (95% intervals of "
+        "the difference exclude 0); otherwise tied."
+    ]
+
+
+def _table(cells: Sequence[RankedCell], fixed: RankedCell) -> list[str]:
+    rows = [
+        "| cell | top-k mean [95% CI] | − best fixed λ | on new seeds | − best fixed λ "
+        "(new seeds) | verdict | search trials |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    outcomes = dict((c.label, v) for c, v in _outcomes(cells, fixed))
+    for c in cells:
+        diff = compare(c.top_k, fixed.top_k)[1] if c is not fixed else "—"
+        rerun_diff = "—"
+        if c is not fixed and c.rerun is not None and fixed.rerun is not None:
+            rerun_diff = compare(c.rerun, fixed.rerun)[1]
+        v = outcomes.get(c.label, "reference" if c is fixed else "—")
+        rows.append(
+            table_row(
+                [
+                    c.label,
+                    _mean(c.top_k),
+                    diff,
+                    _mean(c.rerun),
+                    rerun_diff,
+                    v,
+                    str(c.trials_total),
+                ]
+            )
+        )
+    return rows
