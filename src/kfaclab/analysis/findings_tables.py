@@ -12,7 +12,7 @@ import math
 import re
 import statistics
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -262,22 +262,29 @@ def choices_table(
     choices: Sequence[tuple[str, str, str]],
     full: Mapping[str, ClaimSet],
     screen: Mapping[str, ClaimSet],
+    not_planned: Collection[str] = (),
 ) -> list[str]:
     """One row per open choice (what, run a, run b) and scale where both runs exist; the choices
-    still missing a full-scale run are listed under the table."""
+    still missing a full-scale run are listed under the table, apart from those whose missing run
+    is ``not_planned`` at full scale (listed as compared at screening scale only)."""
     head = ["open choice: a → b", "scale", "a: best λ, top-k mean [95% CI]", "b: the same"]
     out = [table_row([*head, "best losses", "verdicts that differ"]), "|" + " --- |" * 6]
-    awaited = []
+    awaited, screening_only = [], []
     for what, a, b in choices:
         for scale, runs in (("screening", screen), ("full", full)):
             if a in runs and b in runs:
                 out.append(comparison_table_row(what, scale, a, runs[a], b, runs[b]))
-        if not (a in full and b in full):
-            awaited.append(f"{what} ({_names([x for x in (a, b) if x not in full])})")
+        missing = [x for x in (a, b) if x not in full]
+        if any(x in not_planned for x in missing):
+            screening_only.append(what)
+        elif missing:
+            awaited.append(f"{what} ({_names(missing)})")
     if len(out) == 2:
         out = ["No open choice has both of its runs yet."]
     if awaited:
         out += ["", "At full scale, awaiting their runs: " + "; ".join(awaited) + "."]
+    if screening_only:
+        out += ["", "Compared at screening scale only: " + "; ".join(screening_only) + "."]
     return out
 
 
