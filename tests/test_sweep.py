@@ -207,44 +207,68 @@ def test_export_matches_storage(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "3/3" in capsys.readouterr().out
 
 
-def _wait_for_running_trial(folder: Path, deadline: float) -> optuna.trial.FrozenTrial:
-    """A trial that has been running for a moment (mid-trial), with its worker's pid."""
+def _wait_for_running_trial(
+    folder: Path, deadline: float, proc: subprocess.Popen[str]
+) -> optuna.trial.FrozenTrial:
+    """A trial of λ = 1 that has been running for a moment (mid-trial), with its worker's pid."""
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            stderr = proc.stderr.read() if proc.stderr else ""
+            raise AssertionError(f"the sweep ended before a trial was caught: {stderr}")
         if (folder / "studies.journal").exists():
             storage = open_storage(StorageSpec(folder=folder), create=False)
             for s in storage.get_all_studies():
+                if not s.study_name.endswith("kfac-lam=1e+00"):
+                    continue
                 study = optuna.load_study(study_name=s.study_name, storage=storage)
                 for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                    if PID_ATTR in t.system_attrs and t.datetime_start is not None:
-                        age = time.time() - t.datetime_start.timestamp()
-                        if age > 0.3 and s.study_name.endswith("kfac-lam=1e+00"):
-                            return t
-        time.sleep(0.1)
-    raise AssertionError("no trial started in time")
+                    started = t.datetime_start.timestamp() if t.datetime_start else math.inf
+                    if PID_ATTR in t.system_attrs and time.time() - started > 0.3:
+                        return t
+        time.sleep(0.05)
+    raise AssertionError("no trial of kfac-lam=1e+00 was seen running in time")
+
+
+def _slow_smoke(folder: Path) -> Path:
+    """configs/smoke.toml with 400 steps a trial instead of 20: a smoke trial lasts well under a
+    second on a fast machine, too short a window to catch it running between two polls of the
+    journal (this test once failed on CI that way). Everything else is smoke's."""
+    text = SMOKE.read_text()
+    data_dir = tomllib.loads(text)["data"]["data_dir"]
+    absolute = (SMOKE.parent / data_dir).resolve()
+    for old, new in (("steps = 20", "steps = 400"), ("eval_steps = [20]", "eval_steps = [400]"),
+                     ('name = "smoke"', 'name = "smoke-slow"'),
+                     (f'data_dir = "{data_dir}"', f'data_dir = "{absolute}"')):  # fmt: skip
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    path = folder / "smoke-slow.toml"
+    path.write_text(text)
+    return path
 
 
 def test_sigkill_mid_trial_then_rerun_completes(tmp_path: Path) -> None:
-    """The real `kfaclab sweep configs/smoke.toml`, its worker SIGKILLed inside a trial: the
+    """The real `kfaclab sweep` on smoke's protocol, its worker SIGKILLed inside a trial: the
     rerun retries that trial (same parameters) and every cell ends with exactly 3 trials."""
+    config = _slow_smoke(tmp_path)
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    cmd = [sys.executable, "-m", "kfaclab.cli.main", "sweep", str(SMOKE), "--out", str(out)]
+    cmd = [sys.executable, "-m", "kfaclab.cli.main", "sweep", str(config), "--out", str(out)]
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     try:
-        victim = _wait_for_running_trial(out, time.monotonic() + 240)
+        victim = _wait_for_running_trial(out, time.monotonic() + 240, proc)
         assert victim.system_attrs[PID_ATTR] == proc.pid
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    stuck = trials_by_cell(out, "smoke")["kfac-lam=1e+00"]
+    stuck = trials_by_cell(out, "smoke-slow")["kfac-lam=1e+00"]
     assert [t.state for t in stuck if t.number == victim.number] == [TrialState.RUNNING]
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    p = load_protocol(SMOKE)
+    p = load_protocol(config)
     assert_exact(out, p)
-    trials = trials_by_cell(out, "smoke")["kfac-lam=1e+00"]
+    trials = trials_by_cell(out, "smoke-slow")["kfac-lam=1e+00"]
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert [t.number for t in failed] == [victim.number]
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
