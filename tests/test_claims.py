@@ -3,6 +3,7 @@ and claim, and the search-range binding rule on ranges built to sit either side 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -11,7 +12,12 @@ from scipy import stats as sps
 
 from kfaclab.analysis import summarize
 from kfaclab.analysis.binding import cell_bindings
-from kfaclab.analysis.claims import evaluate, tied_with
+from kfaclab.analysis.claims import (
+    FULL_SCALE_TRIALS,
+    evaluate,
+    separation_warning,
+    tied_with,
+)
 from kfaclab.analysis.claims_types import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
 from kfaclab.analysis.search import Range
 from kfaclab.analysis.stats import MeanCI, welch
@@ -157,7 +163,13 @@ def test_tied_set_and_separation_warning() -> None:
     assert [c.label for c in tied_with(best, s.fixed)] == ["λ=1e+01"]
     head = evaluate(s).headline
     assert head.tied == ["λ=1e+01"] and "λ=1e+00/λ=1e+01" in head.separation_warning
+    assert "Run a preset with more trials" in head.separation_warning  # 20–30 trials a cell
     assert evaluate(summarize(*build_study(grid()))).headline.separation_warning == ""
+    # The same overlap in a study at the paper's budget: more trials are not the advice.
+    full = [dataclasses.replace(c, n_target=FULL_SCALE_TRIALS) for c in s.fixed]
+    warning = separation_warning(full)
+    assert "λ=1e+00/λ=1e+01" in warning and f"Even at {FULL_SCALE_TRIALS} trials" in warning
+    assert "more trials" not in warning and "reruns" in warning
 
 
 @pytest.mark.parametrize(

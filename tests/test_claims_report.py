@@ -344,3 +344,17 @@ def test_committed_findings_is_what_the_generator_writes() -> None:
     assert (folder / "FINDINGS.md").read_text() == findings_markdown(folder)
     readme = (REPO / "README.md").read_text().splitlines()
     assert any("docs/results/FINDINGS.md" in ln for ln in readme[:25])
+
+
+def test_zero_gradient_caption_names_dead_relus_only_where_there_is_a_relu() -> None:
+    """A deep linear network has no dead units: its exact-zero gradients are the weights of
+    always-blank input pixels, and the caption must not blame ReLUs it does not have."""
+    import dataclasses
+
+    s = summarize(build_study(grid())[0])
+    for activation, relu in (("relu", True), ("identity", False), ("tanh", False)):
+        model = {**s.protocol.get("model", {}), "activation": activation}
+        text = narrative.zero_gradient_causes(
+            dataclasses.replace(s, protocol={**s.protocol, "model": model})
+        )
+        assert "blank" in text and ("ReLU" in text) == relu, (activation, text)

@@ -42,6 +42,11 @@ DIVERGENCE_EXCESS = 0.10
 much. TPE learns to avoid diverging regions, so rates are lower than a random search's; ten points
 more over a few hundred trials is beyond their binomial noise (sd ≈ 3 points at n = 300)."""
 
+FULL_SCALE_TRIALS = 300
+"""The paper's budget per cell. Below it, overlapping neighbours call for a bigger preset; at it,
+more trials of the same search would not help (the top-k is already correlated), so the warning
+points at the reruns and a replication instead."""
+
 UNSTABLE_LOSS_RATIO = 1.5
 """C2: or if its surviving top-k end at ≥ 1.5× the best cell's mean loss (and the intervals
 separate): a λ that trains but ends half again as high has not trained stably. A smaller gap is
@@ -281,7 +286,9 @@ def headline(s: StudySummary) -> Headline:
 
 def separation_warning(fixed: Sequence[CellSummary]) -> str:
     """A warning when neighbouring λ of the grid have overlapping 95% intervals (or too few
-    trials for one): the study is then too small to rank them."""
+    trials for one): the study cannot rank them. Its advice depends on the budget: a study
+    smaller than the paper's is told to run a bigger preset; a full-scale one, that its order is
+    not established at this budget."""
     cells = sorted((c for c in fixed if c.final_loss.n), key=lambda c: c.lam or 0.0)
     pairs = [
         f"{a.label}/{b.label}"
@@ -292,11 +299,20 @@ def separation_warning(fixed: Sequence[CellSummary]) -> str:
     ]
     if not pairs:
         return ""
-    return (
-        "This study is too small to separate neighbouring λ: the 95% intervals of "
+    overlap = (
+        "the 95% intervals of "
         + ", ".join(pairs)
-        + " overlap (or have too few trials), so their order is not established. "
-        "Run a preset with more trials per cell (paper) before reading a ranking."
+        + " overlap (or have too few trials), so their order is not established"
+    )
+    budget = min(c.n_target for c in cells)
+    if budget < FULL_SCALE_TRIALS:
+        return (
+            f"This study is too small to separate neighbouring λ: {overlap}. Run a preset with "
+            "more trials per cell (paper) before reading a ranking."
+        )
+    return (
+        f"Even at {budget} trials a cell, {overlap} by this study; the reruns of each cell's "
+        "best configuration and a replication with another seed are what can order them."
     )
 
 

@@ -82,6 +82,18 @@ def isolation(s: StudySummary) -> str:
     return " ".join(parts)
 
 
+def zero_gradient_causes(s: StudySummary) -> str:
+    """Why gradients are exactly zero, for the study's activation: weights fed by an input that is
+    zero in every example (MNIST's blank border pixels) always; units whose ReLU is inactive on
+    every example only where there is a ReLU."""
+    model = s.protocol.get("model", {})
+    activation = model.get("activation", "relu") if isinstance(model, dict) else "relu"
+    blank = "weights of input pixels that are blank in every example"
+    if activation == "relu":
+        return f"{blank}, and dead ReLU units"
+    return blank
+
+
 def histograms(s: StudySummary) -> str:
     h = s.histograms
     if h is None:
@@ -102,7 +114,7 @@ def histograms(s: StudySummary) -> str:
         if uf and max(uf) > 0.01:
             parts.append(
                 f"At {label}, up to {max(uf):.0%} of a layer's gradients are zero or below "
-                f"1e{h.edges[0]:g} at the last iteration (e.g. dead ReLU units); the "
+                f"1e{h.edges[0]:g} at the last iteration ({zero_gradient_causes(s)}); the "
                 "fractions plotted exclude them."
             )
     parts.extend(h.notes)
