@@ -64,3 +64,17 @@ def test_the_same_protocol_in_two_storages_is_two_studies(tmp_path: Path) -> Non
     _report(tmp_path / "a", tmp_path / "report", runner)
     _report(tmp_path / "b", tmp_path / "report", runner)
     assert len(runner.configs) == 2 * 3 * 3
+
+
+def test_a_moved_study_folder_keeps_its_rerun_cache(tmp_path: Path) -> None:
+    """docs/results in another checkout: the report rebuilt beside the moved study reuses the
+    reruns stored there instead of training them again."""
+    import shutil
+
+    _study(tmp_path / "run", "moved", 1e-3)
+    runner = Runner()
+    _report(tmp_path / "run", tmp_path / "run", runner)
+    assert len(runner.configs) == 3 * 3
+    shutil.copytree(tmp_path / "run", tmp_path / "elsewhere" / "run")
+    _report(tmp_path / "elsewhere" / "run", tmp_path / "elsewhere" / "run", runner)
+    assert len(runner.configs) == 3 * 3  # nothing retrained

@@ -3,8 +3,9 @@
 The best of 300 trials is optimistic twice over: the configuration was chosen on the same seed
 it is scored on. Rerunning it on new seeds shows how much of its loss was luck. Results are
 cached in ``reruns.json`` beside the report, so re-running the report does not retrain (and a
-resumed study with a new best trial does). An entry counts only for the same study (its storage
-identity and protocol name: ``StudySet.identity``), the same trial configuration (every field but
+resumed study with a new best trial does). An entry counts only for the same study (its protocol
+name and first trial's start, not its path, so a moved study folder keeps its cache:
+``StudySet.identity``), the same trial configuration (every field but
 the seed) and the same seeds: two studies reported into one folder, or two cells of the same name
 in two protocols, never see each other's reruns.
 """

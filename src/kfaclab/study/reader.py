@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
@@ -40,8 +41,9 @@ class StudySet:
     protocol: dict[str, Any]  # exactly as loaded from the TOML
     cells: list[CellInfo]
     trials: list[StoredTrial]
-    # Which study this is: the storage's identity and the protocol's name. Caches beside a
-    # report (reruns.json) key on it, so two studies reported into one folder never mix.
+    # Which study this is (study_identity: the protocol's name and its first trial's start, not
+    # the storage's path). Caches beside a report (reruns.json) key on it, so two studies
+    # reported into one folder never mix, and a moved or cloned study folder keeps its cache.
     identity: str = ""
 
     def cell_trials(self, cell: str, state: str | None = "COMPLETE") -> list[StoredTrial]:
@@ -68,8 +70,21 @@ def read_study_set(
         for cell in stored.cells
         for t in sorted(by_cell[cell.name], key=lambda t: t.number)
     ]
-    identity = f"{spec.identity()}#{stored.name}"
-    return StudySet(protocol=stored.raw, cells=stored.cells, trials=trials, identity=identity)
+    started = [t.datetime_start for ts in by_cell.values() for t in ts if t.datetime_start]
+    return StudySet(
+        protocol=stored.raw,
+        cells=stored.cells,
+        trials=trials,
+        identity=study_identity(stored.name, min(started) if started else None),
+    )
+
+
+def study_identity(protocol: str, first_start: datetime | None) -> str:
+    """Which study this is, wherever its storage lies: the protocol's name and the moment its
+    first trial started. A study folder that is moved or cloned (docs/results in another checkout)
+    keeps its identity, so the rerun cache beside its report stays valid; two runs of one protocol
+    (two storages) started at different moments, so they stay apart."""
+    return f"{protocol}@{first_start.isoformat() if first_start else 'no trials'}"
 
 
 def stored_trial(cell: str, trial: FrozenTrial, store: RecordStore | None = None) -> StoredTrial:
