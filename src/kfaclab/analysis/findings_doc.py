@@ -45,7 +45,8 @@ FULL_RUNS: tuple[tuple[str, str], ...] = (
 
 # Readings screened but not run at full scale, and why (the full runs follow the rule:
 # the paper's protocol, the replication, and the two readings whose screening came closest to
-# the paper: paper-linear and paper-b2 put their best λ at the paper's 1e0).
+# the paper in their first screens, with one absolute lr range: paper-linear and paper-b2 put
+# their best λ at the paper's 1e0 there; docs/results/screening/README.md).
 NOT_AT_FULL_SCALE: dict[str, str] = {
     "paper-popular": "screening best λ 1e-2, not the paper's 1e0; its lr binds at the top of "
     "its range, where the KL clip, not lr, sets the step",
