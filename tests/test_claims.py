@@ -210,3 +210,12 @@ def test_binding_checks_the_range_each_cell_was_searched_in(lr_scale: str, binds
     s = summarize(study)
     found = s.bindings.get(s.fixed[0].label, [])
     assert bool([b for b in found if b.param == "lr"]) is binds, found
+
+
+def test_a_grid_of_one_lambda_decides_neither_end_of_the_grid() -> None:
+    """The adaptive protocol has one fixed λ beside its rules: C2 and C3 (the smallest and the
+    largest λ against the best) have nothing to compare, so they are inconclusive, not 'not
+    reproduced' by comparing the cell with itself."""
+    c = claims([CellSpec(1e-3, vals(0.10, 0.01), n_diverged=5), CellSpec(None, vals(0.2, 0.01))])
+    for key in ("C2", "C3"):
+        assert c[key].verdict == INCONCLUSIVE and c[key].reason == "the grid has one λ", key

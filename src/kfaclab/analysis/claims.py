@@ -200,6 +200,10 @@ def _grid_end_and_best(
     if not fixed or best is None:
         claim.finding, claim.reason = f"no {trials} K-FAC trial", "no data"
         return None
+    if len(s.fixed) < 2:  # e.g. the adaptive protocol: one fixed λ beside the rules
+        claim.finding = f"the grid has one fixed λ ({best.label}): no end of it to compare"
+        claim.reason = "the grid has one λ"
+        return None
     edge = end(fixed, key=lambda c: c.lam or 0.0)
     claim.depends_on = sorted({edge.label, best.label})
     return edge, best
