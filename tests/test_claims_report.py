@@ -358,3 +358,23 @@ def test_zero_gradient_caption_names_dead_relus_only_where_there_is_a_relu() -> 
             dataclasses.replace(s, protocol={**s.protocol, "model": model})
         )
         assert "blank" in text and ("ReLU" in text) == relu, (activation, text)
+
+
+def test_adaptive_caption_separates_better_from_tied() -> None:
+    """A rule whose interval lies wholly below the best fixed λ's is better, not 'within its
+    interval'; one whose interval overlaps is tied; one above it is neither."""
+    from types import SimpleNamespace
+
+    from kfaclab.analysis.adaptive import AdaptiveSection, StrategyRow
+    from kfaclab.analysis.stats import MeanCI
+
+    def row(label: str, kind: str, mean: float, half: float) -> StrategyRow:
+        ci = MeanCI(100, mean, 0.1, mean - half, mean + half)
+        return StrategyRow(label, kind, ci, ci, 300, 60.0, 10)
+
+    rows = [row("lm", "adaptive", 0.07, 0.002), row("decay", "adaptive", 0.1, 0.01),
+            row("λ=1e-03", "fixed", 0.105, 0.005), row("trend", "adaptive", 1.5, 0.2)]  # fmt: skip
+    s = SimpleNamespace(adaptive=AdaptiveSection(rows, [], []))
+    text = narrative.adaptive(s)  # type: ignore[arg-type]
+    assert "Better than the best fixed λ without a λ grid (95% intervals separate): lm." in text
+    assert "Tied with it (intervals overlap): decay." in text and "trend" not in text

@@ -260,18 +260,25 @@ def adaptive(s: StudySummary) -> str:
     parts = [f"Best: {top.label} ({top.kind}) at {fmt(top.final_loss.mean)}."]
     fixed = next((r for r in sec.rows if r.kind == "fixed"), None)
     if fixed is not None and math.isfinite(fixed.final_loss.hi):
-        match = [
-            r.label
+        reach = [
+            r
             for r in ranked
             if r.kind == "adaptive"
             and math.isfinite(r.final_loss.lo)
             and r.final_loss.lo <= fixed.final_loss.hi
         ]
-        parts.append(
-            ("Within the best fixed λ's 95% interval without a λ grid: " + ", ".join(match) + ".")
-            if match
-            else "No adaptive rule's interval reaches the best fixed λ's."
-        )
+        better = [r.label for r in reach if r.final_loss.hi < fixed.final_loss.lo]
+        tied = [r.label for r in reach if r.final_loss.hi >= fixed.final_loss.lo]
+        if better:
+            parts.append(
+                "Better than the best fixed λ without a λ grid (95% intervals separate): "
+                + ", ".join(better)
+                + "."
+            )
+        if tied:
+            parts.append("Tied with it (intervals overlap): " + ", ".join(tied) + ".")
+        if not reach:
+            parts.append("No adaptive rule's interval reaches the best fixed λ's.")
         parts.append(
             f"The fixed λ needed {fixed.trials_total} trials "
             f"({fmt(fixed.seconds_total / 60, 2)} min of trial time) across the grid."
