@@ -82,12 +82,15 @@ def _summary(cells: Sequence[RankedCell], fixed: RankedCell) -> list[str]:
     outcomes = _outcomes(cells, fixed)
     groups: dict[str, list[str]] = {}
     for c, v in outcomes:
-        groups.setdefault(v.split(" ")[0], []).append(c.label)
-    parts = [
-        f"{word} it: {', '.join(groups[key])}"
-        for key, word in (("better", "better than"), ("tied", "tied with"), ("worse", "worse than"))
-        if key in groups
-    ]
+        groups.setdefault(v, []).append(c.label)
+    words = (
+        ("better", "better than it"),
+        ("better (top-k only)", "better on the top-k alone (too few finite reruns to check)"),
+        ("tied", "tied with it"),
+        ("worse (top-k only)", "worse on the top-k alone (too few finite reruns to check)"),
+        ("worse", "worse than it"),
+    )
+    parts = [f"{word}: {', '.join(groups[key])}" for key, word in words if key in groups]
     return [
         f"Against the best fixed λ ({fixed.label}, chosen by a grid of {fixed.trials_total} "
         f"trials), each rule searched with one cell's budget is {'; '.join(parts)}. Better or "
