@@ -9,6 +9,8 @@ computed on the CPU before the model moves, a multi-step one follows the model (
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -255,3 +257,58 @@ def test_a_speedup_that_cannot_apply_is_reported(device: torch.device) -> None:
         opt = KFAC(_mlp().to(device), lr=0.1, options=KFACOptions(fisher="mc"), speedups=speedups)
     assert set(opt.speedups) == {"batch_gradients_only"}
     assert not opt.engine.in_effect.from_batch
+
+
+def _deep_mlp() -> nn.Sequential:
+    """Four equally shaped layers (5×6 blocks): the engine preconditions them as one stack."""
+    torch.manual_seed(3)
+    layers: list[nn.Module] = [nn.Linear(5, 5), nn.ReLU()]
+    for _ in range(3):
+        layers += [nn.Linear(5, 5), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(5, 3)).double()
+
+
+def _train_deep(model: nn.Module, opt: KFAC, seeds: range) -> None:
+    for seed in seeds:
+        _step(model, opt, *_data(seed, n=16))
+
+
+def test_a_stacks_momentum_is_one_buffer_and_changes_no_bit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """v ← μv + d on one stacked buffer is the per-layer arithmetic: the same bits as with the
+    stacked path switched off; and after a state_dict round trip (separate tensors) the buffers
+    are stacked again and the run continues bit for bit."""
+
+    def make(model: nn.Module) -> KFAC:
+        return KFAC(model, lr=0.1, damping=0.05, momentum=0.9, options=KFACOptions(inverse_every=3))
+
+    model = _deep_mlp()
+    opt = make(model)
+    _train_deep(model, opt, range(6))
+    stacked = opt.engine.directions.factors.stacks
+    assert stacked and stacked[0][0] == [0, 1, 2, 3]
+    hidden = [opt.engine.layers[i].weight for i in stacked[0][0]]
+    buffers = [opt.state[w]["momentum_buffer"] for w in hidden]
+    assert all(b._base is buffers[0]._base is not None for b in buffers)
+
+    saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    twin = _deep_mlp()
+    twin.load_state_dict(saved_model)
+    twin_opt = make(twin)
+    twin_opt.load_state_dict(saved_opt)
+    _train_deep(model, opt, range(6, 10))
+    _train_deep(twin, twin_opt, range(6, 10))
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        assert_same(p, q)
+    twin_buffers = [twin_opt.state[p]["momentum_buffer"] for p in list(twin.parameters())[0:8:2]]
+    assert all(b._base is twin_buffers[0]._base is not None for b in twin_buffers)
+
+    from kfaclab.optim.engine_directions import DirectionSide
+
+    monkeypatch.setattr(DirectionSide, "_stacked_momentum", lambda self, stacked, mu: set())
+    per_layer = _deep_mlp()
+    per_layer_opt = make(per_layer)
+    _train_deep(per_layer, per_layer_opt, range(10))
+    for p, q in zip(model.parameters(), per_layer.parameters(), strict=True):
+        assert_same(p, q)

@@ -109,7 +109,7 @@ class KFACEngine:
         defer = self.in_effect.deferred_rotation and from_batch and not wants_reduction
         if self.in_effect.deferred_rotation and not defer:
             self.counters["standard_form_steps"] += 1
-        grads, directions, deferred = self.directions.directions(
+        grads, directions, deferred, stacked = self.directions.directions(
             batches, lambdas, weight_decay, from_batch, defer
         )
         if options.kl_clip is not None:
@@ -118,7 +118,8 @@ class KFACEngine:
             if nu < 1.0:
                 self.counters["kl_clip_binds"] += 1
                 directions = [d * nu for d in directions]
-        steps = self.directions.apply(directions, lr, momentum, want_steps=wants_reduction)
+                stacked = []  # the stacks' tensors hold the unclipped directions
+        steps = self.directions.apply(directions, lr, momentum, wants_reduction, stacked)
         fold_now = (t + 1) % options.inverse_every == 0  # the next step inverts
         skip = self.in_effect.skip_weight_grads
         self.directions.apply_deferred(deferred, lr, momentum, fold_now, skip)

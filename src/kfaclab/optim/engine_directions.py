@@ -8,7 +8,7 @@ d = ∇. Momentum is heavy-ball on the direction: v ← μv + d, θ ← θ − �
 
 from __future__ import annotations
 
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any
 
 import torch
@@ -24,6 +24,8 @@ from kfaclab.optim.layer_state import LayerState
 
 Deferred = tuple[torch.Tensor, InactivePart]  # a deferred layer's step: (rotated M, inactive d)
 ParamState = MutableMapping[torch.Tensor, dict[str, Any]]
+# A stack's members (layer indices) and their directions as one (k, out, in+1) tensor.
+StackedDirections = tuple[tuple[int, ...], torch.Tensor]
 
 
 class DirectionSide:
@@ -47,6 +49,9 @@ class DirectionSide:
         self.diagonal_fallbacks = 0
         # Per stack (by its members): where its rows and inputs were found (see AliasMemo).
         self._stack_memos: dict[tuple[int, ...], tuple[AliasMemo, AliasMemo]] = {}
+        self._empty = torch.zeros(0)  # the placeholder of a layer without a direction (read-only)
+        # Per layer: (momentum buffer, its weight view, its bias view), see ``_split``.
+        self._split_views: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
 
     def gradient_block(self, layer: LayerState, batch: LayerCapture) -> torch.Tensor | None:
         """[∇W | ∇b], from the captured batch when no ``.grad`` holds it."""
@@ -89,13 +94,17 @@ class DirectionSide:
         weight_decay: float,
         from_batch: bool,
         defer: bool,
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor], dict[int, Deferred]]:
+    ) -> tuple[
+        list[torch.Tensor], list[torch.Tensor], dict[int, Deferred], list[StackedDirections]
+    ]:
         """Gradients and preconditioned directions: the layers (stacked where possible), then
         the other parameters (d = ∇). A layer without gradient gets empty tensors, and so does
-        a deferred layer, whose (rotated M, inactive part) goes in the third result."""
+        a deferred layer, whose (rotated M, inactive part) goes in the third result. The fourth
+        holds each stack's directions as the one tensor they are views of (for ``apply``)."""
         grads: list[torch.Tensor] = []
         directions: list[torch.Tensor] = []
         deferred: dict[int, Deferred] = {}
+        stacked_directions: list[StackedDirections] = []
         stacked = {i for members, _ in self.factors.stacks for i in members}
         batch_stacks = self._stacked_batch_blocks(batches) if self.grads_from_batches else {}
         known = {
@@ -103,7 +112,7 @@ class DirectionSide:
             for members, blocks in batch_stacks.items()
             for i, block in zip(members, blocks.unbind(0), strict=True)
         }
-        empty = torch.zeros(0)
+        empty = self._empty
         for i, (layer, batch, lam) in enumerate(zip(self.layers, batches, lambdas, strict=True)):
             layer.damping = lam
             if defer:  # without weight decay: the block is the batch's gradient
@@ -142,13 +151,14 @@ class DirectionSide:
             result = stack.precondition(block_stack, [lambdas[i] for i in members])
             for i, direction in zip(members, result.unbind(0), strict=True):
                 directions[i] = direction
+            stacked_directions.append((tuple(members), result))
         for p in self.other_params:
             g = torch.zeros_like(p) if p.grad is None else p.grad
             if weight_decay:
                 g = g + weight_decay * p
             grads.append(g)
             directions.append(g)
-        return grads, directions, deferred
+        return grads, directions, deferred, stacked_directions
 
     def _deferred_direction(
         self, layer: LayerState, batch: LayerCapture, lam: float
@@ -208,11 +218,18 @@ class DirectionSide:
         return inverse.precondition(block)
 
     def apply(
-        self, directions: list[torch.Tensor], lr: float, momentum: float, want_steps: bool
+        self,
+        directions: list[torch.Tensor],
+        lr: float,
+        momentum: float,
+        want_steps: bool,
+        stacked: Sequence[StackedDirections] = (),
     ) -> list[torch.Tensor]:
         """Heavy-ball momentum and the parameter update, as a few multi-tensor (foreach)
         operations; returns the steps δ = −η v aligned with ``directions`` if ``want_steps``
-        (empty tensors where a layer had no gradient), else an empty list."""
+        (empty tensors where a layer had no gradient), else an empty list. ``stacked``: the
+        stacks' directions from ``directions()``, whose momentum then runs on one stacked
+        buffer (two operations per stack instead of two per layer; the same arithmetic)."""
         n_layers = len(self.layers)
         positions = [i for i, d in enumerate(directions) if d.numel()]
         keys = [
@@ -221,9 +238,13 @@ class DirectionSide:
         ]
         velocities = [directions[i] for i in positions]
         if momentum != 0.0:
+            on_stack = self._stacked_momentum(stacked, momentum)
             running, incoming = [], []
             for j, (key, direction) in enumerate(zip(keys, velocities, strict=True)):
                 state = self.param_state[key]
+                if positions[j] in on_stack:
+                    velocities[j] = state["momentum_buffer"]
+                    continue
                 buffer = state.get("momentum_buffer")
                 if buffer is None:  # the first step sets v = d
                     state["momentum_buffer"] = direction.clone()
@@ -242,7 +263,7 @@ class DirectionSide:
                 sources.append(velocity)
                 continue
             layer = self.layers[i]
-            weight_part, bias_part = layer.split_block(velocity)
+            weight_part, bias_part = self._split(i, layer, velocity)
             targets.append(layer.weight)
             sources.append(weight_part)
             if bias_part is not None and layer.bias is not None:
@@ -256,6 +277,45 @@ class DirectionSide:
         for i, velocity in zip(positions, velocities, strict=True):
             steps[i] = velocity * (-lr)
         return steps
+
+    def _split(
+        self, i: int, layer: LayerState, velocity: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``layer.split_block(velocity)``, kept while the velocity is the same tensor (a momentum
+        buffer, updated in place from step to step): its weight and bias views stay valid, and
+        making them anew costs two view operations per layer and step."""
+        held = self._split_views.get(i)
+        if held is not None and held[0] is velocity:
+            return held[1], held[2]
+        weight_part, bias_part = layer.split_block(velocity)
+        if not layer.casts:  # views of the buffer only when no dtype conversion copies them
+            self._split_views[i] = (velocity, weight_part, bias_part)
+        return weight_part, bias_part
+
+    def _stacked_momentum(self, stacked: Sequence[StackedDirections], momentum: float) -> set[int]:
+        """v ← μv + d for each stack at once, on one (k, out, in+1) buffer whose slices are the
+        members' ``momentum_buffer`` (the first step sets it to d; buffers that are not slices
+        of one, e.g. after ``load_state_dict``, are stacked into one first, values unchanged).
+        Returns the layer indices done."""
+        done: set[int] = set()
+        for members, result in stacked:
+            states = [self.param_state[self.layers[i].weight] for i in members]
+            buffers = [state.get("momentum_buffer") for state in states]
+            present = [b for b in buffers if b is not None]
+            if not present:  # the first step: v = d
+                base, in_place = result.clone(), False
+            elif len(present) < len(buffers):
+                continue  # some members have no momentum yet: one layer at a time
+            else:
+                held = _stack_base(present)
+                in_place = held is not None
+                base = held if held is not None else torch.stack(present)
+                base.mul_(momentum).add_(result)
+            if not in_place:
+                for state, view in zip(states, base.unbind(0), strict=True):
+                    state["momentum_buffer"] = view
+            done.update(members)
+        return done
 
     def apply_deferred(
         self,
@@ -316,3 +376,15 @@ def _loss_rows(batch: LayerCapture) -> torch.Tensor | None:
     """O = ∂L/∂s of the training loss: ``loss_grads`` where the capture keeps it apart from the
     factors' rows (the MC Fisher's sampled gradients), else ``output_grads``."""
     return batch.loss_grads if batch.loss_grads is not None else batch.output_grads
+
+
+def _stack_base(views: list[torch.Tensor]) -> torch.Tensor | None:
+    """The (k, …) tensor whose k slices along dimension 0 ``views`` are, in order, or None."""
+    base = views[0]._base
+    if base is None or base.dim() != views[0].dim() + 1 or base.shape[0] != len(views):
+        return None
+    step, start = base.stride(0), base.storage_offset()
+    for j, view in enumerate(views):
+        if view._base is not base or view.storage_offset() != start + j * step:
+            return None
+    return base

@@ -62,6 +62,11 @@ class LayerState:
         return self._linear
 
     @property
+    def casts(self) -> bool:
+        """Whether ``split_block`` converts to the parameters' dtype (a copy, not a view)."""
+        return self._cast
+
+    @property
     def size_a(self) -> int:
         """Rows of A: the layer's inputs (a conv's patch size C·kh·kw), plus one for the bias."""
         return self.weight[0].numel() + (1 if self.has_bias else 0)
