@@ -361,20 +361,30 @@ def test_zero_gradient_caption_names_dead_relus_only_where_there_is_a_relu() -> 
 
 
 def test_adaptive_caption_separates_better_from_tied() -> None:
-    """A rule whose interval lies wholly below the best fixed λ's is better, not 'within its
-    interval'; one whose interval overlaps is tied; one above it is neither."""
+    """The caption's "better" and "tied" are FINDINGS.md's (one test, ``compare_means``): a rule
+    whose Welch interval of the difference lies below 0 is better, even where the two 95%
+    intervals of the means overlap (lm's here); one whose interval contains 0 is tied; one above
+    it is neither."""
     from types import SimpleNamespace
 
     from kfaclab.analysis.adaptive import AdaptiveSection, StrategyRow
-    from kfaclab.analysis.stats import MeanCI
+    from kfaclab.analysis.findings_adaptive import compare
+    from kfaclab.analysis.stats import MeanCI, t_quantile
 
-    def row(label: str, kind: str, mean: float, half: float) -> StrategyRow:
-        ci = MeanCI(100, mean, 0.1, mean - half, mean + half)
-        return StrategyRow(label, kind, ci, ci, 300, 60.0, 10)
+    def ci(mean: float, sd: float, n: int = 100) -> MeanCI:
+        half = t_quantile(0.975, n - 1) * sd / n**0.5
+        return MeanCI(n, mean, sd, mean - half, mean + half)
 
-    rows = [row("lm", "adaptive", 0.07, 0.002), row("decay", "adaptive", 0.1, 0.01),
-            row("λ=1e-03", "fixed", 0.105, 0.005), row("trend", "adaptive", 1.5, 0.2)]  # fmt: skip
+    def row(label: str, kind: str, loss: MeanCI) -> StrategyRow:
+        return StrategyRow(label, kind, loss, loss, 300, 60.0, 10)
+
+    fixed = ci(0.105, 0.05)
+    lm, decay, trend = ci(0.089, 0.05), ci(0.1, 0.05), ci(1.5, 0.2)
+    assert lm.hi > fixed.lo  # the means' intervals overlap, yet the difference's excludes 0
+    rows = [row("lm", "adaptive", lm), row("decay", "adaptive", decay),
+            row("λ=1e-03", "fixed", fixed), row("trend", "adaptive", trend)]  # fmt: skip
     s = SimpleNamespace(adaptive=AdaptiveSection(rows, [], []))
     text = narrative.adaptive(s)  # type: ignore[arg-type]
-    assert "Better than the best fixed λ without a λ grid (95% intervals separate): lm." in text
-    assert "Tied with it (intervals overlap): decay." in text and "trend" not in text
+    assert "difference below 0): lm." in text
+    assert "Tied with it (the interval contains 0): decay." in text and "trend" not in text
+    assert [compare(r, fixed)[0] for r in (lm, decay, trend)] == ["lower", "tied", "higher"]

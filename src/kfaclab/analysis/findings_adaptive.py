@@ -15,22 +15,15 @@ from pathlib import Path
 from kfaclab.analysis.adaptive_io import RankedCell, load_ranking
 from kfaclab.analysis.findings import table_row
 from kfaclab.analysis.numbers import num
-from kfaclab.analysis.stats import MeanCI, welch
-
-LOWER, HIGHER, TIED, UNKNOWN = "lower", "higher", "tied", "unknown"
+from kfaclab.analysis.stats import HIGHER, LOWER, UNKNOWN, MeanCI, compare_means
 
 
 def compare(a: MeanCI, b: MeanCI) -> tuple[str, str]:
     """(a's loss lower / higher / tied with b's / unknown, "difference [lo, hi]")."""
-    d = welch(a, b)
-    if not (math.isfinite(d.lo) and math.isfinite(d.hi)):
+    outcome, d = compare_means(a, b)
+    if outcome == UNKNOWN:
         return UNKNOWN, "—"
-    text = f"{num(d.diff)} [{num(d.lo)}, {num(d.hi)}]"
-    if d.hi < 0:
-        return LOWER, text
-    if d.lo > 0:
-        return HIGHER, text
-    return TIED, text
+    return outcome, f"{num(d.diff)} [{num(d.lo)}, {num(d.hi)}]"
 
 
 def verdict(top_k: str, rerun: str | None) -> str:

@@ -7,6 +7,7 @@ import math
 
 from kfaclab.analysis.cells import CellSummary
 from kfaclab.analysis.numbers import num
+from kfaclab.analysis.stats import LOWER, TIED, compare_means
 from kfaclab.analysis.summaries import StudySummary
 
 
@@ -260,25 +261,22 @@ def adaptive(s: StudySummary) -> str:
     parts = [f"Best: {top.label} ({top.kind}) at {fmt(top.final_loss.mean)}."]
     fixed = next((r for r in sec.rows if r.kind == "fixed"), None)
     if fixed is not None and math.isfinite(fixed.final_loss.hi):
-        reach = [
-            r
+        outcome = {
+            r.label: compare_means(r.final_loss, fixed.final_loss)[0]
             for r in ranked
             if r.kind == "adaptive"
-            and math.isfinite(r.final_loss.lo)
-            and r.final_loss.lo <= fixed.final_loss.hi
-        ]
-        better = [r.label for r in reach if r.final_loss.hi < fixed.final_loss.lo]
-        tied = [r.label for r in reach if r.final_loss.hi >= fixed.final_loss.lo]
+        }
+        better = [label for label, o in outcome.items() if o == LOWER]
+        tied = [label for label, o in outcome.items() if o == TIED]
         if better:
             parts.append(
-                "Better than the best fixed λ without a λ grid (95% intervals separate): "
-                + ", ".join(better)
-                + "."
+                "Better than the best fixed λ without a λ grid (Welch's 95% interval of the "
+                "difference below 0): " + ", ".join(better) + "."
             )
         if tied:
-            parts.append("Tied with it (intervals overlap): " + ", ".join(tied) + ".")
-        if not reach:
-            parts.append("No adaptive rule's interval reaches the best fixed λ's.")
+            parts.append("Tied with it (the interval contains 0): " + ", ".join(tied) + ".")
+        if not better and not tied:
+            parts.append("No adaptive rule reaches the best fixed λ.")
         parts.append(
             f"The fixed λ needed {fixed.trials_total} trials "
             f"({fmt(fixed.seconds_total / 60, 2)} min of trial time) across the grid."

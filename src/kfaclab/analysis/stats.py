@@ -171,6 +171,23 @@ def welch(a: MeanCI, b: MeanCI, level: float = 0.95) -> Difference:
     return Difference(diff, diff - half, diff + half)
 
 
+LOWER, HIGHER, TIED, UNKNOWN = "lower", "higher", "tied", "unknown"
+
+
+def compare_means(a: MeanCI, b: MeanCI) -> tuple[str, Difference]:
+    """Is a's mean lower than, higher than or tied with b's (Welch's 95% interval of a − b below,
+    above or around 0), or unknown (an interval that cannot be formed)? The one test of "better"
+    for two top-k means: the report's adaptive caption and FINDINGS.md's adaptive section."""
+    d = welch(a, b)
+    if not (math.isfinite(d.lo) and math.isfinite(d.hi)):
+        return UNKNOWN, d
+    if d.hi < 0:
+        return LOWER, d
+    if d.lo > 0:
+        return HIGHER, d
+    return TIED, d
+
+
 def bootstrap_median_diff(
     a: np.ndarray, b: np.ndarray, rng: np.random.Generator, n_boot: int, level: float = 0.95
 ) -> Difference:
