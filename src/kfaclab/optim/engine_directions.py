@@ -19,7 +19,7 @@ from kfaclab.curvature.factored import FactoredInverse
 from kfaclab.optim.capture import LayerCapture
 from kfaclab.optim.deferred import DeferredLayers, InactivePart, batch_weight_grad
 from kfaclab.optim.engine_factors import FactorSide
-from kfaclab.optim.factors import AliasMemo, stack_views, stacked_view
+from kfaclab.optim.factors import AliasMemo, stack_of, stack_views, stacked_view
 from kfaclab.optim.layer_state import LayerState
 
 Deferred = tuple[torch.Tensor, InactivePart]  # a deferred layer's step: (rotated M, inactive d)
@@ -51,6 +51,8 @@ class DirectionSide:
         self._stack_memos: dict[tuple[int, ...], tuple[AliasMemo, AliasMemo]] = {}
         self._empty = torch.zeros(0)  # the placeholder of a layer without a direction (read-only)
         # Per layer: (momentum buffer, its weight view, its bias view), see ``_split``.
+        # Per stack (by its members): the stacked momentum buffer its members' buffers slice.
+        self._momentum_memos: dict[tuple[int, ...], AliasMemo] = {}
         self._split_views: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
 
     def gradient_block(self, layer: LayerState, batch: LayerCapture) -> torch.Tensor | None:
@@ -307,7 +309,10 @@ class DirectionSide:
             elif len(present) < len(buffers):
                 continue  # some members have no momentum yet: one layer at a time
             else:
-                held = _stack_base(present)
+                memo = self._momentum_memos.get(members)
+                if memo is None:
+                    memo = self._momentum_memos[members] = AliasMemo(stack_of)
+                held = memo(present)
                 in_place = held is not None
                 base = held if held is not None else torch.stack(present)
                 base.mul_(momentum).add_(result)
@@ -376,15 +381,3 @@ def _loss_rows(batch: LayerCapture) -> torch.Tensor | None:
     """O = ∂L/∂s of the training loss: ``loss_grads`` where the capture keeps it apart from the
     factors' rows (the MC Fisher's sampled gradients), else ``output_grads``."""
     return batch.loss_grads if batch.loss_grads is not None else batch.output_grads
-
-
-def _stack_base(views: list[torch.Tensor]) -> torch.Tensor | None:
-    """The (k, …) tensor whose k slices along dimension 0 ``views`` are, in order, or None."""
-    base = views[0]._base
-    if base is None or base.dim() != views[0].dim() + 1 or base.shape[0] != len(views):
-        return None
-    step, start = base.stride(0), base.storage_offset()
-    for j, view in enumerate(views):
-        if view._base is not base or view.storage_offset() != start + j * step:
-            return None
-    return base

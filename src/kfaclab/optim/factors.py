@@ -127,7 +127,8 @@ def update_stacked(
 
 
 def stack_of(views: Sequence[torch.Tensor]) -> torch.Tensor | None:
-    """The (k, d, d) tensor whose k slices ``views`` are, in order, or None."""
+    """The (k, m, n) tensor whose k slices ``views`` are, in order, or None (a stack's running
+    factors, or its momentum buffers)."""
     base = views[0]._base
     if base is None or base.dim() != 3 or base.shape[0] != len(views):
         return None
