@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _trained import DAMPING, LR, require_trained
 from kfaclab import KFAC, KFACOptions
 from kfaclab.choices import CONV_APPROXIMATIONS, DAMPING_FORMS
 from kfaclab.data import load_dataset
@@ -35,11 +36,6 @@ from kfaclab.models import build_cnn
 
 BATCH = 128
 CONV_LAYERS = ("conv1", "conv2")
-# K-FAC's lr and λ: a run that trains over the timed steps. lr 0.05 with λ = 1e-2 diverges on
-# Fashion-MNIST within 30 steps; its decompositions of NaN factors then fail at once, which times
-# a cheaper step than K-FAC's (``time_steps`` refuses such a run). The cost of a step does not
-# depend on λ.
-LR, DAMPING = 0.02, 0.1
 
 
 def load_batches(n: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -95,12 +91,7 @@ def time_steps(
         loss = one(x, y)
     _synchronize(device)
     seconds = (time.perf_counter() - start) / (len(batches) - warmup)
-    failures = opt.counters["decomposition_failures"] if isinstance(opt, KFAC) else 0
-    if failures or not torch.isfinite(loss):
-        raise SystemExit(
-            f"bench_cnn_step: {type(opt).__name__} diverged (last loss {float(loss):.3g}, "
-            f"{failures:g} failed decompositions): its timing would not be of a K-FAC step"
-        )
+    require_trained("bench_cnn_step", opt, loss)
     return seconds
 
 

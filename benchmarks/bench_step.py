@@ -40,17 +40,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from _data import mnist_dir
+from _trained import DAMPING, LR, require_trained
 from kfaclab import KFAC
 from kfaclab.optim import InputStreamCache, KFACOptions, Speedups
 from minimal_kfac import MinimalKFAC
 
 SIZES = [784, 100, 100, 100, 100, 100, 10]
 BATCH = 128
-# K-FAC's lr and λ: a run that trains on both inputs over the timed steps. lr 0.05 with λ = 1e-2
-# diverges on MNIST within 10 steps; its decompositions of NaN factors then fail at once, which
-# times a cheaper step than K-FAC's (``time_steps`` refuses such a run). The cost of a step does
-# not depend on λ.
-LR, DAMPING = 0.02, 0.1
 
 
 def build_model(seed: int = 0) -> nn.Sequential:
@@ -110,12 +106,7 @@ def time_steps(
     for x, y in batches[warmup:]:
         loss = one(x, y)
     seconds = (time.perf_counter() - start) / (len(batches) - warmup)
-    failures = opt.counters["decomposition_failures"] if is_kfac else 0
-    if failures or not torch.isfinite(loss):
-        raise SystemExit(
-            f"bench_step: {type(opt).__name__} diverged (last loss {float(loss):.3g}, "
-            f"{failures:g} failed decompositions): its timing would not be of a K-FAC step"
-        )
+    require_trained("bench_step", opt, loss)
     return seconds
 
 
