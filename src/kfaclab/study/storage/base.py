@@ -56,7 +56,8 @@ class Storage(ABC):
     @abstractmethod
     def identity(self) -> str:
         """A stable, password-free name of this storage (absolute paths, host/port/database),
-        the same from any working folder: what caches key on."""
+        the same from any working folder. Not what the rerun cache keys on: that is the study
+        (``study.reader.study_identity``), so a moved study folder keeps its cache."""
 
     @abstractmethod
     def exists(self) -> bool:
