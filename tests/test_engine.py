@@ -191,10 +191,11 @@ def test_many_backward_passes_without_a_step_warn_once(device: torch.device) -> 
 def test_a_layer_applied_twice_in_one_graph_is_refused(device: torch.device) -> None:
     layer = nn.Linear(4, 4).double().to(device)
     model = nn.Sequential(layer, nn.Tanh(), layer)
-    make_kfac(model, lr=0.1, damping=0.1)
+    opt = make_kfac(model, lr=0.1, damping=0.1)  # held: a collected optimizer's hooks are gone
     x = torch.randn(6, 4, dtype=torch.float64, device=device)
     with pytest.raises(ValueError, match=r"layer '0' was applied more than once in one graph"):
         model(x).pow(2).sum().backward()
+    del opt
 
 
 def test_a_forward_that_is_never_backpropagated_does_not_enter_the_factors(
@@ -234,9 +235,10 @@ def test_a_state_dict_of_another_width_is_refused_before_anything_changes(
 
 def test_an_empty_batch_is_refused_by_name(device: torch.device) -> None:
     model = _mlp().to(device)
-    make_kfac(model, lr=0.1)
+    opt = make_kfac(model, lr=0.1)  # held: a collected optimizer's hooks are gone
     with pytest.raises(ValueError, match=r"layer '0' got an empty batch of shape \(0, 5\)"):
         model(torch.zeros(0, 5, dtype=torch.float64, device=device))
+    del opt
 
 
 def _with_norm() -> nn.Sequential:

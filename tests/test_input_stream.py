@@ -55,7 +55,7 @@ def _run(batches: Batches, cache: InputStreamCache | None, **kwargs: Any) -> lis
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step(lambda x=x, y=y: F.cross_entropy(model(x), y), loss=loss)
+        opt.step(loss=loss, loss_closure=lambda x=x, y=y: F.cross_entropy(model(x), y))
     state = opt.state_dict()["kfac"]["layers"][0]
     return [p.detach().clone() for p in model.parameters()] + [state["factor_a"]]
 

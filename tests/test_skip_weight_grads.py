@@ -59,7 +59,7 @@ def _train(batches: Batches, cache: InputStreamCache, **options: Any) -> tuple[n
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step(lambda x=x, y=y: F.cross_entropy(model(x), y), loss=loss)
+        opt.step(loss=loss, loss_closure=lambda x=x, y=y: F.cross_entropy(model(x), y))
     return model, opt
 
 

@@ -70,7 +70,7 @@ def finite(x: float | None) -> TypeGuard[float]:
 def warn_missing_loss(kind: str, what: str) -> None:
     """Once per strategy instance (callers keep the flag): a rule fed no losses is a usage bug."""
     warnings.warn(
-        f"{kind} damping got no {what}; pass step(loss=...) (and a closure where required) "
+        f"{kind} damping got no {what}; pass step(loss=...) (and loss_closure= where required) "
         "so it can adapt",
         RuntimeWarning,
         stacklevel=3,

@@ -59,8 +59,12 @@ class Damping(ABC):
 
     #: True if the strategy needs the loss of the same minibatch after the update, which costs
     #: one extra forward pass on the steps where ``wants_model_reduction`` is true. The optimizer
-    #: then requires ``step(closure)`` with a closure that returns that loss.
+    #: then requires ``step(loss_closure=...)``, an evaluation closure that returns that loss.
     needs_loss_after_step: bool = False
+
+    #: True if the strategy reads ``StepOutcome.loss_before``: ``KFAC.step`` then refuses a step
+    #: without ``loss=`` (or a closure that returns it) at once, instead of a silent bad λ.
+    needs_loss: bool = False
 
     @abstractmethod
     def value(self) -> float:

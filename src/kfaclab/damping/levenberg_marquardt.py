@@ -45,8 +45,8 @@ class LevenbergMarquardt(MultiplicativeRule):
     ``source`` chooses where h(θ+δ) comes from:
 
     - ``"same_batch"`` (Martens & Grosse): the optimizer re-evaluates the same minibatch after
-      the update through the closure. Cost: one extra forward pass every T steps, plus the model
-      reduction (a few matmuls) on those steps. ρ compares like with like.
+      the update through ``KFAC.step``'s ``loss_closure``. Cost: one extra forward pass every
+      T steps, plus the model reduction (a few matmuls) on those steps. ρ compares like with like.
     - ``"next_batch"``: no extra pass. The ``loss_before`` that the next step reports (the next
       minibatch at θ+δ) stands in for h(θ+δ). Cost: the model reduction every T steps only.
       Trade-off: the difference of two different minibatches' losses carries their sampling
@@ -61,6 +61,7 @@ class LevenbergMarquardt(MultiplicativeRule):
     # Class-level default is the conservative one (a class-level reader would supply a
     # closure); each instance overrides it from ``source``.
     needs_loss_after_step: bool = True
+    needs_loss = True
 
     def __init__(
         self,

@@ -52,6 +52,7 @@ class LossTrend(MultiplicativeRule):
     """
 
     KIND: ClassVar[str] = "loss_trend"
+    needs_loss = True
 
     def __init__(
         self,

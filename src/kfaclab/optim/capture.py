@@ -8,7 +8,9 @@ is back-propagated. For the Monte-Carlo Fisher the output tensor itself is kept 
 
 Each (input, output gradient) pair whose backward arrived since the last step is kept, and the
 step uses all of them, concatenated: several backward passes before one ``step()`` (gradient
-accumulation over micro-batches) give the factors of the concatenated batch. A forward that is
+accumulation over micro-batches) give the factors of the concatenated batch, and
+``KFAC.zero_grad()`` discards them with the gradients (a skipped step leaves nothing behind);
+rows that are not finite are dropped before they reach a factor. A forward that is
 never back-propagated (a side computation) contributes nothing. A layer applied twice in one
 graph (weight sharing) is refused when its first application's gradient arrives: its K-FAC
 factors would need the weight-sharing ("expand"/"reduce") treatment, which Linear layers here do
@@ -66,12 +68,26 @@ class LayerCapture:
     sampled: bool = False  # the pairs hold the MC Fisher's per-example (sum) gradients
 
     def clear(self) -> None:
-        self.inputs = self.output_grads = self.outputs = self.loss_grads = None
+        self.discard()
+        self.outputs = None
+        self.latest = None
+
+    def discard(self) -> None:
+        """Forget every backward pass (and MC sample) received since the last step, keeping the
+        latest forward's inputs: ``zero_grad()`` between a forward and its backward is common."""
+        self.inputs = self.output_grads = self.loss_grads = None
         self.inputs_with_ones = None
         self.grad_scale = None
-        self.latest = None
         self.sampled = False
         self.pairs.clear()
+
+    def is_finite(self) -> bool:
+        """Whether the collected rows are finite. A non-finite entry makes its row sum
+        non-finite; a finite row set whose sum overflows has an entry above 3.4e38 / N, whose
+        square overflows the factor anyway, so one reduction per tensor decides."""
+        return all(
+            bool(torch.isfinite(t.sum())) for t in (self.inputs, self.output_grads) if t is not None
+        )
 
     def receive(self, forward: int, grads: torch.Tensor) -> None:
         """The output gradient of forward number ``forward`` arrived (a backward pass)."""
@@ -143,6 +159,39 @@ class Capture:
     def clear(self) -> None:
         for layer in self.layers:
             layer.clear()
+
+    def discard(self) -> None:
+        """What ``zero_grad()`` does to the captures: see ``LayerCapture.discard``."""
+        for layer in self.layers:
+            layer.discard()
+
+    def drop_non_finite(self) -> list[str]:
+        """Drop the collected rows of every layer whose rows are not finite (a NaN input, an
+        overflowing loss scale): they would poison the running factors for good. Returns the
+        layers' names."""
+        rows = [t for layer in self.layers for t in (layer.inputs, layer.output_grads)]
+        present = [t for t in rows if t is not None]
+        if not present:
+            return []
+        if len({t.dtype for t in present}) == 1:  # the usual case: one host sync for all layers
+            sums = torch.stack([t.sum() for t in present])
+            if bool(torch.isfinite(sums).all()):
+                return []
+        dropped = [layer for layer in self.layers if not layer.is_finite()]
+        for layer in dropped:
+            layer.discard()
+        return [layer.name for layer in dropped]
+
+    def unscale(self, scale: float) -> None:
+        """Divide the training loss's captured ∂L/∂s by a GradScaler's loss scale ``scale``, as
+        ``scaler.unscale_`` divides ``.grad``: on the rows themselves, so that their Gram matrix
+        cannot overflow (exact for GradScaler's power-of-two scales: the factors are those of an
+        unscaled run to the bit). The MC Fisher's sampled gradients come from an unscaled loss."""
+        if scale == 1.0:
+            return
+        for layer in self.layers:
+            if layer.output_grads is not None and not layer.sampled:
+                layer.output_grads = layer.output_grads / scale
 
     def _forward_hook(
         self, layer: LayerCapture

@@ -18,6 +18,7 @@ One step t (0-based):
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -27,10 +28,12 @@ import torch
 from kfaclab.curvature.decompose import FallbackCounter
 from kfaclab.curvature.diagnostics import layer_diagnostics
 from kfaclab.damping.base import Damping, LayerSpectrum, StepOutcome
+from kfaclab.errors import UsageError
 from kfaclab.optim import functional as fn
 from kfaclab.optim.capture import LayerCapture
 from kfaclab.optim.engine_directions import DirectionSide, ParamState
 from kfaclab.optim.engine_factors import FactorSide
+from kfaclab.optim.groups import PerItem, apply_per_item
 from kfaclab.optim.layer_state import LayerState
 from kfaclab.optim.options import KFACOptions, Speedups, resolve_speedups
 
@@ -91,38 +94,52 @@ class KFACEngine:
         weight_decay: float = 0.0,
         loss: float | None = None,
         closure: LossClosure | None = None,
+        *,
+        per_item: PerItem | None = None,
     ) -> None:
-        """One K-FAC step from this step's captures (and ``.grad`` where the backend has it)."""
+        """One K-FAC step from this step's captures (and ``.grad`` where the backend has it).
+
+        ``per_item``: lr, momentum and weight decay of each layer and other parameter, when they
+        differ (parameter groups); then ``lr``, ``momentum`` and ``weight_decay`` are unused."""
         t, options = self.step_count, self.options
         factor_step = self.factor_step
         if factor_step:
             updated = self.factors.update(batches)
             self.counters["factor_updates" if updated else "steps_without_capture"] += 1
-        if t % options.inverse_every == 0 or any(lay.inverse is None for lay in self.layers):
+        if t % options.inverse_every == 0 or any(lay.needs_inverse for lay in self.layers):
             self.directions.materialize()  # pending rotations refer to the bases being replaced
-            self.factors.invert(self.damping)
-            self.counters["inversions"] += 1
+            if self.factors.invert(self.damping):  # counted only if a layer had factors
+                self.counters["inversions"] += 1
         lambdas = self.damping.layer_values(self.factors.spectra)
         wants_reduction = self.damping.wants_model_reduction(t)
+        decays = weight_decay if per_item is None else per_item.weight_decays
+        any_decay = bool(weight_decay) if per_item is None else any(per_item.weight_decays)
         # The shared batch projections exist for the stream's updates, i.e. the factor steps.
-        from_batch = self.in_effect.from_batch and not weight_decay and factor_step
+        from_batch = self.in_effect.from_batch and not any_decay and factor_step
         defer = self.in_effect.deferred_rotation and from_batch and not wants_reduction
         if self.in_effect.deferred_rotation and not defer:
             self.counters["standard_form_steps"] += 1
         grads, directions, deferred, stacked = self.directions.directions(
-            batches, lambdas, weight_decay, from_batch, defer
+            batches, lambdas, decays, from_batch, defer
         )
         if options.kl_clip is not None:
-            nu = fn.kl_clip_factor(directions, grads, lr, options.kl_clip)
+            lrs = lr if per_item is None else per_item.lrs
+            nu = fn.kl_clip_factor(directions, grads, lrs, options.kl_clip)
             self.counters["kl_clip_last_factor"] = nu
             if nu < 1.0:
                 self.counters["kl_clip_binds"] += 1
                 directions = [d * nu for d in directions]
                 stacked = []  # the stacks' tensors hold the unclipped directions
-        steps = self.directions.apply(directions, lr, momentum, wants_reduction, stacked)
         fold_now = (t + 1) % options.inverse_every == 0  # the next step inverts
         skip = self.in_effect.skip_weight_grads
-        self.directions.apply_deferred(deferred, lr, momentum, fold_now, skip)
+        if per_item is None:
+            steps = self.directions.apply(directions, lr, momentum, wants_reduction, stacked)
+            self.directions.apply_deferred(deferred, lr, momentum, fold_now, skip)
+        else:
+            lrs, momenta = per_item.lrs, per_item.momenta
+            steps = apply_per_item(self.directions, directions, lrs, momenta, wants_reduction)
+            for i, one in deferred.items():
+                self.directions.apply_deferred({i: one}, lrs[i], momenta[i], fold_now, skip)
         outcome = StepOutcome(step=t, loss_before=loss)
         if wants_reduction:
             outcome = self._with_model_reduction(outcome, batches, steps, lambdas, closure)
@@ -215,6 +232,7 @@ class KFACEngine:
             "step": self.step_count,
             "layers": [layer.to_state() for layer in self.layers],
             "damping": self.damping.state_dict(),
+            "damping_kind": type(self.damping).__name__,
             "counters": dict(self.counters),
             "diagonal_fallback_steps": self.directions.diagonal_fallbacks,
             "spectra": [s.mean_eigenvalue for s in self.factors.spectra],
@@ -223,11 +241,12 @@ class KFACEngine:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if len(state["layers"]) != len(self.layers):
-            raise ValueError(
+            raise UsageError(
                 f"state_dict must have {len(self.layers)} layers, got {len(state['layers'])}"
             )
         for layer, layer_state in zip(self.layers, state["layers"], strict=True):
             layer.check_state(layer_state)
+        self._check_damping_state(state)
         for layer, layer_state in zip(self.layers, state["layers"], strict=True):
             layer.load_state(layer_state)
         self.factors.streams.detach_all()
@@ -248,6 +267,23 @@ class KFACEngine:
             fallbacks["decomposition_failures"],
         )
         self.factors.spectrum_cache.clear()
+
+    def _check_damping_state(self, state: dict[str, Any]) -> None:
+        """Refuse another strategy's state in one line, before anything is changed."""
+        mine = type(self.damping).__name__
+        saved = state.get("damping_kind")
+        if saved is not None and saved != mine:
+            raise UsageError(
+                f"state_dict damping must be the state of this optimizer's {mine} strategy, "
+                f"got a {saved} state"
+            )
+        try:  # states saved before the kind was recorded: try it on a copy
+            copy.deepcopy(self.damping).load_state_dict(state["damping"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise UsageError(
+                f"state_dict damping must be the state of this optimizer's {mine} strategy, "
+                f"got one it cannot read ({type(error).__name__}: {error})"
+            ) from None
 
 
 def as_float(value: torch.Tensor | float | None) -> float | None:

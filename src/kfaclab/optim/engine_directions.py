@@ -93,7 +93,7 @@ class DirectionSide:
         self,
         batches: list[LayerCapture],
         lambdas: list[float],
-        weight_decay: float,
+        weight_decay: float | Sequence[float],
         from_batch: bool,
         defer: bool,
     ) -> tuple[
@@ -102,7 +102,9 @@ class DirectionSide:
         """Gradients and preconditioned directions: the layers (stacked where possible), then
         the other parameters (d = ∇). A layer without gradient gets empty tensors, and so does
         a deferred layer, whose (rotated M, inactive part) goes in the third result. The fourth
-        holds each stack's directions as the one tensor they are views of (for ``apply``)."""
+        holds each stack's directions as the one tensor they are views of (for ``apply``).
+        ``weight_decay``: one coefficient, or one per layer and other parameter."""
+        decays = _per_item(weight_decay, len(self.layers) + len(self.other_params))
         grads: list[torch.Tensor] = []
         directions: list[torch.Tensor] = []
         deferred: dict[int, Deferred] = {}
@@ -131,8 +133,8 @@ class DirectionSide:
                 grads.append(empty)
                 directions.append(empty)
                 continue
-            if weight_decay:
-                block = block + weight_decay * layer.parameter_block()
+            if decays[i]:  # before the block is recorded: stacks and KL clipping read grads
+                block = block + decays[i] * layer.parameter_block()
             grads.append(block)
             if layer.name in self.deferred.pending:  # not deferred this step: standard form
                 self.deferred.materialize(layer, self.param_state[layer.weight])
@@ -148,16 +150,17 @@ class DirectionSide:
                         directions[i] = self.precondition(self.layers[i], grads[i], lambdas[i])
                 continue
             # The batch's own stacked product when the blocks are it (no weight decay added).
-            whole = None if weight_decay else batch_stacks.get(tuple(members))
+            whole = None if any(decays) else batch_stacks.get(tuple(members))
             block_stack = stack_views(blocks) if whole is None else whole
             result = stack.precondition(block_stack, [lambdas[i] for i in members])
             for i, direction in zip(members, result.unbind(0), strict=True):
                 directions[i] = direction
             stacked_directions.append((tuple(members), result))
-        for p in self.other_params:
+        for j, p in enumerate(self.other_params):
             g = torch.zeros_like(p) if p.grad is None else p.grad
-            if weight_decay:
-                g = g + weight_decay * p
+            decay = decays[len(self.layers) + j]
+            if decay:
+                g = g + decay * p
             grads.append(g)
             directions.append(g)
         return grads, directions, deferred, stacked_directions
@@ -196,9 +199,13 @@ class DirectionSide:
     ) -> torch.Tensor:
         """d for one layer; ``batch``: this step's capture when block is its batch gradient."""
         inverse = layer.inverse
+        if layer.plain:
+            return block  # no capture ever reached it: the plain gradient, and it is named
         if inverse is None:
             if layer.factor_a is None or layer.factor_g is None:
-                return block / lam  # no curvature at all yet (nothing captured): F̂ = 0
+                # Nothing captured yet. (F̂ + λI)⁻¹∇ with F̂ = 0 would be ∇/λ, a step 1/λ times
+                # the gradient's; the plain gradient is what every other uncaptured parameter gets.
+                return block
             # The first factorisation failed: the diagonal of G⊗A, exactly damped, until a later
             # inversion succeeds (counted).
             self.diagonal_fallbacks += 1
@@ -361,6 +368,10 @@ class DirectionSide:
         projected = self.factors.streams.next_batch_projection(layer, inputs, pending.basis.a)
         correction = pending.correction(projected)
         return lambda output: output - correction.reshape(output.shape)
+
+
+def _per_item(value: float | Sequence[float], n: int) -> Sequence[float]:
+    return [value] * n if isinstance(value, int | float) else value
 
 
 def _batch_rows(

@@ -132,9 +132,10 @@ class FactorSide:
 
     # --- inversions -----------------------------------------------------------------------------
 
-    def invert(self, damping: Damping) -> None:
+    def invert(self, damping: Damping) -> bool:
         """New eigenbases (exact) or damped inverses (factored) for every layer with factors; a
-        layer whose factorisation fails keeps its previous one (see ``curvature.decompose``)."""
+        layer whose factorisation fails keeps its previous one (see ``curvature.decompose``).
+        Returns whether any layer had factors to decompose."""
         self.spectrum_cache.clear()
         for layer in self.layers:
             self.streams.prepare_inversion(layer)
@@ -142,9 +143,11 @@ class FactorSide:
         exact = self.options.damping_form == "exact"
         lambdas = None if exact else damping.layer_values(self.spectra)
         floor = self.options.eigen_floor
+        decomposed = False
         for i, layer in enumerate(self.layers):
-            if layer.factor_a is None or layer.factor_g is None:
+            if layer.factor_a is None or layer.factor_g is None or layer.plain:
                 continue
+            decomposed = True
             if exact:
                 eig_a = self.streams.eigen(layer, self.fallbacks)
                 eig_g = eigen_of_factor(layer.factor_g, self.fallbacks)
@@ -163,9 +166,10 @@ class FactorSide:
                 if inverse is not None:
                     layer.inverse = inverse
         self.restack()
+        return decomposed
 
     def restack(self) -> None:
-        inverses = [layer.inverse for layer in self.layers]
+        inverses = [None if layer.plain else layer.inverse for layer in self.layers]
         self.stacks = []
         for members in stackable_groups(inverses):
             exact = [inv for inv in (inverses[i] for i in members) if isinstance(inv, ExactInverse)]

@@ -12,16 +12,25 @@ import torch
 
 
 def kl_clip_factor(
-    directions: Sequence[torch.Tensor], gradients: Sequence[torch.Tensor], lr: float, kl_clip: float
+    directions: Sequence[torch.Tensor],
+    gradients: Sequence[torch.Tensor],
+    lr: float | Sequence[float],
+    kl_clip: float,
 ) -> float:
     """ν = min(1, sqrt(c / (η² Σ dᵀ∇))), the usual K-FAC KL clipping (Ba et al. 2017).
 
     η² dᵀ∇ estimates the KL divergence between the predictive distributions before and after the
     step; ν scales the direction so the estimate stays below ``kl_clip``. A non-positive or
-    non-finite estimate (not a descent direction) leaves the step unscaled.
+    non-finite estimate (not a descent direction) leaves the step unscaled. ``lr``: one η, or
+    one per direction (parameter groups): then the estimate is Σ ηᵢ² dᵢᵀ∇ᵢ.
     """
-    total = sum(float((d * g).sum()) for d, g in zip(directions, gradients, strict=True))
-    estimate = lr * lr * total
+    pairs = zip(directions, gradients, strict=True)
+    if isinstance(lr, Sequence):
+        per_item = zip(lr, pairs, strict=True)
+        estimate = sum(eta * eta * float((d * g).sum()) for eta, (d, g) in per_item)
+    else:
+        total = sum(float((d * g).sum()) for d, g in pairs)
+        estimate = lr * lr * total
     if not (estimate > 0 and math.isfinite(estimate)):
         return 1.0
     return min(1.0, math.sqrt(kl_clip / estimate))

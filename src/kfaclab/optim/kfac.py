@@ -1,55 +1,75 @@
-"""``KFAC``: a torch.optim.Optimizer that preconditions nn.Linear layers with Kronecker factors.
+"""``KFAC``: a torch.optim.Optimizer that preconditions nn.Linear and nn.Conv2d layers with
+Kronecker factors.
 
 The class is the autograd-hook capture backend of the one engine (``kfaclab.optim.engine``):
 hooks capture each layer's inputs and output gradients, ``step`` hands them to the engine, which
 does all of K-FAC's mathematics. What λ means is fixed by docs/interfaces.md and the README:
 
-* per nn.Linear layer, the block of [W | b] has curvature G⊗A with A = (1/N)Σ āᵢāᵢᵀ (ā = [a; 1])
+* per layer, the block of [W | b] has curvature G⊗A with A = (1/N)Σ āᵢāᵢᵀ (ā = [a; 1])
   and G = (1/N)Σ gᵢgᵢᵀ, gᵢ = ∂ℓᵢ/∂sᵢ the per-example output gradient (independent of the loss's
-  reduction: ``KFACOptions.loss_reduction`` tells how to undo it);
+  reduction: ``KFACOptions.loss_reduction`` tells how to undo it); an nn.Conv2d's weight is read
+  as the matrix (out, in·kh·kw) (``kfaclab.optim.conv``);
 * ``damping_form="exact"``: d = (G⊗A + λI)⁻¹∇ in the eigenbases of A and G;
   ``"factored"``: d = (G + √λ/π I)⁻¹ ∇ (A + π√λ I)⁻¹, π from the traces (Martens & Grosse);
 * momentum is heavy-ball on the preconditioned direction: v ← μv + d, θ ← θ − ηv;
-* every other parameter (not in an nn.Linear) gets d = ∇ with the same lr and momentum; they are
-  named once in a warning (``unpreconditioned="error"`` refuses them instead).
+* every other parameter gets d = ∇ with its group's lr and momentum, and is named once in a
+  warning (``unpreconditioned="error"`` refuses them instead): parameters outside nn.Linear and
+  nn.Conv2d layers, layers whose weights are tied to another module's, nn.MultiheadAttention's
+  ``out_proj`` (its forward never runs), and any layer whose forward hook never saw a batch.
 
 Typical loop (empirical Fisher)::
 
     opt = KFAC(model, lr=0.05, damping=1e-2, momentum=0.9)
     for x, y in batches:
         loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()               # also forgets captures of a batch whose step was skipped
         loss.backward()
-        opt.step(loss=loss)          # `loss=` lets damping strategies see the minibatch loss
+        opt.step(loss=loss)           # `loss=` lets damping strategies see the minibatch loss
+
+torch's closure form works too: ``opt.step(closure)`` calls the closure (zero_grad, forward,
+backward, return the loss) with gradients enabled and returns its loss.
+
+Parameter groups: ``KFAC(model, lr, params=[{"params": ..., "lr": ...}, ...])`` as torch's
+optimizers take them; each group's lr, momentum and weight decay apply to its parameters. A
+layer's weight and bias must be in one group. ``add_param_group`` accepts parameters outside the
+model's nn.Linear / nn.Conv2d layers (they get the plain gradient) and refuses those layers'.
 
 Monte-Carlo Fisher (``KFACOptions(fisher="mc")``): after the forward pass and before
 ``loss.backward()`` call ``opt.sample_fisher(logits)``: it samples ŷ ~ p(y|x) once per example and
-back-propagates the sampled loss to the layer outputs only (no parameter gradients).
+back-propagates the sampled loss to the layer outputs only (no parameter gradients). A factor step
+without it is refused.
 
 Levenberg–Marquardt damping on the same batch needs the loss after the step: pass an *evaluation*
-closure that returns the current minibatch's loss at the current parameters (no backward; it is
-called under ``torch.no_grad()``, only on the steps where the strategy updates λ)::
+closure as ``loss_closure`` that returns the current minibatch's loss at the current parameters
+(no backward; it is called under ``torch.no_grad()``, only on the steps where the strategy
+updates λ)::
 
-    opt.step(lambda: F.cross_entropy(model(x), y), loss=loss)
+    opt.step(loss=loss, loss_closure=lambda: F.cross_entropy(model(x), y))
+
+(``opt.step(closure, loss=loss)``, the form before 0.2, reads ``closure`` as that evaluation
+closure, with a DeprecationWarning.)
+Mixed precision with ``torch.amp.GradScaler``: pass ``grad_scaler=scaler``; the captured output
+gradients are then divided by the scaler's scale, as ``scaler.unscale_`` divides ``.grad``.
 """
 
 from __future__ import annotations
 
-import warnings
+import weakref
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 from torch.optim import Optimizer
 
 from kfaclab.damping.base import Damping
+from kfaclab.errors import UsageError
+from kfaclab.optim import groups as pg
+from kfaclab.optim import kfac_step as checks
+from kfaclab.optim import model_layers as ml
 from kfaclab.optim.capture import Capture, LayerCapture
-from kfaclab.optim.conv import check_conv
 from kfaclab.optim.distributed import gather_captures, process_group_of
 from kfaclab.optim.engine import KFACEngine, LossClosure, as_float
-from kfaclab.optim.layer_state import LayerState
-from kfaclab.optim.mc_fisher import sampled_output_grads
 from kfaclab.optim.options import (
     KFACOptions,
     Speedups,
@@ -59,25 +79,30 @@ from kfaclab.optim.options import (
 )
 from kfaclab.optim.validation import as_damping
 
-Unpreconditioned = Literal["warn", "error", "allow"]
-
 
 class KFAC(Optimizer):
-    """K-FAC for the nn.Linear layers of ``model``; see the module docstring for the math.
+    """K-FAC for the nn.Linear and nn.Conv2d layers of ``model``; see the module docstring.
 
     Args:
-        model: the network; its trainable nn.Linear layers are preconditioned, all its trainable
-            parameters are optimised.
-        lr: learning rate η > 0 (``param_groups[0]["lr"]``, so torch's lr schedulers work).
+        model: the network (an nn.Module, not its parameters); its trainable nn.Linear and
+            nn.Conv2d layers are preconditioned, its other trainable parameters get the gradient.
+        lr: learning rate η ≥ 0 (the default of ``param_groups``, so torch's lr schedulers work;
+            0 gives a zero step that still accumulates curvature statistics).
         damping: λ > 0, or a ``kfaclab.damping.Damping`` strategy.
         momentum: μ in [0, 1), heavy-ball on the preconditioned direction.
         weight_decay: L2 coefficient added to the gradient before preconditioning (≥ 0).
+        params: parameter groups as torch's optimizers take them (an iterable of the model's
+            parameters or of dicts with "params" and optional "lr", "momentum", "weight_decay");
+            default: one group of every trainable parameter of ``model``. A layer's weight and
+            bias must be in one group; a layer with neither in a group is not optimised.
         options: the rest of the mathematics (``KFACOptions``: factor decay and schedule, damping
             form, Fisher type, factor initialisation, eigenvalue floor, KL clip, loss reduction).
         speedups: ways to compute the same step faster (``Speedups``); ``opt.speedups`` says
             which are in effect and why the others are not.
-        unpreconditioned: what to do about trainable parameters outside nn.Linear layers
+        unpreconditioned: what to do about trainable parameters K-FAC does not precondition
             ("warn" once naming them, "error", or "allow" silently).
+        grad_scaler: the ``torch.amp.GradScaler`` scaling this model's loss, if any: its scale
+            is taken out of the captured output gradients at every step.
     """
 
     def __init__(
@@ -88,36 +113,55 @@ class KFAC(Optimizer):
         momentum: float = 0.0,
         weight_decay: float = 0.0,
         *,
+        params: Any = None,
         options: KFACOptions | None = None,
         speedups: Speedups | None = None,
-        unpreconditioned: Unpreconditioned = "warn",
+        unpreconditioned: ml.Unpreconditioned = "warn",
+        grad_scaler: Any = None,
     ) -> None:
+        ml.check_model(model)
         check_lr(lr)
         check_momentum(momentum)
         check_weight_decay(weight_decay)
         options = KFACOptions() if options is None else options
         speedups = Speedups() if speedups is None else speedups
         if not isinstance(options, KFACOptions):
-            raise ValueError(f"options must be a KFACOptions, got {options!r}")
+            raise UsageError(f"options must be a KFACOptions, got {options!r}")
         if not isinstance(speedups, Speedups):
-            raise ValueError(f"speedups must be a Speedups, got {speedups!r}")
-        layers, refused = _preconditioned_layers(model)
-        if not layers:
-            raise ValueError(
+            raise UsageError(f"speedups must be a Speedups, got {speedups!r}")
+        checks.check_grad_scaler(grad_scaler, speedups)
+        candidates, reasons = ml.candidate_layers(model)
+        if not candidates:
+            raise UsageError(
                 f"model must contain at least one trainable nn.Linear or nn.Conv2d layer, "
                 f"got none in {type(model).__name__}"
             )
-        params = [p for p in model.parameters() if p.requires_grad]
-        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        groups = pg.as_groups(trainable if params is None else params)
+        layers, layer_groups = pg.split_layers(candidates, groups)
+        if not layers:
+            among = ", ".join(repr(layer.name) for layer in candidates)
+            raise UsageError(f"params must hold the parameters of a layer among {among}, got none")
+        super().__init__(groups, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+        pg.check_groups(self.param_groups)
         in_layers = {id(p) for lay in layers for p in lay.module.parameters()}
-        others = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        others = [(n, p) for n, p in others if id(p) not in in_layers]
-        self.unpreconditioned_names = [n for n, _ in others]
-        _report_unpreconditioned(self.unpreconditioned_names, refused, unpreconditioned)
+        names = {id(p): n for n, p in model.named_parameters()}
+        index = pg.group_of(self.param_groups)
+        others = [p for g in self.param_groups for p in g["params"] if id(p) not in in_layers]
+        self.unpreconditioned_names = [names.get(id(p), "(not in model)") for p in others]
+        ml.report_unpreconditioned(self.unpreconditioned_names, reasons, unpreconditioned)
+        self._item_groups = layer_groups + [index[id(p)] for p in others]
+        self._layer_params = {
+            id(p): name
+            for name, m in model.named_modules()
+            if isinstance(m, nn.Linear | nn.Conv2d)
+            for p in m.parameters(recurse=False)
+        }
         self.options = options
+        self._grad_scaler = grad_scaler
         self._group = process_group_of(model)
         if self._group is not None and speedups.batch_gradients_only:
-            raise ValueError(
+            raise UsageError(
                 "batch_gradients_only cannot apply under DistributedDataParallel (.grad is the "
                 "all-reduced gradient, the capture a rank's shard), got batch_gradients_only=True"
             )
@@ -127,18 +171,23 @@ class KFAC(Optimizer):
         )
         self._engine = KFACEngine(
             layers,
-            [p for _, p in others],
+            others,
             options,
             as_damping(damping),
             speedups,
             self.state,
-            weight_decay=weight_decay,
+            weight_decay=max(g["weight_decay"] for g in self.param_groups),
         )
+        self._captured: set[str] = set()  # layers a capture has ever reached
+        self.nonfinite_captures = 0  # layer captures left out of the factors for NaN/inf
         self._capture.attach()
         if self._engine.in_effect.deferred_rotation:  # after the capture hooks: they must see
             for i, layer in enumerate(layers):  # the uncorrected output
-                hook = layer.module.register_forward_hook(self._deferred_forward(i))
+                hook = layer.module.register_forward_hook(checks.deferred_forward(self._engine, i))
                 self._capture.handles.append(hook)
+        # torch users never clean up optimizers: the hooks go when this optimizer is collected
+        # (they hold the capture, never the optimizer, so they cannot keep it alive).
+        weakref.finalize(self, self._capture.detach)
 
     # --- public read-outs ----------------------------------------------------------------------
 
@@ -166,7 +215,8 @@ class KFAC(Optimizer):
 
     @property
     def counters(self) -> dict[str, float]:
-        """Decomposition fallbacks, KL-clip binds (and the last ν), factor updates, inversions."""
+        """Decomposition fallbacks, KL-clip binds (and the last ν), factor updates, inversions
+        (counted only when a layer had factors to decompose)."""
         return self._engine.all_counters()
 
     def current_damping(self) -> float:
@@ -186,7 +236,7 @@ class KFAC(Optimizer):
         if self.unpreconditioned_names:
             out["(unpreconditioned)"] = {
                 "parameters": list(self.unpreconditioned_names),
-                "update": "plain gradient with the same lr and momentum",
+                "update": "plain gradient with its group's lr and momentum",
             }
         return out
 
@@ -195,113 +245,139 @@ class KFAC(Optimizer):
     def sample_fisher(self, logits: torch.Tensor, likelihood: str = "categorical") -> None:
         """fisher="mc": draw ŷ ~ p(y|x) (one per example) and capture gᵢ = ∂ℓ(ŷᵢ)/∂sᵢ.
 
-        Call after the forward pass that produced ``logits`` (N, C) and before
-        ``loss.backward()``. ``likelihood``: "categorical" (softmax cross-entropy) or
-        "gaussian" (unit-variance regression, ŷ = output + ε).
+        Call after the forward pass that produced ``logits`` (N, C), after ``zero_grad()`` (which
+        forgets samples too) and before ``loss.backward()``. ``likelihood``: "categorical"
+        (softmax cross-entropy) or "gaussian" (unit-variance regression, ŷ = output + ε).
         """
         if self.options.fisher != "mc":
-            raise ValueError(f"sample_fisher needs fisher='mc', got fisher={self.options.fisher!r}")
+            raise UsageError(f"sample_fisher needs fisher='mc', got fisher={self.options.fisher!r}")
         if not self._capture.enabled:
             return  # not a factor step
-        outputs = [c.outputs for c in self._capture.layers]
-        if any(o is None for o in outputs):
-            raise ValueError("sample_fisher must follow a forward pass with gradients enabled")
-        grads = sampled_output_grads(logits, outputs, likelihood)  # type: ignore[arg-type]
-        for capture, grad in zip(self._capture.layers, grads, strict=True):
-            capture.add_sampled(grad)
+        checks.sample(self._capture.layers, logits, likelihood)
 
     # --- the step ---------------------------------------------------------------------------
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """torch's ``zero_grad``, which also forgets what the hooks captured since the last step
+        (and MC samples): a batch whose step was skipped (a non-finite loss, GradScaler's inf
+        check) must not enter the next step's factors."""
+        super().zero_grad(set_to_none)
+        self._capture.discard()
+
     @torch.no_grad()
-    def step(  # type: ignore[override]
-        self, closure: LossClosure | None = None, *, loss: torch.Tensor | float | None = None
-    ) -> torch.Tensor | float | None:
+    def step(
+        self,
+        closure: Callable[[], Any] | None = None,
+        *,
+        loss: torch.Tensor | float | None = None,
+        loss_closure: LossClosure | None = None,
+    ) -> Any:
         """One K-FAC step from the gradients in ``.grad`` and this step's capture.
 
         Args:
-            closure: evaluation closure (no backward) returning the minibatch loss at the current
-                parameters; needed only by damping strategies with ``needs_loss_after_step``.
+            closure: torch's closure (zero_grad, forward, backward, return the loss); called
+                once with gradients enabled before the step, its loss returned.
             loss: the minibatch loss whose gradient is in ``.grad``; passed on to the damping
-                strategy (``StepOutcome.loss_before``).
-        Returns ``loss``.
+                strategy (``StepOutcome.loss_before``). Strategies that read it require it.
+            loss_closure: evaluation closure (no backward) returning the minibatch loss at the
+                current parameters; required by ``LevenbergMarquardt(source="same_batch")``.
+        Returns ``loss``, or the closure's.
         """
-        self._capture.collect(self.options.loss_reduction, self.options.conv_approx)
-        self._require_gradients()
-        if self._group is not None and self._capture.enabled:
+        if closure is not None and loss is not None:  # the form before 0.2
+            closure, loss_closure = checks.legacy_closure(closure, loss_closure)
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        lr, momentum, weight_decay, per_item = pg.step_hyperparameters(
+            self.param_groups, self._item_groups
+        )
+        checks.check_requirements(self._engine.damping, loss, loss_closure)
+        capture = self._capture
+        capture.collect(self.options.loss_reduction, self.options.conv_approx)
+        checks.require_gradients(self._engine, capture.layers)
+        if capture.enabled and self.options.fisher == "mc":
+            checks.require_samples(capture.layers)
+        if self._group is not None and capture.enabled:
             mean_loss = self.options.loss_reduction == "mean"
-            gather_captures(self._capture.layers, self._group, mean_loss)
-        group = self.param_groups[0]
-        check_lr(group["lr"])
-        engine = self._engine
-        engine.step(
-            self._capture.layers,
-            group["lr"],
-            group["momentum"],
-            group["weight_decay"],
+            gather_captures(capture.layers, self._group, mean_loss)
+        dropped = capture.drop_non_finite() if capture.enabled else []
+        if dropped:
+            self.nonfinite_captures += len(dropped)
+            checks.warn_dropped(dropped)
+        if self._grad_scaler is not None:
+            capture.unscale(float(self._grad_scaler.get_scale()))
+        if capture.enabled:
+            new = checks.mark_uncaptured(self._engine, capture.layers, self._captured, dropped)
+            self.unpreconditioned_names += [f"{name} (never captured)" for name in new]
+        self._engine.step(
+            capture.layers,
+            lr,
+            momentum,
+            weight_decay,
             as_float(loss),
-            closure,
+            loss_closure,
+            per_item=per_item,
         )
-        self._capture.clear()
-        self._capture.enabled = engine.factor_step
+        capture.clear()
+        capture.enabled = self._engine.factor_step
         return loss
-
-    def _require_gradients(self) -> None:
-        skipped = self._engine.directions.deferred.skipped
-        for layer, batch in zip(self._engine.layers, self._capture.layers, strict=True):
-            if layer.weight.grad is not None or layer.name in skipped:
-                return
-            if batch.output_grads is not None:
-                return
-        if any(p.grad is not None for p in self._engine.directions.other_params):
-            return
-        raise ValueError(
-            "step() found no gradient in any parameter: call loss.backward() before step()"
-        )
-
-    def _deferred_forward(
-        self, index: int
-    ) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], torch.Tensor | None]:
-        """Forward hook: the output with the pending rotated update (see ``deferred``)."""
-        directions = self._engine.directions
-        layer = self._engine.layers[index]
-
-        def hook(
-            module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
-        ) -> torch.Tensor | None:
-            if layer.name not in directions.deferred.pending:
-                return None
-            x = inputs[0]
-            if not torch.is_grad_enabled():  # not a training batch: fold in, then recompute
-                directions.materialize()
-                return nn.functional.linear(x, layer.weight, layer.bias)
-            correct = directions.forward_correction(index, x.detach().reshape(-1, x.shape[-1]))
-            assert correct is not None
-            return correct(output)
-
-        return hook
 
     def materialize(self) -> None:
         """Write pending rotated updates (``deferred_rotation``) into the weights and momentum
         buffers; a no-op otherwise. Needed before reading weights outside the forward pass."""
         self._engine.directions.materialize()
 
-    # --- state ------------------------------------------------------------------------------
+    # --- parameter groups and state ---------------------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's ``add_param_group`` for parameters outside the model's nn.Linear and nn.Conv2d
+        layers (an extra scale, a new head's LayerNorm): they get the plain gradient with the new
+        group's lr, momentum and weight decay. A layer's parameters are refused: K-FAC attaches
+        its hooks and factors when it is built, so pass them in ``KFAC(model, params=[...])``."""
+        if not hasattr(self, "_engine"):  # Optimizer.__init__ adding the constructor's groups
+            super().add_param_group(param_group)
+            return
+        checks.refuse_layer_params(param_group, self._layer_params)
+        super().add_param_group(param_group)
+        try:
+            pg.check_groups(self.param_groups)
+        except UsageError:  # torch appended it already
+            self.param_groups.pop()
+            raise
+        g = len(self.param_groups) - 1
+        for k, p in enumerate(self.param_groups[g]["params"]):
+            self._engine.directions.other_params.append(p)
+            self._item_groups.append(g)
+            self.unpreconditioned_names.append(f"param_groups[{g}][{k}]")
 
     def state_dict(self) -> dict[str, Any]:
+        """torch's optimizer state (momentum buffers by parameter position, ``param_groups``)
+        plus a "kfac" entry: every layer's running factors and decomposition by layer name, the
+        damping strategy's state and kind, the step count and counters. Pending rotated updates
+        (``deferred_rotation``) are folded into the weights first. Loading it into the same model
+        and optimizer configuration continues the run bit for bit."""
         self.materialize()
         state = super().state_dict()
-        state["kfac"] = self._engine.state_dict()
+        state["kfac"] = {**self._engine.state_dict(), "nonfinite_captures": self.nonfinite_captures}
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore ``state_dict()``. Layers are matched in order, by name up to the wrappers'
+        prefixes (torch.compile's "_orig_mod.", DistributedDataParallel's "module."), so an eager
+        model's state loads into its compiled or DDP-wrapped twin. A state from another width or
+        depth, another damping strategy, or another optimizer is refused in one line before
+        anything changes."""
         state_dict = dict(state_dict)
         kfac = state_dict.pop("kfac", None)
         if kfac is None:
-            raise ValueError("state_dict must come from KFAC.state_dict(), got no 'kfac' entry")
-        self._engine.load_state_dict(kfac)  # checks the layers' shapes before changing anything
+            raise UsageError("state_dict must come from KFAC.state_dict(), got no 'kfac' entry")
+        kfac = dict(kfac)
+        nonfinite = int(kfac.pop("nonfinite_captures", 0))
+        self._engine.load_state_dict(kfac)  # checks layers and damping before changing anything
         super().load_state_dict(state_dict)
         self._engine.directions.param_state = self.state  # torch replaced the state mapping
         self._capture.enabled = self._engine.factor_step
+        self.nonfinite_captures = nonfinite
 
     def restore_weight_grads(self) -> None:
         """``skip_weight_grads``: write the skipped layers' ``.grad`` from this step's captured
@@ -314,42 +390,7 @@ class KFAC(Optimizer):
 
     def remove_hooks(self) -> None:
         """Detach the capture hooks from the model (the optimizer can no longer update factors)
-        and give skipped weights (``skip_weight_grads``) their ``requires_grad`` back."""
+        and give skipped weights (``skip_weight_grads``) their ``requires_grad`` back. Not needed
+        before dropping the optimizer: its hooks go when it is garbage-collected."""
         self._capture.detach()
         self._engine.directions.deferred.unskip_all()
-
-
-def _preconditioned_layers(model: nn.Module) -> tuple[list[LayerState], list[str]]:
-    """The trainable nn.Linear and nn.Conv2d layers K-FAC can precondition, and a reason for
-    each Conv2d it cannot (grouped, non-zero padding modes: ``conv.check_conv``)."""
-    layers, refused = [], []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear | nn.Conv2d) or not module.weight.requires_grad:
-            continue
-        if isinstance(module, nn.Conv2d):
-            try:
-                check_conv(module, name)
-            except ValueError as error:
-                refused.append(str(error))
-                continue
-        layers.append(LayerState(name, module))
-    return layers, refused
-
-
-def _report_unpreconditioned(names: list[str], reasons: list[str], policy: str) -> None:
-    if policy not in ("warn", "error", "allow"):
-        raise ValueError(f"unpreconditioned must be 'warn', 'error' or 'allow', got {policy!r}")
-    if not names or policy == "allow":
-        return
-    listed = ", ".join(names) + "".join(f" ({reason})" for reason in reasons)
-    if policy == "error":
-        raise ValueError(
-            f"K-FAC preconditions nn.Linear and nn.Conv2d layers only; these parameters would "
-            f"get the plain gradient: {listed} (pass unpreconditioned='warn' or 'allow' to "
-            "accept that)"
-        )
-    warnings.warn(
-        f"K-FAC preconditions nn.Linear and nn.Conv2d layers only; these parameters get the "
-        f"plain gradient with the same lr and momentum: {listed}",
-        stacklevel=3,
-    )

@@ -17,6 +17,7 @@ from torch import nn
 from kfaclab.curvature.eigen import FactorEigen
 from kfaclab.curvature.exact import ExactInverse
 from kfaclab.curvature.factored import FactoredInverse
+from kfaclab.errors import UsageError
 
 # Half-precision models keep their curvature in float32: eigh has no bfloat16/float16 kernels,
 # and the factors' small eigenvalues would not survive 8 bits of mantissa anyway.
@@ -45,6 +46,9 @@ class LayerState:
     # True while every captured input was independent of θ (raw data): A then depends only on
     # the data stream and its decompositions may be shared (curvature.cache).
     input_is_data: bool = True
+    # True while the layer has a gradient but no capture has ever reached it (its module's
+    # forward never ran, e.g. a weight used through F.linear): it then gets the plain gradient.
+    plain: bool = False
 
     def __post_init__(self) -> None:
         # Read on every step of every layer: plain attributes, not nn.Module.__getattr__ (which
@@ -56,6 +60,12 @@ class LayerState:
         self._linear = isinstance(self.module, nn.Linear)
         self._reshaped = self.weight.dim() != 2
         self._cast = self.weight.dtype != factor_dtype_of(self.weight.dtype)
+
+    @property
+    def needs_inverse(self) -> bool:
+        """Factors but no inverse (a first factorisation failed, or factors just arrived)."""
+        has_factors = self.factor_a is not None and self.factor_g is not None
+        return self.inverse is None and has_factors and not self.plain
 
     @property
     def is_linear(self) -> bool:
@@ -162,14 +172,14 @@ class LayerState:
     def check_state(self, state: dict[str, Any]) -> None:
         """Refuse a saved layer that is not this one (another name, or factors of another
         shape: a model of the same depth but another width)."""
-        if state["name"] != self.name:
-            raise ValueError(
+        if canonical_name(state["name"]) != canonical_name(self.name):
+            raise UsageError(
                 f"state_dict layer must match the model's, got {state['name']!r} for {self.name!r}"
             )
         for key, size in (("factor_a", self.size_a), ("factor_g", self.size_g)):
             factor = state[key]
             if factor is not None and tuple(factor.shape) != (size, size):
-                raise ValueError(
+                raise UsageError(
                     f"state_dict layer {self.name!r} must have {key} of shape ({size}, {size}), "
                     f"got {tuple(factor.shape)} (saved from a model of another width?)"
                 )
@@ -195,6 +205,22 @@ class LayerState:
                 inverse["damping"],
                 inverse["pi"],
             )
+
+
+# What wrappers put in front of a model's module names: torch.compile's OptimizedModule and
+# DistributedDataParallel / DataParallel. A state saved under one wrapper loads under another.
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+
+
+def canonical_name(name: str) -> str:
+    """A layer's name without the wrappers' prefixes (any number, in any order)."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name, stripped = name[len(prefix) :], True
+    return name
 
 
 def _clone(t: torch.Tensor | None) -> torch.Tensor | None:

@@ -15,12 +15,13 @@ from typing import Any
 
 from kfaclab import choices as ch
 from kfaclab.choices import ConvApprox, DampingForm, FactorInit, FisherType, LossReduction
+from kfaclab.errors import UsageError
 from kfaclab.optim.input_stream import InputStreamCache
 
 
 def _require(ok: bool, name: str, rule: str, value: Any) -> None:
     if not ok:
-        raise ValueError(f"{name} must be {rule}, got {value!r}")
+        raise UsageError(f"{name} must be {rule}, got {value!r}")
 
 
 def _is_number(x: Any) -> bool:
@@ -35,17 +36,19 @@ def _is_count(x: Any) -> bool:
 FLOAT32_MAX = 3.4028234663852886e38
 
 
-def check_lr(lr: Any) -> None:
-    _require(_is_number(lr) and 0 < lr <= FLOAT32_MAX, "lr", "> 0 and <= 3.4e38", lr)
+def check_lr(lr: Any, name: str = "lr") -> None:
+    # 0 is allowed, as torch.optim.SGD allows it: warm-up from 0 and schedulers that end at 0
+    # (CosineAnnealingLR, LinearLR(end_factor=0)) produce it; the step is then zero.
+    _require(_is_number(lr) and 0 <= lr <= FLOAT32_MAX, name, ">= 0 and <= 3.4e38", lr)
 
 
-def check_momentum(momentum: Any) -> None:
-    _require(_is_number(momentum) and 0 <= momentum < 1, "momentum", "in [0, 1)", momentum)
+def check_momentum(momentum: Any, name: str = "momentum") -> None:
+    _require(_is_number(momentum) and 0 <= momentum < 1, name, "in [0, 1)", momentum)
 
 
-def check_weight_decay(weight_decay: Any) -> None:
+def check_weight_decay(weight_decay: Any, name: str = "weight_decay") -> None:
     ok = _is_number(weight_decay) and 0 <= weight_decay <= FLOAT32_MAX
-    _require(ok, "weight_decay", ">= 0", weight_decay)
+    _require(ok, name, ">= 0", weight_decay)
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,7 @@ class AutogradSteps:
             return
         assert self._batch is not None
         closure = _loss_closure(self.model, *self._batch) if self.wants_closure else None
-        self.kfac.step(closure, loss=self._value)
+        self.kfac.step(loss=self._value, loss_closure=closure)
 
     def diagnostics(self) -> dict[str, dict[str, Any]] | None:
         return None if self.kfac is None else self.kfac.diagnostics()
