@@ -202,6 +202,23 @@ def test_progress_log_lines_carry_an_eta() -> None:
     assert stream.getvalue().endswith("ETA ?\n")
 
 
+def test_eta_after_a_stall_reflects_the_trials_not_the_stall(tmp_path: Path) -> None:
+    """Ten 1-second trials, then 30 s with nothing (a restart): 10 left → about 10 s, not the
+    ~40 s that dividing by the time up to now gave (the probe saw "ETA 20m46s")."""
+    from optuna.trial import TrialState, create_trial
+
+    p = load_protocol(tiny_protocol(tmp_path))
+    cell = build_cells(p)[0]
+    cell = type(cell)(**{**cell.to_dict(), "n_trials": 20})
+    now = datetime.now()
+    trials = [create_trial(state=TrialState.COMPLETE, value=1.0) for _ in range(10)]
+    for i, t in enumerate(trials):
+        t.datetime_start = now - timedelta(seconds=40 - i)
+        t.datetime_complete = now - timedelta(seconds=39 - i)
+    rows = summarize([cell], {cell.name: trials}, now=now)
+    assert rows[0].eta_seconds == pytest.approx(10.0)
+
+
 def test_summarize_eta_from_the_completion_rate(tmp_path: Path) -> None:
     """Two trials done in the last 100 s → 0.02 trials/s; 8 left in one open cell → 400 s."""
     from optuna.trial import TrialState, create_trial

@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+import tomllib
 import uuid
 from pathlib import Path
 
@@ -34,8 +35,10 @@ def protocol_file(tmp_path: Path) -> tuple[Path, str]:
     """smoke.toml under a unique name, reading MNIST from the project's shared copy."""
     name = f"smoke-{uuid.uuid4().hex[:8]}"
     text = SMOKE.read_text().replace('name = "smoke"', f'name = "{name}"', 1)
-    shared = (SMOKE.parent / "../../shared/data/mnist").resolve()
-    text = text.replace('"../../shared/data/mnist"', f'"{shared}"')
+    # the preset's relative data_dir, made absolute (the copy lives elsewhere)
+    relative = tomllib.loads(text)["data"]["data_dir"]
+    shared = (SMOKE.resolve().parent / relative).resolve()
+    text = text.replace(f'"{relative}"', f'"{shared}"')
     path = tmp_path / "smoke.toml"
     path.write_text(text)
     return path, name

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from kfaclab import atomic
 from kfaclab.analysis.adaptive import AdaptiveSection
 from kfaclab.analysis.reruns import RerunSummary
 from kfaclab.analysis.stats import MeanCI
@@ -55,9 +56,8 @@ def _mean_ci(raw: dict[str, Any]) -> MeanCI:
 
 def save_ranking(protocol: str, cells: Sequence[RankedCell], path: Path) -> None:
     rows = [_strict(asdict(c)) for c in cells]
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"protocol": protocol, "rows": rows}, indent=1), encoding="utf-8")
-    tmp.replace(path)  # atomic: a reader never sees half a file
+    # kfaclab.atomic: a reader never sees half a file, and no planted link is written through.
+    atomic.write_text(path, json.dumps({"protocol": protocol, "rows": rows}, indent=1))
 
 
 def load_ranking(path: Path) -> tuple[str, list[RankedCell]]:

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from kfaclab.text import md_fence, md_inline
+
 
 @dataclass
 class Heading:
@@ -75,10 +77,11 @@ def to_markdown(blocks: list[Block], base: Path) -> str:
     out: list[str] = []
     for i, b in enumerate(blocks):
         if isinstance(b, Heading):
-            out.append(f"{'#' * b.level} {md_escape(b.text)}")
+            # user text (a protocol's name) must not forge headings or links: inline-escaped
+            out.append(f"{'#' * b.level} {md_inline(b.text)}")
         elif isinstance(b, Toc):
             heads = [h.text for h in blocks[i + 1 :] if isinstance(h, Heading) and h.level == 2]
-            out.append("\n".join(f"- [{md_escape(h)}](#{anchor(h)})" for h in heads))
+            out.append("\n".join(f"- [{md_inline(h)}](#{anchor(h)})" for h in heads))
         elif isinstance(b, Para):
             out.append(
                 f"> **{b.kind.capitalize()}:** {md_escape(b.text)}" if b.kind else md_escape(b.text)
@@ -101,7 +104,7 @@ def to_markdown(blocks: list[Block], base: Path) -> str:
             t = md_escape(b.title)
             out.append(f"![{t}]({png})\n\n*{t}* ([SVG]({svg})). {md_escape(b.reading)}")
         elif isinstance(b, Code):
-            out.append(f"```toml\n{b.text.rstrip()}\n```")
+            out.append(md_fence(b.text, "toml"))  # a fence the text cannot close
     return "\n\n".join(out) + "\n"
 
 

@@ -10,8 +10,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+from kfaclab import atomic
 from kfaclab.analysis.claims import ClaimSet, Headline
 from kfaclab.analysis.claims_types import Claim
+from kfaclab.errors import UsageError
+from kfaclab.text import clean
 
 _SPECIAL = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
@@ -31,14 +34,21 @@ def _number(x: Any) -> float:
 
 
 def save_claims(cs: ClaimSet, path: Path) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_strict(cs.to_dict()), indent=1, allow_nan=False), encoding="utf-8")
-    tmp.replace(path)  # atomic: a reader never sees half a file
+    # kfaclab.atomic: a reader never sees half a file, and no planted link is written through.
+    atomic.write_text(path, json.dumps(_strict(cs.to_dict()), indent=1, allow_nan=False))
 
 
 def load_claims(path: Path) -> ClaimSet:
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    h = dict(raw["headline"])
-    for k in ("best_mean", "best_lo", "best_hi", "sgd_mean", "sgd_lo", "sgd_hi"):
-        h[k] = _number(h[k])
-    return ClaimSet(raw["protocol"], Headline(**h), [Claim(**c) for c in raw["claims"]])
+    """claims.json read back; a damaged one is refused in one line naming the repair."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        h = dict(raw["headline"])
+        for k in ("best_mean", "best_lo", "best_hi", "sgd_mean", "sgd_lo", "sgd_hi"):
+            h[k] = _number(h[k])
+        return ClaimSet(str(raw["protocol"]), Headline(**h), [Claim(**c) for c in raw["claims"]])
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        reason = clean(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise UsageError(
+            f"{clean(str(path))} is damaged ({type(exc).__name__}: {reason}); remove it and "
+            f"run `kfaclab report` on its study again to rebuild it"
+        ) from None

@@ -16,6 +16,8 @@ from typing import Any, cast
 
 import matplotlib
 
+from kfaclab import atomic
+
 matplotlib.use("Agg")  # files only; never a window, and safe in worker processes
 
 import matplotlib.pyplot as plt
@@ -109,10 +111,11 @@ def save(fig: Figure, out_dir: Path, name: str, tight: bool = True) -> tuple[Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     png, svg = out_dir / f"{name}.png", out_dir / f"{name}.svg"
     bbox = "tight" if tight else None  # tight costs a second full draw; grids lay out by hand
-    fig.savefig(png, dpi=150, metadata={"Software": None}, bbox_inches=bbox)
-    fig.savefig(
-        svg, metadata={"Date": None}, bbox_inches=bbox
-    )  # no date: identical inputs, identical files
+    # Each written whole or not at all (kfaclab.atomic): a kill or a full disk keeps the old one.
+    with atomic.open_atomic(png, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=150, metadata={"Software": None}, bbox_inches=bbox)
+    with atomic.open_atomic(svg, "wb") as handle:  # no date: identical inputs, identical files
+        fig.savefig(handle, format="svg", metadata={"Date": None}, bbox_inches=bbox)
     plt.close(fig)
     return png, svg
 

@@ -7,6 +7,13 @@ journal with the same file lock the workers use, so it is safe beside a running 
 artifact store of its records (study/artifacts.py), which ``optuna-dashboard`` alone would not
 find for a database. Prints the URL on stdout (the port actually bound, so ``--port 0`` picks a
 free one) and serves until Ctrl-C. optuna-dashboard is an optional dependency.
+
+The dashboard has no login and can delete studies, so it answers only requests whose Host header
+names this server: 127.0.0.1, localhost, ::1, the --host address, and any --allow-host NAME
+(behind a reverse proxy, allow the name the proxy forwards). Other Host headers get 403: a web
+page the browser fetched from elsewhere cannot reach it by pointing its own DNS name at
+127.0.0.1 ("DNS rebinding"). An empty --host (an unset shell variable) is refused, since it would
+listen on every interface; to mean that, say --host 0.0.0.0 and list the names with --allow-host.
 """
 
 from __future__ import annotations
@@ -35,6 +42,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--storage", help="database URL instead of an output folder")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free one)")
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests for this host name (repeatable; e.g. behind a proxy)",
+    )
     p.set_defaults(func=run_dashboard)
 
 
@@ -45,7 +59,26 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
+def host_guard(app: Any, allowed: set[str]) -> Any:
+    """``app`` answering only requests whose Host header (without its port) is in ``allowed``."""
+
+    def guarded(environ: dict[str, Any], start_response: Any) -> Any:
+        host = str(environ.get("HTTP_HOST", "")).lower()
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if name.strip("[]") not in allowed:
+            start_response("403 Forbidden", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"Host not allowed (kfaclab dashboard --allow-host NAME)\n"]
+        return app(environ, start_response)
+
+    return guarded
+
+
 def run_dashboard(args: argparse.Namespace) -> int:
+    if args.host == "":
+        raise UsageError(
+            "--host must name an address, got '' (that would listen on every interface; "
+            "say --host 0.0.0.0 to mean it)"
+        )
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be in 0..65535, got {args.port}")
     try:
@@ -60,6 +93,8 @@ def run_dashboard(args: argparse.Namespace) -> int:
     app = optuna_dashboard.wsgi(
         storage, artifact_store=open_artifact_store(spec, storage, create=False)
     )
+    allowed = {"127.0.0.1", "localhost", "::1", args.host.strip("[]").lower()}
+    app = host_guard(app, allowed | {h.lower() for h in args.allow_host})
     try:
         server = make_server(args.host, args.port, app, handler_class=_QuietHandler)
     except OSError as exc:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kfaclab import atomic
 from kfaclab.errors import UsageError
 
 
@@ -130,6 +131,12 @@ def check_out_file(path: str | Path, flag: str = "--out", *, overwrite: bool = T
         raise UsageError(f"{flag} must be a regular file, got {str(path)!r} ({_describe(out)})")
     if out.exists() and not overwrite:
         raise UsageError(f"{flag} must not exist yet, got {str(path)!r} (an existing file)")
+    owned = study_owned(out)
+    if owned is not None:
+        raise UsageError(
+            f"{flag} must not be a file a study owns, got {str(path)!r} ({owned}); "
+            "choose another file name"
+        )
     if _inside_git(out.parent):
         raise UsageError(f"{flag} must not be inside a .git folder, got {str(path)!r}")
     _make_dir(out.parent, flag, out)
@@ -137,20 +144,39 @@ def check_out_file(path: str | Path, flag: str = "--out", *, overwrite: bool = T
     return out
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``: readers see
-    the old file or the new one, never half of one, and a symbolic link planted at ``path`` is
-    replaced rather than followed."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+# Names of the files and folders a study keeps in its folder (study/storage/journal.py,
+# study/artifacts.py, base.cell_lock); any command's output there would destroy the study.
+_STUDY_NAMES = ("studies.journal", "studies.journal.lock")
+_STUDY_FOLDERS = ("artifacts", ".locks")
+
+
+def study_owned(out: Path) -> str | None:
+    """What study file ``out`` is, if any (None: not one), whatever command writes it: a
+    sweep's journal or lock by name, a record or lock inside a sweep folder's artifacts/ or
+    .locks/, and, by content, any Optuna journal or SQLite database (a storage named otherwise)."""
+    if out.name in _STUDY_NAMES:
+        return "a sweep's journal or its lock"
+    absolute = out.absolute()
+    for folder in absolute.parents:
+        if folder.name in _STUDY_FOLDERS and (folder.parent / "studies.journal").exists():
+            return f"inside the {folder.name}/ folder of the sweep in {folder.parent}"
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with out.open("rb") as handle:
+            head = handle.read(200)
+    except OSError:
+        return None
+    if head.startswith(b"SQLite format 3\x00"):
+        return "a SQLite database, perhaps a study storage"
+    if head.startswith(b'{"op_code":') or head.startswith(b'{"op_code": '):
+        return "an Optuna journal"
+    return None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a fresh temporary file beside ``path`` and rename it over ``path``
+    (kfaclab.atomic): readers see the old file or the new one, never half of one, and a symbolic
+    link planted at ``path`` or at a temporary name is replaced or avoided, never followed."""
+    atomic.write_text(path, text)
 
 
 def fallback_path(stem: str) -> Path:
@@ -171,12 +197,14 @@ def save_result(data: dict[str, Any], out: Path, stem: str = "kfaclab-result") -
         else:
             write_atomic(out, text)
         return out
+    except atomic.OutputError as exc:
+        problem = exc.reason
     except OSError as exc:
         problem = _reason(exc)
     for spot in (fallback_path(stem), Path.cwd() / fallback_path(stem).name):
         try:
             write_atomic(spot, text)
-        except OSError:
+        except (OSError, atomic.OutputError):
             continue
         raise UsageError(f"--out: cannot write {str(out)!r} ({problem}); result saved to {spot}")
     sys.stdout.write(text)  # the last resort: nowhere on disk takes it, the terminal does

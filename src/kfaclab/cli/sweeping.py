@@ -18,6 +18,7 @@ from typing import TextIO
 from kfaclab.errors import UsageError
 from kfaclab.study.protocol import Protocol, load_protocol
 from kfaclab.study.storage import Storage
+from kfaclab.text import clean
 
 
 def load_checked_protocol(
@@ -30,6 +31,7 @@ def load_checked_protocol(
 
 
 def check_trials(protocol: Protocol) -> None:
+    from kfaclab.damping import build_damping
     from kfaclab.study.cells import build_cells, search_space
     from kfaclab.study.sweep import trial_config
     from kfaclab.train import validate_config
@@ -44,6 +46,11 @@ def check_trials(protocol: Protocol) -> None:
             config = trial_config(protocol, cell, params, protocol.search.seed)
             try:
                 validate_config(config)
+                if isinstance(config.damping, dict):
+                    # A strategy's constants (searched ones included) are checked when it is
+                    # built, which validate_config leaves to the trial: build it here, at each
+                    # end, so a bad range is refused before anything is stored (issue 29, F14).
+                    build_damping(config.damping)
             except UsageError as exc:
                 raise UsageError(
                     f"protocol {protocol.name!r}, cell {cell.name} (search ranges at their {end} "
@@ -67,4 +74,4 @@ def next_step(spec: Storage, protocol: Protocol) -> str:
         target = f"--storage {shlex.quote(spec.describe())}"  # described: no password
     else:
         target = shlex.quote(str(folder))
-    return f"next: kfaclab report {target} --protocol {shlex.quote(protocol.name)}"
+    return clean(f"next: kfaclab report {target} --protocol {shlex.quote(protocol.name)}")

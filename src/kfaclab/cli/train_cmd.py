@@ -28,6 +28,7 @@ from typing import Any
 from kfaclab import choices as ch
 from kfaclab.cli.outputs import check_out_file, save_result
 from kfaclab.errors import UsageError
+from kfaclab.study.bounds import MAX_NESTING, MAX_TRAINING_STEPS, nesting_depth
 from kfaclab.trial_types import TrialConfig, TrialResult
 
 TRAIN_DEFAULTS: dict[str, dict[str, float]] = {
@@ -63,6 +64,7 @@ _FLAGS: tuple[tuple[str, str, Any, tuple[str, ...] | None, str], ...] = (
     ("--depth", "depth", int, None, f"number of nn.Linear layers (default {_D.depth})"),
     ("--width", "width", int, None, f"hidden units per layer (default {_D.width})"),
     ("--activation", "activation", str, ch.ACTIVATIONS, f"default: {_D.activation}"),
+    ("--init", "init", str, ch.INITS, f"weight initialisation (default {_D.init})"),
     ("--batch-size", "batch_size", int, None, f"default {_D.batch_size}"),
     ("--epochs", "epochs", int, None, f"default {_D.epochs} (469 steps at batch 128)"),
     ("--steps", "steps", int, None, "total steps; overrides --epochs"),
@@ -108,7 +110,14 @@ def load_toml(path: Path) -> dict[str, Any]:
     """The TrialConfig fields of a TOML file; one-line UsageError for a missing or bad file."""
     try:
         with path.open("rb") as f:
-            data = tomllib.load(f)
+            # utf-8-sig: a byte-order mark (Windows editors write one) is not a TOML error.
+            data = tomllib.loads(f.read().decode("utf-8-sig"))
+        if nesting_depth(data) > MAX_NESTING:
+            raise RecursionError
+    except RecursionError:
+        raise UsageError(
+            f"{path}: must nest arrays and tables at most {MAX_NESTING} deep"
+        ) from None
     except FileNotFoundError:
         raise UsageError(f"--config must be an existing file, got {str(path)!r}") from None
     except IsADirectoryError:
@@ -157,6 +166,13 @@ def run_train(args: argparse.Namespace) -> int:
     check_threads(args.threads)
     config = config_from_args(args)
     validate_config(config)  # before the data loads, so a bad value fails at once
+    steps = (
+        config.steps if config.steps is not None else config.epochs * -(-60000 // config.batch_size)
+    )
+    if steps > MAX_TRAINING_STEPS:  # a value per step is kept: 1e12 steps ran out of memory
+        raise UsageError(
+            f"--steps/--epochs must give at most {MAX_TRAINING_STEPS} steps, got {steps}"
+        )
     # Checked before training: a run is never lost to an --out found unusable at the end.
     out = None if args.out is None else check_out_file(args.out)
     torch.set_num_threads(args.threads)

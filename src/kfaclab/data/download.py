@@ -20,6 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from kfaclab.data.catalog import FileSpec
+from kfaclab.data.idx import idx_size
 from kfaclab.data.sources import check_file
 from kfaclab.errors import UsageError
 
@@ -74,7 +75,7 @@ def _fetch_from_mirror(
             time.sleep(backoff_s * 2 ** (attempt - 1))
         tmp = _temp_beside(target)
         try:
-            _stream(url, tmp, timeout_s, desc=target.name)
+            _stream(url, tmp, timeout_s, desc=target.name, limit=_most_compressed(file))
             check_file(tmp, file, label=url)
             os.replace(tmp, target)
             return target
@@ -107,7 +108,15 @@ def _temp_beside(target: Path) -> Path:
     return Path(name)
 
 
-def _stream(url: str, out_path: Path, timeout_s: float, desc: str) -> None:
+def _most_compressed(file: FileSpec) -> int:
+    """The most bytes a gzip of ``file`` can take: its IDX size plus gzip's worst case (stored
+    blocks: 5 bytes per 16 KiB, and a header), with room to spare. A mirror that sends more is
+    refused there, never written to the disk whole (an endless or huge response)."""
+    size = idx_size(file.shape)
+    return size + size // 100 + (1 << 16)
+
+
+def _stream(url: str, out_path: Path, timeout_s: float, desc: str, limit: int) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     with urllib.request.urlopen(request, timeout=timeout_s) as response:
         length = response.headers.get("Content-Length")
@@ -127,8 +136,10 @@ def _stream(url: str, out_path: Path, timeout_s: float, desc: str) -> None:
             ) as bar,
         ):
             while chunk := response.read(_CHUNK):
-                out.write(chunk)
                 received += len(chunk)
+                if received > limit:
+                    raise UsageError(f"{url}: serves more than {limit} bytes, more than it can be")
+                out.write(chunk)
                 bar.update(len(chunk))
             out.flush()
             os.fsync(out.fileno())

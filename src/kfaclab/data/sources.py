@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from kfaclab.data.catalog import KNOWN_FILES, DatasetSpec, FileSpec
-from kfaclab.data.idx import parse_idx, read_bytes
+from kfaclab.data.idx import idx_size, parse_idx, read_bytes
 from kfaclab.errors import UsageError
 
 
@@ -75,7 +75,7 @@ def check_file(path: Path, file: FileSpec, label: str | Path | None = None) -> n
     """
     label = path if label is None else label
     try:
-        data = read_bytes(path, label)
+        data = read_bytes(path, label, limit=idx_size(file.shape))  # a bomb stops there
         array = parse_idx(data, label)
     except FileCheckError:
         raise

@@ -16,7 +16,10 @@ from a trial's page for both kinds of storage.
 
 from __future__ import annotations
 
+import errno
 import io
+import os
+import shutil
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,7 +28,9 @@ import sqlalchemy as sa
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 
+from kfaclab import atomic
 from kfaclab.study.storage import Storage, driver_url
+from kfaclab.study.storage.retry import retrying
 
 ARTIFACT_DIR = "artifacts"
 TABLE = "kfaclab_artifacts"
@@ -48,7 +53,7 @@ def open_artifact_store(
         folder = artifact_dir(spec)
         if create:
             folder.mkdir(parents=True, exist_ok=True)
-        return FileSystemArtifactStore(folder)
+        return AtomicFileSystemArtifactStore(folder)
     # Optuna's RDBStorage has its engine (and its connection settings) at hand; a storage that
     # wraps it may not, and then the URL gives one.
     engine = getattr(storage, "engine", None)
@@ -59,6 +64,28 @@ def open_artifact_store(
         with spec.cell_lock(_TABLE_LOCK):
             store.create_table()
     return store
+
+
+class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
+    """Optuna's file store, with writes that are whole or absent (kfaclab.atomic: a kill while a
+    record is written leaves no half record) and reads that never follow a symbolic link (a
+    link planted in artifacts/ would hand any file on the machine to the record reader)."""
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        path = self._get_filepath(artifact_id)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError as exc:
+            raise ArtifactNotFound(f"artifact {artifact_id} is not in {self._base_path}") from exc
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise OSError(errno.ELOOP, "a symbolic link, not a file", str(path)) from None
+            raise
+        return os.fdopen(fd, "rb")
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        with atomic.open_atomic(self._get_filepath(artifact_id), "wb") as handle:
+            shutil.copyfileobj(content_body, handle)
 
 
 _ENGINES: dict[str, sa.engine.Engine] = {}
@@ -84,9 +111,15 @@ class DatabaseArtifactStore:
             sa.Column("data", sa.LargeBinary, nullable=False),
         )
 
+    @property
+    def url(self) -> str:
+        return str(self.engine.url)  # SQLAlchemy shows the password as ***
+
     def create_table(self) -> None:
         self.table.create(self.engine, checkfirst=True)
 
+    # Reads and writes ride out a database restart like every storage call (storage/retry.py).
+    @retrying
     def open_reader(self, artifact_id: str) -> BinaryIO:
         query = sa.select(self.table.c.data).where(self.table.c.artifact_id == artifact_id)
         try:
@@ -102,9 +135,19 @@ class DatabaseArtifactStore:
         return io.BytesIO(bytes(data))
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
-        row = {"artifact_id": artifact_id, "data": content_body.read()}
-        with self.engine.begin() as conn:
-            conn.execute(self.table.insert().values(**row))
+        self._insert(artifact_id, content_body.read())
+
+    @retrying
+    def _insert(self, artifact_id: str, data: bytes) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(self.table.insert().values(artifact_id=artifact_id, data=data))
+        except sa.exc.IntegrityError:
+            # A retry after a commit whose answer the restart swallowed: the row is there.
+            query = sa.select(self.table.c.data).where(self.table.c.artifact_id == artifact_id)
+            with self.engine.connect() as conn:
+                if conn.execute(query).scalar_one_or_none() != data:
+                    raise
 
     def remove(self, artifact_id: str) -> None:
         where = self.table.c.artifact_id == artifact_id

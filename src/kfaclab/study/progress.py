@@ -2,12 +2,14 @@
 storage alone, so the sweep's live display and ``kfaclab status`` on any machine agree.
 
 ETA comes from the observed completion rate over the last ten minutes (all workers, on all
-machines, whatever their number): total ETA = remaining trials / rate; a cell's ETA assumes the
+machines, whatever their number; measured up to the last completion, so a stall does not count as
+slow trials): total ETA = remaining trials / rate; a cell's ETA assumes the
 open cells share the throughput evenly, which is how workers pick cells (sweep.Worker._choose).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -21,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from kfaclab.study import records
 from kfaclab.study.cells import CellInfo
 from kfaclab.study.registry import optuna_quiet, study_name
+from kfaclab.text import clean
 
 WINDOW_SECONDS = 600.0
 
@@ -37,16 +40,39 @@ class CellProgress:
     stale: int = 0  # RUNNING in the storage, but its worker is dead (not counted in running)
 
 
+def load_cell_study(
+    storage: optuna.storages.BaseStorage, protocol: str, cell: CellInfo
+) -> optuna.Study | None:
+    """The cell's study, or None when it is missing: a sweep killed while it created its
+    studies (the index, with every cell, is written first), or a study deleted in the dashboard.
+    A missing cell is named once on stderr; the next ``kfaclab sweep`` creates it again
+    (registry.ensure_studies), and until then it simply has no trials."""
+    name = study_name(protocol, cell.name)
+    with optuna_quiet():
+        try:
+            return optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            if (id(storage), name) not in _NAMED_MISSING:
+                _NAMED_MISSING.add((id(storage), name))
+                sys.stderr.write(
+                    f"kfaclab: the study of cell {clean(name)!r} is missing (a sweep stopped "
+                    "while creating it, or it was deleted); shown without trials, and the next "
+                    "`kfaclab sweep` creates it again\n"
+                )
+            return None
+
+
+_NAMED_MISSING: set[tuple[int, str]] = set()  # each missing cell named once per storage opened
+
+
 def cell_trials(
     storage: optuna.storages.BaseStorage, protocol: str, cells: list[CellInfo]
 ) -> dict[str, list[FrozenTrial]]:
-    with optuna_quiet():
-        return {
-            c.name: optuna.load_study(
-                study_name=study_name(protocol, c.name), storage=storage
-            ).get_trials(deepcopy=False)
-            for c in cells
-        }
+    found = {c.name: load_cell_study(storage, protocol, c) for c in cells}
+    return {
+        name: [] if study is None else study.get_trials(deepcopy=False)
+        for name, study in found.items()
+    }
 
 
 def dead_trials(
@@ -55,15 +81,13 @@ def dead_trials(
     """Per cell, the RUNNING trials whose worker is dead (liveness.dead_running_trials)."""
     from kfaclab.study.liveness import dead_running_trials
 
-    with optuna_quiet():
-        return {
-            c.name: dead_running_trials(
-                optuna.load_study(study_name=study_name(protocol, c.name), storage=storage),
-                storage,
-                journal=journal,
-            )
-            for c in cells
-        }
+    dead: dict[str, set[int]] = {}
+    for c in cells:
+        study = load_cell_study(storage, protocol, c)
+        dead[c.name] = (
+            set() if study is None else dead_running_trials(study, storage, journal=journal)
+        )
+    return dead
 
 
 def summarize(
@@ -129,7 +153,10 @@ def _rate(trials: list[FrozenTrial], now: datetime) -> float | None:
     if len(recent) < 2:
         return None
     start = min(t.datetime_start for t in recent if t.datetime_start is not None)
-    span = (now - start).total_seconds()
+    # up to the last completion, not to now: a stall since then (a restart, a lock wait) is not
+    # throughput, and counting it made 1-second trials read "ETA 20m" right after a restart
+    end = max(t.datetime_complete for t in recent if t.datetime_complete is not None)
+    span = (end - start).total_seconds()
     return len(recent) / span if span > 0 else None
 
 
@@ -151,6 +178,7 @@ def total_eta(rows: list[CellProgress]) -> float | None:
 
 
 def format_table(rows: list[CellProgress]) -> str:
+    rows = [dataclasses.replace(r, cell=clean(r.cell)) for r in rows]  # names from files: shown
     width = max([len("cell"), *(len(r.cell) for r in rows)])
     # The "stale" column appears only when there is something in it: trials whose worker died
     # (status shows them; the next sweep fails and retries them).

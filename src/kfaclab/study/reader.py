@@ -7,6 +7,7 @@ the cells, every trial with its parameters and its full ``TrialResult`` record.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,6 +20,7 @@ from kfaclab.study.cells import CellInfo
 from kfaclab.study.progress import cell_trials
 from kfaclab.study.registry import pick_protocol
 from kfaclab.study.storage import Storage, resolve
+from kfaclab.text import clean
 from kfaclab.trial_types import TrialResult
 
 __all__ = ["CellInfo", "StoredTrial", "StudySet", "load_study_set"]
@@ -34,6 +36,7 @@ class StoredTrial:
     params: dict[str, Any]  # lr, lr_decay, momentum, damping.<constant> ...
     seconds: float | None
     record: TrialResult | None = field(default=None, repr=False)
+    damaged: str | None = None  # why its record could not be read (records.DamagedRecordError)
 
 
 @dataclass
@@ -45,6 +48,9 @@ class StudySet:
     # the storage's path). Caches beside a report (reruns.json) key on it, so two studies
     # reported into one folder never mix, and a moved or cloned study folder keeps its cache.
     identity: str = ""
+    # One line per finished trial whose record is damaged ("cell: trial 3's record … is
+    # damaged: …"); those trials are kept without a record, as if their artifact were missing.
+    damaged: list[str] = field(default_factory=list)
 
     def cell_trials(self, cell: str, state: str | None = "COMPLETE") -> list[StoredTrial]:
         return [t for t in self.trials if t.cell == cell and (state is None or t.state == state)]
@@ -71,11 +77,15 @@ def read_study_set(
         for t in sorted(by_cell[cell.name], key=lambda t: t.number)
     ]
     started = [t.datetime_start for ts in by_cell.values() for t in ts if t.datetime_start]
+    damaged = [f"{t.cell}: {t.damaged}" for t in trials if t.damaged]
+    for line in damaged:  # named where every command's user sees it, and skipped
+        sys.stderr.write(f"kfaclab: skipped a damaged record: {clean(line)}\n")
     return StudySet(
         protocol=stored.raw,
         cells=stored.cells,
         trials=trials,
         identity=study_identity(stored.name, min(started) if started else None),
+        damaged=damaged,
     )
 
 
@@ -93,13 +103,22 @@ def stored_trial(cell: str, trial: FrozenTrial, store: RecordStore | None = None
     attrs = trial.user_attrs
     finished = trial.state == TrialState.COMPLETE
     value = trial.value if finished else None
+    # Attributes are checked, not trusted: a shared database's other users can write them.
     status = attrs.get(records.STATUS) if finished else None
+    status = status if status in ("ok", "diverged") else None
     if finished and status == "diverged":
         value = math.inf  # stored as a finite penalty (diverged.py), or as inf by older studies
     seconds = attrs.get(records.SECONDS)
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+        seconds = None
     if seconds is None and trial.datetime_start is not None and trial.datetime_complete:
         seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
-    record = records.read_record(trial, store) if finished and store is not None else None
+    record, damaged = None, None
+    if finished and store is not None:
+        try:
+            record = records.read_record(trial, store)
+        except records.DamagedRecordError as exc:
+            damaged = str(exc)
     return StoredTrial(
         cell=cell,
         number=trial.number,
@@ -109,4 +128,5 @@ def stored_trial(cell: str, trial: FrozenTrial, store: RecordStore | None = None
         params=dict(trial.params),
         seconds=seconds,
         record=record,
+        damaged=damaged,
     )

@@ -13,6 +13,13 @@ User attrs of a finished trial (small, all shown by the dashboard):
 
 Studies written before artifacts kept the record in a user attr ``record`` as
 base64(zlib(json)); ``read_record`` still reads it.
+
+Records are read defensively: they come from a folder someone may have copied badly or a database
+other users can write. A record is inflated in chunks and refused beyond ``RECORD_MAX_BYTES``
+(128 MiB of JSON, far above the few kB to few MB of a real record: a million steps of curves is
+about 22 MB), so a gzip bomb costs at most that much memory; a record that is not gzip, is cut
+short, is not JSON or does not have a record's shape raises ``DamagedRecordError``, which names the
+trial and the reason, and the readers skip that one trial (reader.stored_trial).
 """
 
 from __future__ import annotations
@@ -24,13 +31,14 @@ import math
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import optuna
 from optuna.artifacts import upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial
 
+from kfaclab.gunzip import InflateError, gunzip
 from kfaclab.study.artifacts import RecordStore
 from kfaclab.trial_types import TrialResult
 
@@ -54,8 +62,18 @@ def encode_record(result: TrialResult) -> bytes:
     return gzip.compress(record_json(result), compresslevel=6, mtime=0)
 
 
-def decode_record(data: bytes) -> TrialResult:
-    return TrialResult.from_dict(json.loads(gzip.decompress(data).decode("utf-8")))
+RECORD_MAX_BYTES = 128 << 20  # documented above and in docs/interfaces.md
+
+
+class DamagedRecordError(ValueError):
+    """A trial's record exists but cannot be read; the message names the trial and the reason."""
+
+
+def decode_record(data: bytes | BinaryIO) -> TrialResult:
+    """The TrialResult in gzip'ed JSON ``data`` (bytes or a binary file handle), inflated to at
+    most RECORD_MAX_BYTES. Raises InflateError, ValueError (not JSON, not UTF-8) or
+    TypeError/KeyError/AttributeError (not a record's shape)."""
+    return TrialResult.from_dict(json.loads(gunzip(data, RECORD_MAX_BYTES).decode("utf-8")))
 
 
 def encode_result(result: TrialResult) -> str:
@@ -64,8 +82,11 @@ def encode_result(result: TrialResult) -> str:
 
 
 def decode_result(blob: str) -> TrialResult:
-    data = json.loads(zlib.decompress(base64.b64decode(blob)).decode("utf-8"))
-    return TrialResult.from_dict(data)
+    inflater = zlib.decompressobj()
+    raw = inflater.decompress(base64.b64decode(blob), RECORD_MAX_BYTES + 1)
+    if len(raw) > RECORD_MAX_BYTES:
+        raise InflateError(f"inflates to more than {RECORD_MAX_BYTES} bytes")
+    return TrialResult.from_dict(json.loads(raw.decode("utf-8")))
 
 
 def write_record(trial: optuna.Trial, result: TrialResult, store: RecordStore) -> str:
@@ -91,18 +112,30 @@ def record_artifact_id(trial: FrozenTrial) -> str | None:
     return None
 
 
+# What a damaged record raises while it is read and decoded (never a bug of ours: the bytes).
+_DAMAGE = (OSError, EOFError, ValueError, TypeError, KeyError, AttributeError, IndexError)
+
+
 def read_record(trial: FrozenTrial, store: RecordStore | None) -> TrialResult | None:
     """The trial's TrialResult: its record artifact, else the old user attr, else None (not
-    finished, or its artifact is missing, e.g. an output folder copied without artifacts/)."""
+    finished, or its artifact is missing, e.g. an output folder copied without artifacts/).
+    ``DamagedRecordError`` if the record is there but cannot be read (see the module docstring)."""
     artifact_id = record_artifact_id(trial)
-    if artifact_id is not None and store is not None:
-        try:
-            with store.open_reader(artifact_id) as handle:
-                return decode_record(handle.read())
-        except ArtifactNotFound:
-            return None
-    blob = trial.user_attrs.get(RECORD)
-    return decode_result(blob) if isinstance(blob, str) else None
+    try:
+        if artifact_id is not None and store is not None:
+            try:
+                with store.open_reader(artifact_id) as handle:
+                    return decode_record(handle)
+            except ArtifactNotFound:
+                return None
+        blob = trial.user_attrs.get(RECORD)
+        return decode_result(blob) if isinstance(blob, str) else None
+    except _DAMAGE as exc:
+        where = f"artifact {artifact_id}" if artifact_id is not None else "record attribute"
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DamagedRecordError(
+            f"trial {trial.number}'s record ({where}) is damaged: {type(exc).__name__}: {reason}"
+        ) from None
 
 
 def result_attrs(result: TrialResult) -> dict[str, Any]:

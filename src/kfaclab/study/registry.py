@@ -16,16 +16,19 @@ top-k meaningless.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
+from optuna.study._frozen import FrozenStudy
 
 from kfaclab.errors import UsageError
 from kfaclab.study._schema import first_difference
 from kfaclab.study.cells import CellInfo, build_cells
 from kfaclab.study.protocol import Protocol
 from kfaclab.study.storage import Storage
+from kfaclab.text import clean
 
 KIND_ATTR = "kfaclab:kind"
 PROTOCOL_ATTR = "kfaclab:protocol"
@@ -102,33 +105,98 @@ def _load_or_create(storage: optuna.storages.BaseStorage, name: str) -> optuna.S
 
 
 def stored_protocols(storage: optuna.storages.BaseStorage) -> list[StoredProtocol]:
-    """Every protocol whose studies are in ``storage``."""
+    """Every protocol whose studies are in ``storage`` (each index parsed and checked)."""
+    return [_parse_index(study) for study in _index_studies(storage)]
+
+
+def _index_studies(storage: optuna.storages.BaseStorage) -> list[FrozenStudy]:
     found = []
     for study in storage.get_all_studies():
         attrs = study.user_attrs
         if attrs.get(KIND_ATTR) == "protocol" and PROTOCOL_ATTR in attrs:
-            cells = [CellInfo.from_dict(c) for c in attrs.get(CELLS_ATTR, [])]
-            name = attrs.get(NAME_ATTR, study.study_name)  # old indexes: the study's name
-            found.append(StoredProtocol(name, attrs[PROTOCOL_ATTR], cells))
+            found.append(study)
     return found
+
+
+def _index_name(study: FrozenStudy) -> str:
+    """The protocol an index study stands for, unparsed (old indexes: the study's name)."""
+    name = study.user_attrs.get(NAME_ATTR, study.study_name)
+    return name if isinstance(name, str) else f"<malformed name of study {study.study_name!r}>"
+
+
+def _parse_index(study: FrozenStudy) -> StoredProtocol:
+    """An index study read into a StoredProtocol; any malformed part (the storage may be a
+    database other users write to) is refused in one line naming the study."""
+    attrs = study.user_attrs
+
+    def bad(what: str, value: Any) -> UsageError:
+        shown = repr(value)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        return UsageError(
+            f"index study {clean(study.study_name)!r} is malformed: {what}, got {clean(shown)}"
+        )
+
+    name = attrs.get(NAME_ATTR, study.study_name)
+    if not isinstance(name, str) or not name:
+        raise bad(f"{NAME_ATTR} must be a non-empty string", name)
+    raw = attrs[PROTOCOL_ATTR]
+    if not isinstance(raw, dict):
+        raise bad(f"{PROTOCOL_ATTR} must be a table (a JSON object)", raw)
+    listed = attrs.get(CELLS_ATTR, [])
+    if not isinstance(listed, list):
+        raise bad(f"{CELLS_ATTR} must be a list of cells", listed)
+    cells = []
+    for i, data in enumerate(listed):
+        problem = cell_problem(data)
+        if problem is not None:
+            raise bad(f"{CELLS_ATTR}[{i}] {problem}", data)
+        cells.append(CellInfo.from_dict(data))
+    if len({c.name for c in cells}) != len(cells):
+        raise bad(f"{CELLS_ATTR} must name each cell once", [c.name for c in cells])
+    return StoredProtocol(name, raw, cells)
+
+
+def cell_problem(data: Any) -> str | None:
+    """What is wrong with a stored cell dict (None: nothing), for a one-line message."""
+    fields = set(CellInfo.__dataclass_fields__)
+    if not isinstance(data, dict) or set(data) != fields:
+        return f"must be an object with the keys {sorted(fields)}"
+    if not isinstance(data["name"], str) or not data["name"]:
+        return "name must be a non-empty string"
+    if data["optimizer"] not in ("sgd", "kfac"):
+        return "optimizer must be 'sgd' or 'kfac'"
+    lam = data["damping"]
+    number = isinstance(lam, int | float) and not isinstance(lam, bool)
+    if not (lam is None or isinstance(lam, dict) or (number and math.isfinite(lam) and lam > 0)):
+        return "damping must be null, a number > 0 or a strategy object"
+    if not isinstance(data["damping_label"], str):
+        return "damping_label must be a string"
+    for key in ("n_trials", "top_k"):
+        if not isinstance(data[key], int) or isinstance(data[key], bool) or data[key] < 0:
+            return f"{key} must be an integer >= 0"
+    return None
 
 
 def pick_protocol(
     storage: optuna.storages.BaseStorage, where: str, name: str | None = None
 ) -> StoredProtocol:
-    """The protocol ``name``, or the only one in the storage."""
-    found = stored_protocols(storage)
-    names = [p.name for p in found]
+    """The protocol ``name``, or the only one in the storage. Only the chosen index study is
+    parsed: a malformed index of another protocol (another user of a shared database) is no
+    concern of this one."""
+    found = _index_studies(storage)
+    names = [_index_name(p) for p in found]
     if name is not None:
-        for p in found:
-            if p.name == name:
-                return p
-        raise UsageError(f"--protocol must be one of {names or 'none'} in {where}, got {name!r}")
+        for study, listed in zip(found, names, strict=True):
+            if listed == name:
+                return _parse_index(study)
+        shown = [clean(n) for n in names] or "none"
+        raise UsageError(f"--protocol must be one of {shown} in {where}, got {clean(name)!r}")
     if not found:
         raise UsageError(f"no kfaclab studies in {where}")
     if len(found) > 1:
-        raise UsageError(f"{where} holds several protocols ({', '.join(names)}); use --protocol")
-    return found[0]
+        listed = ", ".join(clean(n) for n in names)
+        raise UsageError(f"{where} holds several protocols ({listed}); use --protocol")
+    return _parse_index(found[0])
 
 
 class optuna_quiet:  # noqa: N801 - used like a function: `with optuna_quiet():`

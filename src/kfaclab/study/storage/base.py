@@ -87,11 +87,19 @@ class Storage(ABC):
     def refuse_own_file(self, path: Path | str, what: str = "OUT") -> None:
         """Refuse to write ``path`` when it is one of this storage's own files."""
         target = Path(path).resolve()
+        # Its folders too: a record in artifacts/ or a lock in .locks/ is as much the study's.
+        folders = [] if self.folder is None else [self.folder / "artifacts", self.folder / ".locks"]
         for own in self.own_files():
             if target == own.resolve():
                 raise UsageError(
                     f"{what} must not be a file of the study itself, got {path} "
                     f"(it is part of {self.describe()}); choose another file name"
+                )
+        for folder in folders:
+            if target.is_relative_to(folder.resolve()):
+                raise UsageError(
+                    f"{what} must not be inside the study's {folder.name}/ folder, got {path} "
+                    f"(part of {self.describe()}); choose another file name"
                 )
 
 

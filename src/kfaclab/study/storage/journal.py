@@ -29,6 +29,7 @@ from kfaclab.study.storage.journal_check import (
     refuse_damaged,
     write_all,
 )
+from kfaclab.study.storage.lockfile import LiveLock
 
 JOURNAL_NAME = "studies.journal"
 LOCK_SUFFIX = ".lock"  # JournalFileOpenLock's lock file: the journal's name plus this
@@ -66,13 +67,21 @@ class JournalFolder(Storage):
 
     def open(self, *, create: bool) -> optuna.storages.BaseStorage:
         journal = self.journal
+        if create and journal.is_symlink():
+            # A link planted in a shared output folder would make the sweep write (and create)
+            # its journal wherever the link points, outside the folder (issue 29, F22).
+            raise UsageError(
+                f"storage {journal} must be a regular file in its folder, got a symbolic link "
+                f"to {str(os.readlink(journal))!r}; remove the link or use another --out"
+            )
         prepare_file(
             journal, create=create, shown=str(journal), kind="journal file", where=self.directory
         )
         if journal.exists() and not journal.is_file():
             raise UsageError(f"storage {journal} is not a regular file")
-        # The open() lock (O_EXCL lock file) is the one Optuna documents for local file systems.
-        lock = JournalFileOpenLock(str(journal))
+        # The open() lock (O_EXCL lock file) is the one Optuna documents for local file systems;
+        # LiveLock also sees at once when its holder died (lockfile.py).
+        lock = LiveLock(str(journal))
         if journal.exists():
             check_journal(journal, lock)
         backend = _Backend(str(journal), lock_obj=lock)

@@ -19,6 +19,7 @@ worker is writing at this moment is never mistaken for a torn one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -121,8 +122,25 @@ def check_journal(journal: Path, lock: BaseJournalFileLock) -> None:
     """Heal a torn end of ``journal`` or refuse it in one line (see the module docstring)."""
     if _problem(journal) is None:
         return  # the common case: no lock taken, nothing written
-    with get_lock_file(lock):
-        heal_locked(journal)
+    try:
+        with get_lock_file(lock):
+            heal_locked(journal)
+    except OSError as exc:
+        # A read-only journal or folder (an archive, a colleague's folder): nothing can be
+        # healed, but a torn last record is skipped by Optuna's own reader, so the journal can
+        # still be read (issue 29, F13). Other damage needs a writable copy.
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        reason = exc.strerror or str(exc)
+        if _problem(journal) == "tail":
+            announce(
+                f"{journal} ends in a torn write and cannot be healed ({reason}); read without it"
+            )
+            return
+        raise UsageError(
+            f"{journal} needs healing but cannot be written ({reason}); copy the folder "
+            "somewhere writable and run the command there"
+        ) from None
 
 
 def heal_locked(journal: Path) -> None:

@@ -6,16 +6,19 @@ that died is failed and re-queued by whoever looks next (study/liveness.py).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import time
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 
 from kfaclab.errors import UsageError
 from kfaclab.study.storage.base import (
@@ -25,6 +28,7 @@ from kfaclab.study.storage.base import (
     prepare_file,
     retry_callback,
 )
+from kfaclab.study.storage.retry import RetryingRDBStorage, retrying
 from kfaclab.study.storage.urls import check_url, driver_url, redact, sqlite_path
 
 _SCHEMA_LOCK = "kfaclab:create-schema"
@@ -76,7 +80,7 @@ class SQLiteFile(_Database):
         prepare_file(path, create=create, shown=shown, kind="SQLite database file", where=shown)
         if path.is_file() and path.stat().st_size and not _is_sqlite(path):
             raise UsageError(f"storage {self.describe()} is not a SQLite database: {path}")
-        return _open_rdb(self.url, {"timeout": 60}, nullcontext())  # wait for the writer lock
+        return _open_rdb(self.url, {"timeout": 60}, nullcontext)  # wait for the writer lock
 
 
 @dataclass(frozen=True)
@@ -101,10 +105,23 @@ class PostgresServer(_Database):
         # database Optuna creates its tables; two machines starting the same command at once
         # would race ("duplicate key value violates unique constraint
         # pg_type_typname_nsp_index"), so creation is serialised by an advisory lock.
-        return _open_rdb(self.url, {"connect_timeout": 10}, _advisory_lock(self.url, _SCHEMA_LOCK))
+        return _open_rdb(
+            self.url, {"connect_timeout": 10}, lambda: _advisory_lock(self.url, _SCHEMA_LOCK)
+        )
 
     def cell_lock(self, study_name: str) -> AbstractContextManager[None]:
         return _advisory_lock(self.url, study_name)
+
+
+_SCHEMA_ATTEMPTS = 6  # 0.2 + 0.4 + … + 3.2 s: far longer than creating the tables takes
+
+
+def _schema_race(exc: Exception) -> bool:
+    """Whether ``exc`` is what losing the race to create Optuna's tables raises."""
+    text = str(getattr(exc, "orig", exc)).lower()
+    if isinstance(exc, sqlalchemy.exc.IntegrityError):
+        return True
+    return "already exists" in text or "database is locked" in text or "alembic" in text
 
 
 def _is_sqlite(path: Path) -> bool:
@@ -113,10 +130,8 @@ def _is_sqlite(path: Path) -> bool:
 
 
 def _open_rdb(
-    url: str, connect_args: dict[str, Any], schema_lock: AbstractContextManager[None]
+    url: str, connect_args: dict[str, Any], schema_lock: Callable[[], AbstractContextManager[None]]
 ) -> optuna.storages.BaseStorage:
-    import sqlalchemy.exc
-
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True, "connect_args": connect_args}
     shown = redact(url)
     with warnings.catch_warnings():
@@ -129,14 +144,24 @@ def _open_rdb(
             name = "failed_trial_callback"
         callback: dict[str, Any] = {name: retry_callback()}
         try:
-            with schema_lock:
-                return optuna.storages.RDBStorage(
-                    driver_url(url),
-                    engine_kwargs=engine_kwargs,
-                    heartbeat_interval=HEARTBEAT_SECONDS,
-                    grace_period=GRACE_SECONDS,
-                    **callback,
-                )
+            for attempt in range(_SCHEMA_ATTEMPTS):
+                try:
+                    with schema_lock():
+                        return RetryingRDBStorage(
+                            driver_url(url),
+                            engine_kwargs=engine_kwargs,
+                            heartbeat_interval=HEARTBEAT_SECONDS,
+                            grace_period=GRACE_SECONDS,
+                            **callback,
+                        )
+                except sqlalchemy.exc.DatabaseError as exc:
+                    # Two commands creating the tables of a new SQLite file at once: the loser
+                    # fails on a table or row the winner just made ("alembic_version.
+                    # version_num"). The schema is complete a moment later; open it again.
+                    if attempt + 1 == _SCHEMA_ATTEMPTS or not _schema_race(exc):
+                        raise
+                    time.sleep(0.2 * 2**attempt)
+            raise AssertionError("unreachable")  # the loop returns or raises
         except UsageError:
             raise
         except sqlalchemy.exc.OperationalError as exc:
@@ -183,14 +208,43 @@ def _advisory_lock(url: str, key_name: str) -> Iterator[None]:
     # Advisory lock keys are signed 64-bit integers.
     key = zlib.crc32(key_name.encode()) - 2**31
     try:
-        conn = engine.connect()
+        # Retried through an outage only once this process has reached the server: an
+        # unreachable or mistyped host at the start is reported in seconds, not after a minute.
+        conn = _locked(engine, key, retry=url in _REACHED)
     except sqlalchemy.exc.OperationalError as exc:
         raise UsageError(f"cannot reach storage {redact(url)}: {_reason(exc)}") from None
+    _REACHED.add(url)
     with conn:
-        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-        conn.commit()
         try:
             yield
         finally:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-            conn.commit()
+            # A server restart meanwhile ended the session, and the lock with it: nothing to
+            # release then, and the error says nothing about the work done under the lock.
+            with contextlib.suppress(sqlalchemy.exc.DBAPIError):
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+
+
+_REACHED: set[str] = set()  # URLs this process has held an advisory lock on
+
+
+def _locked(engine: Any, key: int, *, retry: bool) -> Any:
+    """A connection holding the advisory lock ``key``; connection failures (a server restart)
+    are retried with backoff by retry.retrying, like every storage call."""
+
+    class _Holder:
+        url = engine.url
+
+        def take(self) -> Any:
+            import sqlalchemy
+
+            conn = engine.connect()
+            try:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                conn.commit()
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+
+    return (retrying(_Holder.take) if retry else _Holder.take)(_Holder())

@@ -17,7 +17,6 @@ import shutil
 import sys
 from pathlib import Path
 
-from optuna.storages.journal import JournalFileOpenLock
 from optuna.storages.journal._file import get_lock_file
 
 from kfaclab.errors import UsageError
@@ -28,6 +27,7 @@ from kfaclab.study.storage.journal_check import (
     salvage,
     write_all,
 )
+from kfaclab.study.storage.lockfile import LiveLock
 
 
 def split_journal(data: bytes) -> tuple[list[bytes], list[bytes]]:
@@ -58,7 +58,7 @@ def repair(journal: Path) -> str:
     """Repair ``journal`` in place (under its lock); returns the one-line summary."""
     if not journal.is_file():
         raise UsageError(f"JOURNAL must be a journal file, got {journal}")
-    with get_lock_file(JournalFileOpenLock(str(journal))):
+    with get_lock_file(LiveLock(str(journal))):
         data = journal.read_bytes()
         keep, aside = split_journal(data)
         if not aside:
