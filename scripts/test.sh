@@ -9,7 +9,9 @@ if [[ -z "${KFACLAB_TEST_POSTGRES:-}" ]] && ls /usr/lib/postgresql/*/bin/initdb 
     KFACLAB_TEST_POSTGRES="$(bash scripts/start-postgres.sh)"
     export KFACLAB_TEST_POSTGRES
 fi
-.venv/bin/ruff check src tests benchmarks
-.venv/bin/ruff format --check src tests benchmarks
+.venv/bin/ruff check src tests benchmarks examples
+.venv/bin/ruff format --check src tests benchmarks examples
 .venv/bin/mypy
+# The user guide and API reference (mkdocs.yml): offline, warnings are errors, built outside the tree.
+.venv/bin/mkdocs build --strict --quiet --site-dir "$(mktemp -d)/site"
 .venv/bin/pytest "$@"

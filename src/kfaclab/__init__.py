@@ -26,4 +26,4 @@ __all__ = [
     "from_b2_scaled",
     "to_b2_scaled",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
