@@ -25,6 +25,9 @@ ModelName = Literal["mlp", "cnn"]
 DatasetName = Literal["mnist", "fashion-mnist"]
 Activation = Literal["relu", "tanh", "identity"]
 DtypeName = Literal["float32", "float64"]
+# Weight initialisation of the models' nn.Linear and nn.Conv2d layers (kfaclab.models.initialise):
+# "torch" is PyTorch's default, untouched; "he" and "glorot" redraw weights, biases set to 0.
+InitName = Literal["torch", "he", "glorot"]
 
 OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
 DAMPING_FORMS: tuple[str, ...] = get_args(DampingForm)
@@ -36,6 +39,7 @@ MODELS: tuple[str, ...] = get_args(ModelName)
 DATASETS: tuple[str, ...] = get_args(DatasetName)
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 DTYPES: tuple[str, ...] = get_args(DtypeName)
+INITS: tuple[str, ...] = get_args(InitName)
 
 # Defaults of the K-FAC mathematics (the library's ``KFAC`` and a trial's ``TrialConfig``).
 DEFAULT_DAMPING = 1e-3
@@ -46,4 +50,5 @@ DEFAULT_DAMPING_FORM: DampingForm = "exact"
 DEFAULT_FISHER: FisherType = "empirical"
 DEFAULT_FACTOR_INIT: FactorInit = "batch"
 DEFAULT_CONV_APPROX: ConvApprox = "expand"  # the classic KFC, and curvlinops' default
+DEFAULT_INIT: InitName = "torch"
 DEFAULT_EIGEN_FLOOR = 0.0  # eigenvalues of A and G below this are set to 0 before damping

@@ -13,7 +13,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from kfaclab.choices import ACTIVATIONS
+from kfaclab.choices import ACTIVATIONS, DEFAULT_INIT, INITS
 from kfaclab.errors import UsageError
 
 # The module of each activation in kfaclab.choices.ACTIVATIONS (None: no module at all).
@@ -30,6 +30,7 @@ def build_mlp(
     activation: str = "relu",
     in_features: int = 784,
     out_features: int = 10,
+    init: str = DEFAULT_INIT,
 ) -> nn.Sequential:
     """A stack of ``depth`` nn.Linear layers, ``width`` units in each hidden layer.
 
@@ -37,9 +38,10 @@ def build_mlp(
     per-layer diagnostics read as "fc1", not as a position that shifts with the activation.
     Indexing still works: ``model[0]`` is ``fc1``. The last layer returns logits (no activation).
 
-    Initialisation is PyTorch's nn.Linear default, untouched: weights by
+    ``init="torch"`` (the default) is PyTorch's nn.Linear default, untouched: weights by
     ``kaiming_uniform_(a=sqrt(5))`` and biases alike, which is U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-    for both. Seed with ``torch.manual_seed`` before calling for a reproducible model; it is built
+    for both; "he" and "glorot" redraw the weights afterwards (``initialise``). Seed with
+    ``torch.manual_seed`` before calling for a reproducible model; it is built
     on the CPU in float32 (move it with ``.to(device, dtype)``) so the same seed gives the same
     weights whatever device trains it.
     """
@@ -55,7 +57,7 @@ def build_mlp(
         layers[f"fc{i + 1}"] = nn.Linear(sizes[i], sizes[i + 1])
         if act is not None and i < depth - 1:
             layers[f"act{i + 1}"] = act()
-    return nn.Sequential(layers)
+    return initialise(nn.Sequential(layers), init)
 
 
 def build_cnn(
@@ -65,6 +67,7 @@ def build_cnn(
     in_channels: int = 1,
     image_size: int = 28,
     out_features: int = 10,
+    init: str = DEFAULT_INIT,
 ) -> nn.Sequential:
     """A LeNet-5-like CNN for square images, taking flat (N, in_channels·image_size²) batches.
 
@@ -77,8 +80,8 @@ def build_cnn(
     diagnostics read the same whatever the activation; ``activation="identity"`` adds no
     activation modules (the max-pooling keeps the network non-linear).
 
-    Initialisation is PyTorch's default for nn.Conv2d and nn.Linear (U(±1/sqrt(fan_in)) for
-    weights and biases), built on the CPU in float32 like ``build_mlp``.
+    Initialisation as ``build_mlp``'s ``init`` (default: PyTorch's, U(±1/sqrt(fan_in)) for
+    weights and biases of nn.Conv2d and nn.Linear), built on the CPU in float32 like ``build_mlp``.
     """
     for name, value in (
         ("in_channels", in_channels),
@@ -113,7 +116,39 @@ def build_cnn(
     layers["fc2"] = nn.Linear(hidden[0], hidden[1])
     _add_activation(layers, act, "act4")
     layers["fc3"] = nn.Linear(hidden[1], out_features)
-    return nn.Sequential(layers)
+    return initialise(nn.Sequential(layers), init)
+
+
+def initialise(model: nn.Sequential, init: str) -> nn.Sequential:
+    """Redraw the weights of every nn.Linear and nn.Conv2d of ``model`` (in module order, from
+    the global generator) and zero their biases; ``"torch"`` leaves the model untouched.
+
+    fan_in = in_features (in_channels·kh·kw for a conv), fan_out = out_features (·kh·kw):
+    - "he" (He et al. 2015, eq. 10, for ReLU): W ~ N(0, 2 / fan_in);
+    - "glorot" (Glorot & Bengio 2010, eq. 16): W ~ U(±a), a = sqrt(6 / (fan_in + fan_out)).
+    Why offer them: PyTorch's U(±1/sqrt(fan_in)) has fan_in·Var(W) = 1/3, so with ReLU each
+    layer roughly sixths the forward variance and the deep layers start dominated by their
+    biases; He keeps it near 1 for ReLU, Glorot for tanh.
+    """
+    if init not in INITS:
+        raise UsageError(f"init must be one of {', '.join(map(repr, INITS))}, got {init!r}")
+    if init == "torch":
+        return model
+    with torch.no_grad():
+        for module in model.modules():
+            if not isinstance(module, nn.Linear | nn.Conv2d):
+                continue
+            weight = module.weight  # (out, in) or (out, in, kh, kw)
+            field = weight[0, 0].numel()  # kh·kw for a conv, 1 for a linear layer
+            fan_in, fan_out = weight.shape[1] * field, weight.shape[0] * field
+            if init == "he":
+                weight.normal_(0.0, (2.0 / fan_in) ** 0.5)
+            else:
+                bound = (6.0 / (fan_in + fan_out)) ** 0.5
+                weight.uniform_(-bound, bound)
+            if module.bias is not None:
+                module.bias.zero_()
+    return model
 
 
 class ToImage(nn.Module):

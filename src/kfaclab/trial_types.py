@@ -21,6 +21,7 @@ from kfaclab.choices import (
     DtypeName,
     FactorInit,
     FisherType,
+    InitName,
     ModelName,
     OptimizerName,
 )
@@ -71,6 +72,7 @@ class TrialConfig:
     depth: int = 6  # number of nn.Linear layers
     width: int = 100
     activation: Activation = "relu"
+    init: InitName = ch.DEFAULT_INIT  # weight initialisation (models.initialise)
     # length and batches
     batch_size: int = 128
     epochs: int = 1

@@ -84,19 +84,36 @@ def build_cells(protocol: Protocol) -> list[CellInfo]:
 
 def search_space(protocol: Protocol, cell: CellInfo) -> dict[str, Range]:
     """The hyperparameters sampled per trial of ``cell``: the nuisance ones, plus a strategy's
-    searched constants as ``damping.<name>``."""
+    searched constants as ``damping.<name>``. Where ``search.kl_clip`` is set a K-FAC cell
+    samples the clip as ``kl_clip`` instead of lr (``trial_lr`` gives its fixed lr)."""
     lr = protocol.search.lr
     lam = cell.damping if isinstance(cell.damping, float) else None
     low, high = cell_lr_bounds(lr.low, lr.high, lam, protocol.search.lr_scale)
-    space = {
-        "lr": Range(low, high, lr.log),
-        "lr_decay": protocol.search.lr_decay,
-        "momentum": protocol.search.momentum,
-    }
+    step: dict[str, Range] = {"lr": Range(low, high, lr.log)}
+    if protocol.search.kl_clip is not None and cell.optimizer == "kfac":
+        step = {"kl_clip": protocol.search.kl_clip}
+    space = {**step, "lr_decay": protocol.search.lr_decay, "momentum": protocol.search.momentum}
     strategy = strategy_of(protocol, cell)
     if strategy is not None:
         space.update({f"damping.{key}": rng for key, rng in strategy.search})
     return space
+
+
+def trial_lr(protocol: Protocol, cell: CellInfo, params: dict[str, Any]) -> float:
+    """A trial's initial lr: its sampled one, or, in a cell that searches the KL clip, the fixed
+    ``search.kl_clip_lr`` (times the cell's λ under ``lr_scale = "lambda"``)."""
+    if "lr" in params:
+        return float(params["lr"])
+    fixed = protocol.search.kl_clip_lr
+    if fixed is None:
+        raise KeyError("lr")  # a cell without a searched clip always samples lr
+    lam = cell.damping if isinstance(cell.damping, float) else None
+    return cell_lr_bounds(fixed, fixed, lam, protocol.search.lr_scale)[0]
+
+
+def trial_kl_clip(protocol: Protocol, params: dict[str, Any]) -> float | None:
+    """A trial's KL clip: its sampled one, else the protocol's fixed ``training.kl_clip``."""
+    return float(params["kl_clip"]) if "kl_clip" in params else protocol.training.kl_clip
 
 
 def strategy_of(protocol: Protocol, cell: CellInfo) -> StrategySpec | None:

@@ -44,9 +44,11 @@ def build_model(config: TrialConfig, device: torch.device) -> nn.Sequential:
     # The builders initialise on the CPU in float32, so a seed gives the same weights on any
     # device; a float64 trial starts from those float32 values, converted exactly.
     if config.model == "cnn":
-        model = build_cnn(activation=config.activation)
+        model = build_cnn(activation=config.activation, init=config.init)
     else:
-        model = build_mlp(depth=config.depth, width=config.width, activation=config.activation)
+        model = build_mlp(
+            depth=config.depth, width=config.width, activation=config.activation, init=config.init
+        )
     return model.to(device=device, dtype=DTYPES[config.dtype])
 
 

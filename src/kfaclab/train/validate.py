@@ -31,6 +31,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "model": ch.MODELS,
     "dataset": ch.DATASETS,
     "activation": ch.ACTIVATIONS,
+    "init": ch.INITS,
     "dtype": ch.DTYPES,
 }
 # Resource bounds: far above any model this laboratory studies (the paper's is 6 × 100), far

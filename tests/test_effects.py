@@ -1,0 +1,213 @@
+"""Effects estimation on synthetic responses with known effects: the estimates recover them
+within their intervals, equal the textbook contrasts, and the intervals are the replicates'
+t-intervals computed independently; the half-normal plot's data; the λ-response helpers."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from kfaclab.analysis.effects.halfnormal import draw_half_normal, half_normal
+from kfaclab.analysis.effects.model import Observation, fit_effects
+from kfaclab.analysis.effects.responses import (
+    RunData,
+    log10_best_lambda,
+    loss_gap_at_one,
+    parabola_vertex,
+    smallest_lambda_divergence,
+)
+from kfaclab.study.cells import CellInfo
+from kfaclab.study.design_schema import Design, parse_design
+from kfaclab.study.reader import StoredTrial, StudySet
+from test_design_schema import base
+
+
+def screen(seeds: list[int]) -> Design:
+    """A 2^(7−3)_IV design over seven real protocol keys (responses here are synthetic)."""
+    raw = base()
+    pool = [
+        ("model.activation", "relu", "tanh"),
+        ("model.init", "torch", "he"),
+        ("training.fisher", "empirical", "mc"),
+        ("training.factor_every", 1, 10),
+        ("training.eigen_floor", 0.0, 1e-10),
+        ("training.inverse_every", 10, 100),
+        ("search.lr_scale", "none", "lambda"),
+    ]
+    raw["design"] = {
+        "kind": "fraction",
+        "generators": ["E = ABC", "F = BCD", "G = ACD"],
+        "seeds": seeds,
+        "factors": [
+            {"name": name, "levels": [{key: lo}, {key: hi}]}
+            for name, (key, lo, hi) in zip("abcdefg", pool, strict=True)
+        ],
+    }
+    return parse_design(raw)
+
+
+TRUE = {"A": 0.8, "D": -0.5, "AB=CE=FG": 0.3}  # effects: mean at + minus mean at −
+
+
+def synthetic(design: Design, sigma: float, rng: np.random.Generator) -> list[Observation]:
+    out = []
+    for run in design.runs:
+        x = [1.0 if level else -1.0 for level in run.levels]
+        # y = μ + ½·effect·x for each active term (effect = 2 × coefficient), a seed shift, noise
+        y = 2.0 + 0.4 * x[0] - 0.25 * x[3] + 0.15 * x[0] * x[1] + 0.1 * run.seed
+        out.append(Observation(run.levels, run.seed, y + sigma * rng.standard_normal()))
+    return out
+
+
+def test_effects_recover_known_effects_within_their_intervals() -> None:
+    design = screen([0, 1])
+    exact = fit_effects(design, synthetic(design, 0.0, np.random.default_rng(0)), "y")
+    for e in exact.effects:  # noise-free: exact, up to rounding
+        assert e.estimate == pytest.approx(TRUE.get(e.term, 0.0), abs=1e-12), e
+    table = fit_effects(design, synthetic(design, 0.05, np.random.default_rng(0)), "y")
+    assert table.n_obs == 32 and table.df_resid == 16 and len(table.effects) == 14
+    by_term = {e.term: e for e in table.effects}
+    for term, e in by_term.items():
+        # within two half-widths (~4 standard errors) of the truth, and clear of 0 iff real
+        assert abs(e.estimate - TRUE.get(term, 0.0)) < e.ci_high - e.ci_low, (term, e)
+        assert e.clear_of_zero == (term in TRUE)
+    assert by_term["AB=CE=FG"].names == "a×b = c×e = f×g"
+
+
+def test_intervals_cover_the_true_effects_95_percent_of_the_time() -> None:
+    design = screen([0, 1])
+    hits = [
+        e.ci_low <= TRUE.get(e.term, 0.0) <= e.ci_high
+        for rep in range(100)
+        for e in fit_effects(
+            design, synthetic(design, 0.05, np.random.default_rng(rep)), "y"
+        ).effects
+    ]
+    # 1400 intervals: the coverage's standard error is 0.006
+    assert 0.93 <= np.mean(hits) <= 0.97
+
+
+def test_estimates_and_intervals_match_an_independent_computation() -> None:
+    design = screen([0, 1])
+    obs = synthetic(design, 0.2, np.random.default_rng(1))
+    table = fit_effects(design, obs, "y")
+    y = np.array([o.value for o in obs])
+    coded = np.array([[1.0 if v else -1.0 for v in o.levels] for o in obs])
+    # The textbook contrast: mean at + minus mean at − (the design is orthogonal and balanced).
+    for i, e in enumerate(table.effects[:7]):
+        contrast = y[coded[:, i] > 0].mean() - y[coded[:, i] < 0].mean()
+        assert e.estimate == pytest.approx(contrast, abs=1e-12)
+    ab = coded[:, 0] * coded[:, 1]
+    assert table.effects[7].estimate == pytest.approx(y[ab > 0].mean() - y[ab < 0].mean())
+    # σ² from the residuals of the same model fitted by numpy, the interval from scipy's t.
+    cols = [np.ones(32), *coded.T]
+    for chain in design.two_level.estimable()[7:]:  # type: ignore[union-attr]
+        w = chain[0]
+        cols.append(np.prod([coded[:, i] for i in range(7) if w >> i & 1], axis=0))
+    cols.append(np.array([1.0 if o.seed == 1 else 0.0 for o in obs]))
+    X = np.stack(cols, axis=1)
+    beta, *_ = np.linalg.lstsq(X, y, rcond=None)
+    resid = y - X @ beta
+    df = 32 - X.shape[1]
+    half = stats.t.ppf(0.975, df) * 2 * math.sqrt(resid @ resid / df / 32)  # Var(effect)=4σ²/N
+    for e in table.effects:
+        assert e.ci_high - e.estimate == pytest.approx(half, rel=1e-9)
+
+
+def test_no_replicates_no_intervals_and_says_so() -> None:
+    from test_design_schema import half_fraction
+
+    design = parse_design(half_fraction(seeds=[0]))  # 4 runs, 1 + 3 parameters: saturated
+    obs = [Observation(r.levels, r.seed, 1.0 + 0.5 * r.levels[0]) for r in design.runs]
+    table = fit_effects(design, obs, "y")
+    assert table.df_resid == 0 and table.effects[0].estimate == pytest.approx(0.5)
+    assert all(math.isnan(e.ci_low) for e in table.effects)
+    assert "no residual degrees of freedom (no replicates): no intervals" in table.notes
+    one_seed = screen([0])  # 16 runs, 15 parameters: the 3FI class is the only df
+    table = fit_effects(one_seed, synthetic(one_seed, 0.05, np.random.default_rng(2)), "y")
+    assert table.df_resid == 1 and table.effects[0].ci_high > table.effects[0].estimate
+
+
+def test_missing_runs_fall_back_to_main_effects() -> None:
+    design = screen([0])
+    obs = synthetic(design, 0.05, np.random.default_rng(3))
+    for i in (5, 9):  # 14 runs left for 1 + 14 parameters
+        obs[i] = Observation(obs[i].levels, obs[i].seed, math.nan)
+    table = fit_effects(design, obs, "y")
+    assert [e.term for e in table.effects] == list("ABCDEFG")
+    assert table.notes[:2] == [
+        "2 of 16 runs have no value",
+        "missing runs leave the interactions inestimable: main effects only",
+    ]
+    assert table.effects[0].estimate == pytest.approx(0.8, abs=0.1)
+
+
+def test_three_level_factor_effects_are_level_differences() -> None:
+    raw = base()
+    raw["design"] = {
+        "kind": "full",
+        "seeds": [0, 1, 2],
+        "factors": [
+            {
+                "name": "act",
+                "levels": [{"model.activation": a} for a in ("relu", "tanh", "identity")],
+            }
+        ],
+    }
+    design = parse_design(raw)
+    rng = np.random.default_rng(4)
+    means = [1.0, 1.5, 0.7]
+    obs = [
+        Observation(r.levels, r.seed, means[r.levels[0]] + 0.01 * rng.standard_normal())
+        for r in design.runs
+    ]
+    table = fit_effects(design, obs, "y")
+    assert [e.names for e in table.effects] == ["act[tanh−relu]", "act[identity−relu]"]
+    for e, truth in zip(table.effects, (0.5, -0.3), strict=True):
+        assert e.ci_low <= truth <= e.ci_high and e.estimate == pytest.approx(truth, abs=0.03)
+
+
+def test_half_normal_data_and_figure(tmp_path: Any) -> None:
+    design = screen([0, 1])
+    table = fit_effects(design, synthetic(design, 0.05, np.random.default_rng(0)), "y")
+    data = half_normal(table)
+    m = len(data.labels)
+    expected = [stats.halfnorm.ppf((i - 0.5) / m) for i in range(1, m + 1)]
+    assert data.quantiles == pytest.approx(expected, abs=1e-12)
+    assert data.abs_effects == sorted(data.abs_effects)
+    assert data.labels[-1] == "a" and data.labels[-2] == "d"  # |0.8| > |−0.5| > 0.3
+    assert sum(data.clear_of_zero) == 3 and all(data.clear_of_zero[-3:])
+    png, svg = draw_half_normal(data, tmp_path, "hn")
+    assert png.stat().st_size > 1000 and svg.exists()
+
+
+def _run(values: dict[float, list[float]]) -> RunData:
+    """A run whose λ cells hold trials with these final losses (inf = diverged)."""
+    cells, trials = [], []
+    for lam, losses in values.items():
+        name = f"kfac-lam={lam:.0e}"
+        cells.append(CellInfo(name, "kfac", lam, f"{lam:.0e}", len(losses), 2))
+        for k, v in enumerate(losses):
+            status = "ok" if math.isfinite(v) else "diverged"
+            trials.append(StoredTrial(name, k, "COMPLETE", status, v, {}, 1.0))
+    return RunData("run01-seed0", 0, (0,), StudySet({}, cells, trials))
+
+
+def test_lambda_responses_on_known_curves() -> None:
+    # top-2 means follow (log10 λ − 0.3)² + 0.1 at log10 λ = −2, −1, 0, 1: vertex at 0.3.
+    f = {e: (e - 0.3) ** 2 + 0.1 for e in (-2, -1, 0, 1)}
+    run = _run({10.0**e: [f[e], f[e], f[e] + 5, math.inf] for e in f} | {1e-3: [math.inf] * 4})
+    assert parabola_vertex(np.array([-1.0, 0.0, 1.0]), np.array([f[-1], f[0], f[1]])) == (
+        pytest.approx(0.3)
+    )
+    assert log10_best_lambda(run) == pytest.approx(0.3)
+    assert loss_gap_at_one(run) == pytest.approx(0.0)  # λ = 1 is the grid's best cell
+    assert smallest_lambda_divergence(run) == 1.0  # λ = 1e-3: every trial diverged
+    edge = _run({1e-2: [0.1, 0.1], 1e-1: [0.2, 0.2], 1.0: [0.3, 0.4]})
+    assert log10_best_lambda(edge) == pytest.approx(-2.0)
+    assert loss_gap_at_one(edge) == pytest.approx(0.25)
+    assert "clamped to the grid's smallest λ" in edge.notes[0]
