@@ -23,7 +23,9 @@ def register(subparsers: Any) -> None:
         description="Runs every cell of CONFIG to its trial count. Rerunning the same command "
         "resumes; several commands (on several machines with --storage) share the work.",
     )
-    sweep.add_argument("config", help="protocol TOML file (see configs/paper.toml)")
+    sweep.add_argument(
+        "config", help="protocol TOML file (see configs/paper.toml), or a design (with [design])"
+    )
     sweep.add_argument(
         "--out", help="output folder; holds the studies (studies.journal) unless --storage"
     )
@@ -33,6 +35,21 @@ def register(subparsers: Any) -> None:
         "--data-dir", help="folder with the dataset's IDX files (overrides data.data_dir)"
     )
     sweep.add_argument("--device", default="cpu", help="where trials run: cpu (default), cuda")
+    sweep.add_argument(
+        "--population",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="step every cell's next trial together as one batched model (default: on with "
+        "--device cuda; off on the CPU, where it saves ~20%% of the CPU time but its float32 "
+        "values differ from a sequential sweep's by rounding)",
+    )
+    sweep.add_argument(
+        "--per-cell",
+        type=int,
+        default=1,
+        help="with --population: trials of each cell at a time (default 1: each cell's search "
+        "stays sequential; more fill a GPU, as that many workers per cell would)",
+    )
     sweep.set_defaults(func=run_sweep_cmd)
 
     for name, helptext in (
@@ -53,11 +70,25 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    if args.per_cell < 1:
+        raise UsageError(f"--per-cell must be >= 1, got {args.per_cell}")
     if args.storage is None and args.out is None:
         raise UsageError("--out DIR is required (or --storage URL)")
+    from kfaclab.study.protocol import read_toml
+
+    raw = read_toml(Path(args.config))
+    if "design" in raw:  # every run of the design, each a sweep like this one (design_cmd.py)
+        from kfaclab.cli.design_cmd import run_design_sweep
+
+        return run_design_sweep(args, raw)
     # Everything is checked before anything is stored: the protocol completely, the output
     # folder by a real write, the dataset found or downloaded (once, here, not per worker).
     protocol = load_checked_protocol(args.config, data_dir=args.data_dir, device=args.device)
+    population = args.population
+    if population is None:  # the GPU's lever (issue 30); the CPU's sweeps stay as they were
+        population = protocol.device.startswith("cuda")
+    if args.per_cell > 1 and not population:
+        raise UsageError(f"--per-cell must be 1 without --population, got {args.per_cell}")
     spec = resolve(args.out, args.storage)
     if args.out is not None:
         check_out_dir(args.out)
@@ -66,7 +97,9 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
     # folder is not part of it.
     ensure_studies(protocol, open_storage(spec, create=True), spec)
     prepare_dataset(protocol)
-    rc = run_sweep(protocol, spec, workers=args.workers)
+    rc = run_sweep(
+        protocol, spec, workers=args.workers, population=population, per_cell=args.per_cell
+    )
     if rc == 0:
         sys.stderr.write(next_step(spec, protocol) + "\n")
     return rc
@@ -75,13 +108,15 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
 def run_status(args: argparse.Namespace) -> int:
     from kfaclab.study.progress import cell_trials, dead_trials, format_table, summarize
     from kfaclab.study.registry import pick_protocol
+    from kfaclab.text import clean
 
     spec = stored_sweep(args.target, args.storage)
     storage = spec.open(create=False)
     stored = pick_protocol(storage, spec.describe(), args.protocol)
     dead = dead_trials(storage, stored.name, stored.cells, journal=not spec.builtin_heartbeat)
     rows = summarize(stored.cells, cell_trials(storage, stored.name, stored.cells), dead=dead)
-    sys.stdout.write(f"protocol {stored.name} in {spec.describe()}\n{format_table(rows)}\n")
+    shown = clean(f"protocol {stored.name} in {spec.describe()}")  # names from shared storages
+    sys.stdout.write(f"{shown}\n{format_table(rows)}\n")
     return 0
 
 

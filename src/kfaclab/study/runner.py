@@ -10,20 +10,24 @@ machines may run the same command against one database.
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
+from types import FrameType
 from typing import TextIO
 
-from kfaclab.errors import UsageError
+from kfaclab.errors import Terminated, UsageError
 from kfaclab.study.cells import CellInfo, search_space
 from kfaclab.study.progress import LiveTable, cell_trials, summarize
 from kfaclab.study.protocol import Protocol
 from kfaclab.study.registry import ensure_studies
 from kfaclab.study.storage import Storage
 from kfaclab.study.sweep import TrialFn, Worker, trial_config
+from kfaclab.text import clean
 
 POLL_SECONDS = 2.0
 
@@ -47,8 +51,12 @@ def run_sweep(
     workers: int = 1,
     trial_fn: TrialFn | None = None,
     stream: TextIO | None = None,
+    population: bool = False,
+    per_cell: int = 1,
 ) -> int:
-    """Run the protocol to completion; 0 when every cell has its trials, 1 otherwise."""
+    """Run the protocol to completion; 0 when every cell has its trials, 1 otherwise.
+    ``population``: workers step their trials as populations, ``per_cell`` trials of each cell
+    at a time (``population_worker``)."""
     if workers < 1:
         raise UsageError(f"--workers must be >= 1, got {workers}")
     stream = stream or sys.stderr
@@ -69,13 +77,13 @@ def run_sweep(
         monitor = threading.Thread(target=_monitor, args=(refresh, stop), daemon=True)
         monitor.start()
         try:
-            Worker(protocol, spec, trial_fn=trial_fn, stop=stop).run()
+            _worker_class(population, per_cell)(protocol, spec, trial_fn=trial_fn, stop=stop).run()
         finally:
             stop.set()
             monitor.join()
         problems: list[str] = []
     else:
-        problems = _run_processes(protocol, spec, workers, trial_fn, refresh)
+        problems = _run_processes(protocol, spec, workers, trial_fn, refresh, population, per_cell)
     complete = refresh(final=True)
     for line in problems:
         stream.write(f"kfaclab sweep: {line}\n")
@@ -85,6 +93,14 @@ def run_sweep(
             "(finished trials are kept)\n"
         )
     return 0 if complete and not problems else 1
+
+
+def _worker_class(population: bool, per_cell: int) -> Callable[..., Worker]:
+    if not population:
+        return Worker
+    from kfaclab.study.population_worker import PopulationWorker
+
+    return functools.partial(PopulationWorker, per_cell=per_cell)
 
 
 def _monitor(refresh: Callable[[], bool], stop: threading.Event) -> None:
@@ -99,12 +115,14 @@ def _run_processes(
     workers: int,
     trial_fn: TrialFn | None,
     refresh: Callable[[], bool],
+    population: bool = False,
+    per_cell: int = 1,
 ) -> list[str]:
     ctx = multiprocessing.get_context("spawn")
     procs = [
         ctx.Process(
             target=_worker_main,
-            args=(protocol, spec, i, workers, trial_fn, os.getpid()),
+            args=(protocol, spec, i, workers, trial_fn, os.getpid(), population, per_cell),
             name=f"kfaclab-worker-{i}",
         )
         for i in range(workers)
@@ -133,6 +151,19 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
+def _own_signal_handlers() -> None:
+    """Ctrl-C and SIGTERM unwind a worker like Ctrl-C (its running trial is re-queued), whatever
+    it inherited: a shell starts a background job (`kfaclab sweep … &`) with SIGINT ignored, the
+    spawned workers inherit SIG_IGN, and the parent's forwarded SIGINT was then lost; its
+    terminate() 10 s later killed them with their trials left RUNNING (issue 29, F8)."""
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        raise Terminated()
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
 def _worker_main(
     protocol: Protocol,
     spec: Storage,
@@ -140,8 +171,11 @@ def _worker_main(
     count: int,
     trial_fn: TrialFn | None,
     parent: int,
+    population: bool = False,
+    per_cell: int = 1,
 ) -> None:
     _one_thread()
+    _own_signal_handlers()
     stop = threading.Event()
 
     def watch_parent() -> None:
@@ -153,9 +187,10 @@ def _worker_main(
 
     threading.Thread(target=watch_parent, daemon=True).start()
     try:
-        Worker(protocol, spec, index=index, count=count, trial_fn=trial_fn, stop=stop).run()
+        worker = _worker_class(population, per_cell)
+        worker(protocol, spec, index=index, count=count, trial_fn=trial_fn, stop=stop).run()
     except UsageError as exc:
-        sys.stderr.write(f"kfaclab: error: {exc}\n")
+        sys.stderr.write(f"kfaclab: error: {clean(str(exc))}\n")
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

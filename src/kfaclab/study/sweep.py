@@ -29,7 +29,13 @@ from optuna.trial import TrialState
 
 from kfaclab.study import records
 from kfaclab.study.artifacts import open_artifact_store
-from kfaclab.study.cells import CellInfo, damping_for_trial, search_space
+from kfaclab.study.cells import (
+    CellInfo,
+    damping_for_trial,
+    search_space,
+    trial_kl_clip,
+    trial_lr,
+)
 from kfaclab.study.curves import CurveReporter
 from kfaclab.study.diverged import DivergedAsInf, diverged_value
 from kfaclab.study.liveness import Heartbeat, fail_dead_trials, retry_callback, worker_attrs
@@ -51,13 +57,23 @@ def default_trial_fn() -> TrialFn:
     return run_trial
 
 
+SEED_SPAN = 2**63  # seeds are integers in [0, 2**63 - 1] (train/validate.py)
+
+
+def trial_seed(seed: int, offset: int) -> int:
+    """The seed of a cell's trial ``offset`` under ``trial_seeds = "per_trial"``: seed + offset,
+    wrapped into [0, 2**63 - 1], so every seed a protocol can produce is valid and no sweep is
+    refused in its middle for a seed near the top (issue 29, F14: seed = 2**63 - 1)."""
+    return (seed + offset) % SEED_SPAN
+
+
 def trial_config(
     protocol: Protocol, cell: CellInfo, params: dict[str, Any], seed: int
 ) -> TrialConfig:
     t = protocol.training
     return TrialConfig(
         optimizer=cell.optimizer,
-        lr=params["lr"],
+        lr=trial_lr(protocol, cell, params),
         lr_decay=params["lr_decay"],
         momentum=params["momentum"],
         damping=damping_for_trial(cell, params),
@@ -66,7 +82,7 @@ def trial_config(
         factor_decay=t.factor_decay,
         factor_every=t.factor_every,
         inverse_every=t.inverse_every,
-        kl_clip=t.kl_clip,
+        kl_clip=trial_kl_clip(protocol, params),
         factor_init=t.factor_init,  # type: ignore[arg-type]
         eigen_floor=t.eigen_floor,
         conv_approx=t.conv_approx,  # type: ignore[arg-type]
@@ -76,6 +92,7 @@ def trial_config(
         depth=protocol.model.depth,
         width=protocol.model.width,
         activation=protocol.model.activation,  # type: ignore[arg-type]
+        init=protocol.model.init,  # type: ignore[arg-type]
         batch_size=t.batch_size,
         epochs=t.epochs,
         steps=t.steps,
@@ -260,7 +277,7 @@ class Worker:
             if records.SEED not in trial.user_attrs:
                 search = self.protocol.search
                 offset = len(trials) if search.trial_seeds == "per_trial" else 0
-                trial.set_user_attr(records.SEED, search.seed + offset)
+                trial.set_user_attr(records.SEED, trial_seed(search.seed, offset))
             beat = Heartbeat(self.storage, trial._trial_id)
             beat.__enter__()  # the first beat lands before the lock is released
             self._current = (study, trial, beat)
