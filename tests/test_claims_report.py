@@ -252,7 +252,9 @@ def test_screening_and_full_tables_are_apart_and_missing_runs_awaited(results: P
     assert "paper-linear |" not in full and "paper-b2" not in _row(screen, "| the paper says")
     assert _row(screen, "| C3:")[2].startswith("✗ 1e+02 − best: ")
     assert _row(screen, "| C3:")[3].startswith("? (range binds) 1e+02 − best: ")
-    assert "**Awaiting their runs:** paper-linear, paper-seed1, paper-first-run." in full
+    assert (
+        "**Awaiting their runs:** paper-linear, paper-seed1, paper-seed2, paper-first-run." in full
+    )
     # readings not planned at full scale are said to be so, with why, not "awaited"
     intro = _section(text, "## In plain words")
     assert "Not run at full scale: paper-popular (screening best λ" in intro
@@ -316,7 +318,9 @@ def test_search_ranges_and_figures_from_each_runs_report(results: Path) -> None:
         "(paper-b2)." in ranges
     )
     assert "Screening: range not stored (paper, paper-linear, paper-popular)." in ranges
-    assert "Full, awaiting (their presets): lr/λ ∈ [1e-4, 1e3] (paper-seed1)." in ranges
+    assert (
+        "Full, awaiting (their presets): lr/λ ∈ [1e-4, 1e3] (paper-seed1, paper-seed2)." in ranges
+    )
     assert (
         "**Full scale:** paper, paper-linear, paper-b2 (300 trials a cell, 1 epoch at batch "
         "128 (paper))." in text

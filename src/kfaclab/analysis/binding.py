@@ -100,9 +100,40 @@ def cell_bindings(
 
             frac = sum(_in_band(v, r, edge, band) for v in values) / len(values) if values else 0.0
             best_in = _in_band(float(best), r, edge, band)
-            if best_in or frac > TOP_FRACTION:
+            if (best_in or frac > TOP_FRACTION) and not flat_toward(trials, r, edge):
                 out.append(Binding(cell.label, r.name, edge, bound, float(best), best_in, frac))
     return out
+
+
+SLOPE_BAND = 0.25
+"""The slope test looks at the finished trials within this fraction of the range (log scale for a
+log range) next to the bound: near enough to describe the loss at the edge, wide enough to hold
+tens of trials of a 300-trial search."""
+
+MIN_SLOPE_TRIALS = 8
+
+
+def flat_toward(trials: Sequence[TrialLike], r: Range, edge: str) -> bool:
+    """True when the loss is flat toward the bound: the finished, non-diverged trials in the
+    ``SLOPE_BAND`` next to it show no significant decrease of log loss toward it (least squares,
+    95%). An optimum pressed against a bound along a flat direction (lr under a KL clip, say) would
+    be no better past it, so the range does not decide the answer. Too few trials: not flat."""
+    from scipy import stats
+
+    pts = []
+    for t in trials:
+        v, x = t.value, t.params.get(r.name)
+        if v is None or not math.isfinite(v) or v <= 0 or not isinstance(x, int | float):
+            continue
+        pos = _position(float(x), r)
+        toward = pos if edge == "high" else 1.0 - pos  # 1 at the bound
+        if toward >= 1.0 - SLOPE_BAND:
+            pts.append((toward, math.log(v)))
+    if len(pts) < MIN_SLOPE_TRIALS or len({p for p, _ in pts}) < 3:
+        return False
+    fit = stats.linregress([p for p, _ in pts], [y for _, y in pts])
+    half = stats.t.ppf(0.975, len(pts) - 2) * fit.stderr
+    return bool(fit.slope + half >= 0.0)  # not significantly decreasing toward the bound
 
 
 def bindings(

@@ -188,4 +188,16 @@ def _notes(s: CellSummary) -> list[str]:
         )
     if s.n_failed:
         notes.append(f"{s.n_failed} trials failed with an error")
+    if s.best is not None and s.best.value >= CHANCE_SHARE * CHANCE_LOSS:
+        notes.append(
+            f"never left chance level: its best final loss {s.best.value:.3g} is within "
+            f"{1 - CHANCE_SHARE:.0%} of ln 10 = {CHANCE_LOSS:.3f}, the loss of a uniform "
+            "prediction over ten classes; its numbers describe a model that learned nothing"
+        )
     return notes
+
+
+CHANCE_LOSS = math.log(10.0)
+CHANCE_SHARE = 0.95
+"""A cell whose *best* trial ends above 95% of ln 10 never trained: compared as a loss it would
+look merely "worse", which hides that none of its hyperparameters worked."""

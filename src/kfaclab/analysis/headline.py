@@ -44,11 +44,20 @@ def claims_table(cs: ClaimSet) -> Table:
     )
 
 
+NO_CLAIMS = (
+    "This protocol tests no claims of the paper ([claims] paper = false): the numbers below "
+    "describe the study; its own questions are the reader's."
+)
+
+
 def headline_blocks(cs: ClaimSet, bindings: list[str]) -> list[Block]:
     out: list[Block] = [Heading("Answer"), Para(sentence(cs.headline))]
     if cs.headline.separation_warning:
         out.append(Para(cs.headline.separation_warning, "warning"))
-    out.append(claims_table(cs))
+    if not cs.claims:
+        out.append(Para(NO_CLAIMS, "note"))
+    else:
+        out.append(claims_table(cs))
     if bindings:
         out.append(Para("Search ranges that bind a cell's optimum:", "warning"))
         out.append(Bullets(bindings, "warning"))
@@ -60,6 +69,8 @@ def headline_text(cs: ClaimSet) -> str:
     lines = [f"== {cs.protocol}: the answer ==", sentence(cs.headline)]
     if cs.headline.separation_warning:
         lines.append("WARNING: " + cs.headline.separation_warning)
+    if not cs.claims:
+        return "\n".join([*lines, NO_CLAIMS]) + "\n"
     width = max(len(f"{c.key} {c.title}") for c in cs.claims)
     for c in cs.claims:
         lines.append(f"{c.key + ' ' + c.title:<{width}}  {c.verdict_text()}")

@@ -6,12 +6,14 @@ instead of failing, so it can be run at any time during a sweep.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kfaclab import atomic
 from kfaclab.analysis import narrative as nv
 from kfaclab.analysis import provenance as pv
 from kfaclab.analysis.adaptive_io import ranked_cells, save_ranking
@@ -28,11 +30,12 @@ from kfaclab.analysis.blocks import (
     to_markdown,
 )
 from kfaclab.analysis.cells import CellSummary
-from kfaclab.analysis.claims import ClaimSet, evaluate
+from kfaclab.analysis.claims import ClaimSet, evaluate, headline
 from kfaclab.analysis.claims_io import save_claims
 from kfaclab.analysis.figures import draw_all
 from kfaclab.analysis.headline import headline_blocks
 from kfaclab.analysis.numbers import column, num, percent
+from kfaclab.analysis.replication.report_blocks import insert_paired, paper_claims, section
 from kfaclab.analysis.reruns import Runner, ensure_reruns, rerun_seeds
 from kfaclab.analysis.style import DrawnFigure
 from kfaclab.analysis.summaries import StudySummary, summarize, trials_by_cell
@@ -72,7 +75,11 @@ def build_report(
     reruns: bool = True,
     runner: Runner | None = None,
     log: Callable[[str], None] = lambda s: None,
+    workers: int = 1,
+    paired_from: tuple[Path, ...] = (),
 ) -> Report:
+    """``paired_from``: folders to look for the study's paired reruns in (``kfaclab replicate``;
+    the report folder is always looked in first)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     records = {}
     first = summarize(study)
@@ -87,19 +94,27 @@ def build_report(
             runner,
             log,
             study=getattr(study, "identity", ""),  # StudySet's; hand-made studies may lack it
+            workers=workers,
         )
     summary = summarize(study, records) if records else first
     figures = draw_all(summary, out_dir / "figures")
-    claims = evaluate(summary)
+    paper = paper_claims(summary.protocol)
+    claims = (
+        evaluate(summary) if paper else ClaimSet(_name(summary.protocol), headline(summary), [])
+    )
+    paired = section(study, summary.cells, out_dir, (out_dir, *paired_from), paper)
     save_claims(claims, out_dir / "claims.json")
     if summary.adaptive is not None:
         ranking = ranked_cells(summary.adaptive, summary.reruns)
         save_ranking(_name(summary.protocol), ranking, out_dir / "adaptive.json")
     blocks = _blocks(summary, claims, figures, study, storage, reruns)
+    insert_paired(blocks, paired, paper)
     title = f"kfaclab report: {_name(summary.protocol)}"
     md, page = out_dir / "report.md", out_dir / "report.html"
-    md.write_text(to_markdown([Heading(title, 1), Toc(), *blocks], out_dir), encoding="utf-8")
-    page.write_text(to_html([Heading(title, 1), Toc(), *blocks], title), encoding="utf-8")
+    markdown = to_markdown([Heading(title, 1), Toc(), *blocks], out_dir)
+    html = to_html([Heading(title, 1), Toc(), *blocks], title)
+    # Both or neither, each whole: a kill or a full disk keeps the previous report (kfaclab.atomic).
+    atomic.write_many({md: markdown.encode("utf-8"), page: html.encode("utf-8")})
     return Report(page, md, figures, summary, claims)
 
 
@@ -340,7 +355,9 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        # a JSON string is a valid TOML basic string: newlines and control characters escaped,
+        # so a description cannot end the line or the code fence
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")  # TOML escapes DEL
     if isinstance(v, Mapping):
         return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
     if isinstance(v, list | tuple):

@@ -16,14 +16,18 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kfaclab import atomic
 from kfaclab.analysis.cells import CellSummary
 from kfaclab.analysis.stats import MeanCI, mean_ci
 from kfaclab.analysis.types import TrialLike
+from kfaclab.text import clean
 from kfaclab.trial_types import TrialConfig, TrialResult
 
 DEFAULT_SEEDS = (10_001, 10_002, 10_003)
@@ -45,6 +49,8 @@ def rerun_key(study: str, config: TrialConfig) -> str:
     """What a cached rerun is valid for: the study's identity and the trial's full
     configuration except its seed (the reruns replace it)."""
     fields = {k: v for k, v in dataclasses.asdict(config).items() if k != "seed"}
+    if fields.get("init") == "torch":  # the default, and every config before model.init existed:
+        del fields["init"]  # left out so the reruns cached under the old keys stay valid
     text = json.dumps({"study": study, "config": fields}, sort_keys=True, default=repr)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -66,19 +72,26 @@ def rerun_seeds(protocol: Mapping[str, Any]) -> list[int]:
 
 
 def load_reruns(path: Path) -> dict[str, RerunRecord]:
+    """The rerun cache; a damaged one is named on stderr and treated as empty (it is a cache:
+    its reruns are made again and the file rewritten whole)."""
     if not path.is_file():
         return {}
-    raw = json.loads(path.read_text())
-    return {
-        k: RerunRecord(
-            **{
-                **v,
-                "values": [float(x) for x in v["values"]],
-                "test_accuracy": [float(x) for x in v["test_accuracy"]],
-            }
-        )
-        for k, v in raw.items()
-    }
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return {
+            k: RerunRecord(
+                **{
+                    **v,
+                    "values": [float(x) for x in v["values"]],
+                    "test_accuracy": [float(x) for x in v["test_accuracy"]],
+                }
+            )
+            for k, v in raw.items()
+        }
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        reason = clean(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        sys.stderr.write(f"kfaclab: ignored a damaged {clean(str(path))} ({reason})\n")
+        return {}
 
 
 def _strict(values: Sequence[float]) -> list[float | str]:
@@ -96,9 +109,9 @@ def save_reruns(path: Path, records: Mapping[str, RerunRecord]) -> None:
         }
         for k, r in records.items()
     }
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1, allow_nan=False))
-    tmp.replace(path)  # atomic: an interrupted report never leaves half a file
+    # A fresh temporary name, never followed through a link: an interrupted report never
+    # leaves half a file, and a planted *.json.tmp link is not written through (kfaclab.atomic).
+    atomic.write_text(path, json.dumps(data, indent=1, allow_nan=False))
 
 
 def ensure_reruns(
@@ -110,16 +123,16 @@ def ensure_reruns(
     log: Callable[[str], None] = lambda s: None,
     *,
     study: str = "",
+    workers: int = 1,
 ) -> dict[str, RerunRecord]:
     """Run (or load from ``path``) the reruns of every cell's best trial; saves after each cell.
     ``study`` is the study's identity (``StudySet.identity``). Returns this study's records by
-    cell name; ``path`` keeps the others' too (one entry per cell name: the latest study wins)."""
+    cell name; ``path`` keeps the others' too (one entry per cell name: the latest study wins).
+    ``workers`` > 1 runs them in that many worker processes (``runner`` must then be None: the
+    workers call ``run_trial``), with progress and an ETA in ``log``."""
     records = load_reruns(path)
     mine: dict[str, RerunRecord] = {}
-    if runner is None:
-        from kfaclab.train import run_trial  # imported here: summaries alone need no torch training
-
-        runner = run_trial
+    todo: list[tuple[CellSummary, TrialConfig, str]] = []
     for cell in cells:
         if cell.best is None:
             continue
@@ -137,17 +150,60 @@ def ensure_reruns(
             and old.seeds == list(seeds)
         ):
             mine[cell.name] = old
-            continue
+        else:
+            todo.append((cell, trial.record.config, key))
+    configs = [dataclasses.replace(cfg, seed=int(s)) for _, cfg, _ in todo for s in seeds]
+    results = iter(_run_all(configs, runner, workers, log))
+    for cell, _, key in todo:
+        assert cell.best is not None
         rec = RerunRecord(cell.name, cell.best.number, list(seeds), [], [], [], key)
-        for seed in seeds:
-            log(f"rerun {cell.label} (trial {cell.best.number}) seed {seed}")
-            result = runner(dataclasses.replace(trial.record.config, seed=int(seed)))
+        for _ in seeds:
+            result = next(results)
             rec.values.append(float(result.value))
             rec.test_accuracy.append(result.final_test_accuracy)
             rec.seconds.append(float(result.seconds))
         records[cell.name] = mine[cell.name] = rec
         save_reruns(path, records)
     return mine
+
+
+def _run_all(
+    configs: Sequence[TrialConfig],
+    runner: Runner | None,
+    workers: int,
+    log: Callable[[str], None],
+) -> Iterator[TrialResult]:
+    """The results of ``configs`` in their order, computed lazily (a consumer that saves as it
+    goes keeps what finished if it is killed), serially or in ``workers`` spawned processes."""
+    if not configs:
+        return
+    start = time.monotonic()
+    if workers <= 1 or runner is not None:
+        if runner is None:
+            from kfaclab.train import run_trial  # summaries alone need no torch training
+
+            runner = run_trial
+        for i, cfg in enumerate(configs):
+            yield runner(cfg)
+            _progress(log, i + 1, len(configs), start)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from kfaclab.analysis.replication.pool import _init_worker, _run_config
+
+    ctx = get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+        # map keeps the order and bounds nothing but the futures list (configs are small)
+        for i, result in enumerate(pool.map(_run_config, configs)):
+            yield result
+            _progress(log, i + 1, len(configs), start)
+
+
+def _progress(log: Callable[[str], None], done: int, total: int, start: float) -> None:
+    rate = (time.monotonic() - start) / done
+    m, s = divmod(round(rate * (total - done)), 60)
+    log(f"reruns: {done}/{total} done, {rate:.1f} s each, ETA {m}:{s:02d}")
 
 
 def rerun_summaries(

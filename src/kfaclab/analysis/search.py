@@ -96,7 +96,31 @@ def cell_ranges(protocol: Mapping[str, Any], cell: CellSummary) -> list[Range]:
             low, high = cell_lr_bounds(r.low, r.high, cell.lam, scale)
             r = Range(r.name, low, high, r.log)
         out.append(r)
-    return out
+    return out + strategy_ranges(protocol, cell)
+
+
+def strategy_ranges(protocol: Mapping[str, Any], cell: CellSummary) -> list[Range]:
+    """The searched constants of an adaptive cell's damping strategy, as the trials name them
+    (``damping.<constant>``): their ranges can bind an optimum as lr's can."""
+    if cell.strategy is None:
+        return []
+    cells = protocol.get("cells")
+    strategies = cells.get("strategies") if isinstance(cells, Mapping) else None
+    if not isinstance(strategies, list):
+        return []
+    for entry in strategies:
+        if not isinstance(entry, Mapping):
+            continue
+        name = str(entry.get("name") or entry.get("kind", ""))
+        if name.replace("_", " ") != cell.label and name != cell.label:
+            continue
+        table = {"search": entry.get("search", {})}
+        return [
+            Range(f"damping.{r.name}", r.low, r.high, r.log)
+            for r in search_ranges(table)
+            if not r.name.startswith("damping.")
+        ]
+    return []
 
 
 def param_spread(cell: CellSummary, trials: Sequence[TrialLike], name: str) -> ParamSpread | None:

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from kfaclab.errors import Terminated, UsageError
+from kfaclab.text import clean
 
 # Subcommand modules, in the order `kfaclab --help` lists them. A module that is missing is skipped
 # so that a partial install still runs the commands it has.
@@ -28,9 +29,13 @@ _SUBCOMMAND_MODULES = (
     "kfaclab.cli.train_cmd",
     "kfaclab.cli.data_cmd",
     "kfaclab.cli.sweep_cmd",
+    "kfaclab.cli.design_cmd",
     "kfaclab.cli.report_cmd",
     "kfaclab.cli.reproduce_cmd",
+    "kfaclab.cli.protocol_cmd",
     "kfaclab.cli.claims_cmd",
+    "kfaclab.cli.replicate_cmd",
+    "kfaclab.cli.verdicts_cmd",
     "kfaclab.cli.dashboard_cmd",
 )
 
@@ -59,16 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def version() -> str:
-    """The installed distribution's version; the source tree's when run uninstalled."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as dist_version
+    """``kfaclab.__version__``: the one place the version is written (pyproject reads it too),
+    so an editable install whose metadata predates a version bump still reports the right one."""
+    from kfaclab import __version__
 
-    try:
-        return dist_version("kfaclab")
-    except PackageNotFoundError:
-        from kfaclab import __version__
-
-        return __version__
+    return __version__
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -90,7 +90,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except UsageError as exc:
-        sys.stderr.write(f"kfaclab: error: {exc}\n")
+        # A protocol's problems come all at once, one per line (study._schema.ProtocolErrors).
+        for line in str(exc).splitlines() or [""]:
+            # clean: names in messages come from protocol files and shared storages, and an
+            # escape sequence in one would act on the terminal (set its title, erase lines).
+            sys.stderr.write(f"kfaclab: error: {clean(line)}\n")
         return 2
     except Terminated:
         sys.stderr.write("kfaclab: terminated (SIGTERM); finished results are kept\n")

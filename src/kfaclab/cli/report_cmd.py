@@ -34,6 +34,9 @@ def register(subparsers: Any) -> None:
     add_stored_sweep_arguments(rep)
     rep.add_argument("--out", help="report folder (default: the sweep's folder, or ./report)")
     add_rerun_flag(rep)
+    rep.add_argument(
+        "--workers", type=int, default=1, help="worker processes for the reruns (default 1)"
+    )
     rep.set_defaults(func=run_report)
 
 
@@ -70,6 +73,8 @@ def check_report_dir(out: Path, flag: str = "--out") -> Path:
 def run_report(args: argparse.Namespace) -> int:
     from kfaclab.study.reader import read_study_set
 
+    if args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
     spec = stored_sweep(args.target, args.storage)
     out = Path(args.out) if args.out else (spec.out_folder or Path("report"))
     for name in ("report.html", "report.md", "reruns.json"):
@@ -78,16 +83,39 @@ def run_report(args: argparse.Namespace) -> int:
     # folder before the work: reruns and figures take minutes.
     study = read_study_set(spec, protocol=args.protocol)
     check_report_dir(out)
-    write_report(study, out, spec.describe(), not args.no_reruns)
+    write_report(
+        study,
+        out,
+        spec.describe(),
+        not args.no_reruns,
+        workers=args.workers,
+        paired_from=(spec.out_folder,) if spec.out_folder else (),
+    )
     return 0
 
 
-def write_report(study: Any, out: Path, storage: str, reruns: bool) -> Report:
+def write_report(
+    study: Any,
+    out: Path,
+    storage: str,
+    reruns: bool,
+    *,
+    workers: int = 1,
+    paired_from: tuple[Path, ...] = (),
+) -> Report:
     from kfaclab.analysis.report import build_report
 
     def log(msg: str) -> None:
         sys.stderr.write(msg + "\n")
 
-    report = build_report(study, out, storage=storage, reruns=reruns, log=log)
+    report = build_report(
+        study,
+        out,
+        storage=storage,
+        reruns=reruns,
+        log=log,
+        workers=workers,
+        paired_from=paired_from,
+    )
     sys.stdout.write(f"wrote {report.html} and {report.markdown} ({len(report.figures)} figures)\n")
     return report

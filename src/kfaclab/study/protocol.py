@@ -1,8 +1,10 @@
 """A study protocol: a TOML file read into validated, frozen dataclasses.
 
-configs/paper.toml documents every key. Reading is strict: an unknown or misspelt key, a value of
-the wrong type or out of range, an empty λ grid, a top-k larger than the trial count are all
-``UsageError`` one-liners, since a silently ignored key would change what the study measures.
+docs/protocol.md documents every key (generated from study/keys.py, which a test holds to this
+module). Reading is strict: an unknown or misspelt key, a value of the wrong type or out of
+range, an empty λ grid, a top-k larger than the trial count are all ``UsageError`` one-liners,
+since a silently ignored key would change what the study measures; all of a file's problems are
+reported together (``_schema.collecting``).
 ``Protocol.raw`` keeps the dict exactly as loaded; the study stores it and refuses to resume with
 a different one.
 """
@@ -19,12 +21,25 @@ from kfaclab import choices as ch
 from kfaclab.errors import UsageError
 from kfaclab.lr_scale import LR_SCALES
 from kfaclab.study import _schema as s
-from kfaclab.study._strategies import Range, StrategySpec, search_range, strategy
+from kfaclab.study._strategies import (
+    CellsSpec,
+    Range,
+    cells_spec,
+    search_range,
+    searched_kl_clip,
+)
+from kfaclab.study._strategies import StrategySpec as StrategySpec  # study.cells imports it here
+from kfaclab.study.bounds import (
+    MAX_NESTING,
+    MAX_TRAINING_STEPS,
+    name_problem,
+    nesting_depth,
+)
+from kfaclab.study.protocol_report import ClaimsSpec, parse_claims, parse_report
 
 SAMPLERS = ("tpe", "gp", "random")
 TRIAL_SEEDS = ("fixed", "per_trial")
 TRAIN_EXAMPLES = 60000  # MNIST and Fashion-MNIST alike
-CONVENTIONS = ("ours", "b2_scaled")
 MACHINE_KEYS = s.MACHINE_KEYS
 
 
@@ -40,6 +55,7 @@ class ModelSpec:
     width: int
     activation: str
     kind: str = "mlp"  # "cnn": models.build_cnn (depth and width do not apply)
+    init: str = ch.DEFAULT_INIT  # weight initialisation (models.initialise)
 
 
 @dataclass(frozen=True)
@@ -71,14 +87,6 @@ class TrainingSpec:
 
 
 @dataclass(frozen=True)
-class CellsSpec:
-    sgd: bool
-    lambdas: tuple[float, ...]  # as written in the file
-    lambda_convention: str  # "ours" or "b2_scaled"
-    strategies: tuple[StrategySpec, ...]
-
-
-@dataclass(frozen=True)
 class SearchSpec:
     n_trials: int
     top_k: int
@@ -94,6 +102,11 @@ class SearchSpec:
     # "none": every cell samples lr in `lr`; "lambda": a fixed-λ cell samples lr/λ in `lr`
     # (kfaclab.lr_scale says why).
     lr_scale: str = "none"
+    # Where set, a K-FAC cell samples the KL clip in this range instead of lr, and trains with the
+    # fixed lr ``kl_clip_lr`` (in lr_scale's units): under a binding clip the step is
+    # sqrt(c / dᵀ∇)·d whatever lr is, so the clip, not lr, is the step-size hyperparameter.
+    kl_clip: Range | None = None
+    kl_clip_lr: float | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +121,7 @@ class Protocol:
     histogram_lambdas: tuple[float, ...]
     rerun_seeds: tuple[int, ...] | None  # None: the report's default seeds
     raw: dict[str, Any] = field(compare=False, repr=False)
+    claims: ClaimsSpec = field(default_factory=ClaimsSpec)  # [claims]: what the report tests
     # The machine's, like data.data_dir: not part of the stored protocol (the CLI's --device).
     device: str = "cpu"
 
@@ -120,8 +134,14 @@ def load_protocol(
     properties of the machine, not of the protocol: they are not part of the stored protocol
     that resumed or parallel sweeps must match."""
     path = Path(path)
+    protocol = parse_protocol(read_toml(path), base_dir=path.resolve().parent)
+    return for_machine(protocol, data_dir, device)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A protocol (or design) file's TOML as a dict; unreadable or invalid is a UsageError."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors write one) is fine
     except IsADirectoryError:
         raise UsageError(f"CONFIG must be a protocol file, got {str(path)!r} (a folder)") from None
     except OSError as exc:
@@ -132,10 +152,22 @@ def load_protocol(
             f"at offset {exc.start}"
         ) from None
     try:
-        raw = tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"protocol {path} is not valid TOML: {exc}") from None
-    protocol = parse_protocol(raw, base_dir=path.resolve().parent)
+    except RecursionError:
+        data = None
+    if data is None or nesting_depth(data) > MAX_NESTING:
+        raise UsageError(
+            f"protocol {path} must nest tables and arrays at most {MAX_NESTING} deep"
+        ) from None
+    return data
+
+
+def for_machine(
+    protocol: Protocol, data_dir: str | Path | None = None, device: str = "cpu"
+) -> Protocol:
+    """``protocol`` with this machine's ``--data-dir`` and ``--device`` (not stored)."""
     if device != "cpu":
         from kfaclab.data.loader import resolve_device
 
@@ -149,37 +181,52 @@ def load_protocol(
 
 
 def parse_protocol(raw: dict[str, Any], base_dir: Path | None = None) -> Protocol:
-    """Validate a loaded TOML dict. Relative ``data.data_dir`` is taken from ``base_dir``."""
-    s.check_keys(raw, "", ("protocol", "data", "model", "training", "cells", "search", "report"))
+    """Validate a loaded TOML dict. Relative ``data.data_dir`` is taken from ``base_dir``.
+
+    Every problem of the file is found in one reading and raised together as
+    ``_schema.ProtocolError`` (a ``UsageError``, one problem per line; see ``_schema``)."""
+    with s.collecting():
+        protocol = _parse(raw, base_dir)
+    return protocol
+
+
+def _parse(raw: dict[str, Any], base_dir: Path | None) -> Protocol:
+    if "design" in raw:  # kfaclab.study.design_schema expands it into one protocol per run
+        raise UsageError("a file with [design] is a design: `kfaclab sweep` runs it, run by run")
+    s.check_keys(
+        raw, "", ("protocol", "data", "model", "training", "cells", "search", "report", "claims")
+    )
     head = s.table(raw, "protocol", "")
     s.check_keys(head, "protocol", ("name", "description"), required=("name",))
-    name = s.string(head["name"], "protocol.name")
+    name = s.string(head.get("name", s.MISSING), "protocol.name")
     if "/" in name:
-        raise UsageError(f"protocol.name must not contain '/', got {name!r}")
+        s.fail(f"protocol.name must not contain '/', got {name!r}", "protocol.name")
+    problem = name_problem(name)
+    if problem is not None:
+        s.fail(f"protocol.name {problem}", "protocol.name")
     description = head.get("description", "")
     if not isinstance(description, str):
-        raise UsageError(f"protocol.description must be a string, got {description!r}")
+        s.fail(
+            f"protocol.description must be a string, got {description!r}", "protocol.description"
+        )
     training = _training(s.table(raw, "training", ""))
-    cells = _cells(s.table(raw, "cells", ""))
+    if training.total_steps > MAX_TRAINING_STEPS:
+        # The lr schedule and the curves hold a value per step: 1e12 steps took 23 GB.
+        s.fail(
+            f"training must be at most {MAX_TRAINING_STEPS} steps per trial, got "
+            f"{training.total_steps}",
+            *("training.steps", "training.epochs"),
+        )
+    cells = cells_spec(s.table(raw, "cells", ""))
     search = _search(s.table(raw, "search", ""))
-    report = s.table(raw, "report", "", required=False)
-    s.check_keys(report, "report", ("histogram_lambdas", "fixed_grid_cells", "rerun_seeds"))
-    # fixed_grid_cells and rerun_seeds are read by the report (adaptive section, reruns of each
-    # cell's best trial); validated here so a typo fails before a sweep, not after it.
-    if "fixed_grid_cells" in report:
-        s.integer(report["fixed_grid_cells"], "report.fixed_grid_cells", 1)
-    rerun_seeds = None
-    if "rerun_seeds" in report:
-        rerun_seeds = s.int_list(report["rerun_seeds"], "report.rerun_seeds", 0, unique=True)
-        if not rerun_seeds or max(rerun_seeds) > s.MAX_SEED:
-            raise UsageError(
-                "report.rerun_seeds must list 1 or more seeds in [0, 2**63 - 1], "
-                f"got {report['rerun_seeds']!r}"
-            )
-    hist = s.float_list(report.get("histogram_lambdas", []), "report.histogram_lambdas")
-    for lam in hist:
-        if lam not in cells.lambdas:
-            raise UsageError(f"report.histogram_lambdas must be values of cells.lambdas, got {lam}")
+    if search.kl_clip is not None and training.kl_clip is not None:
+        s.fail(
+            "search.kl_clip (a searched clip) and training.kl_clip (a fixed one) exclude each "
+            f"other, got both ({training.kl_clip})",
+            *("search.kl_clip", "training.kl_clip"),
+        )
+    hist, rerun_seeds = parse_report(raw, cells.lambdas)
+    claims = parse_claims(raw)
     return Protocol(
         name=name,
         description=description,
@@ -190,6 +237,7 @@ def parse_protocol(raw: dict[str, Any], base_dir: Path | None = None) -> Protoco
         search=search,
         histogram_lambdas=hist,
         rerun_seeds=rerun_seeds,
+        claims=claims,
         raw=stored_form(raw),
     )
 
@@ -206,7 +254,7 @@ def stored_form(raw: dict[str, Any]) -> dict[str, Any]:
 
 def _data(t: dict[str, Any], base_dir: Path | None) -> DataSpec:
     s.check_keys(t, "data", ("dataset", "data_dir"), required=("dataset",))
-    dataset = s.string(t["dataset"], "data.dataset", ch.DATASETS)
+    dataset = s.string(t.get("dataset", s.MISSING), "data.dataset", ch.DATASETS)
     data_dir = None
     if "data_dir" in t:
         folder = Path(s.string(t["data_dir"], "data.data_dir"))
@@ -220,16 +268,20 @@ def _data(t: dict[str, Any], base_dir: Path | None) -> DataSpec:
 def _model(t: dict[str, Any]) -> ModelSpec:
     kind = s.string(t.get("kind", "mlp"), "model.kind", ch.MODELS)
     if kind == "cnn":  # build_cnn's LeNet-like shape is fixed: depth and width do not apply
-        s.check_keys(t, "model", ("kind", "activation"))
+        s.check_keys(t, "model", ("kind", "activation", "init"))
     else:
         s.check_keys(
-            t, "model", ("kind", "depth", "width", "activation"), required=("depth", "width")
+            t,
+            "model",
+            ("kind", "depth", "width", "activation", "init"),
+            required=("depth", "width"),
         )
     return ModelSpec(
         depth=s.integer(t.get("depth", 1), "model.depth", 1),
         width=s.integer(t.get("width", 1), "model.width", 1),
         activation=s.string(t.get("activation", "relu"), "model.activation", ch.ACTIVATIONS),
         kind=kind,
+        init=s.string(t.get("init", ch.DEFAULT_INIT), "model.init", ch.INITS),
     )
 
 
@@ -244,13 +296,13 @@ _TRAINING_KEYS = (
 def _training(t: dict[str, Any]) -> TrainingSpec:
     s.check_keys(t, "training", _TRAINING_KEYS, required=("batch_size",))
     if "epochs" in t and "steps" in t:
-        raise UsageError("training: give epochs or steps, not both")
+        s.fail("training: give epochs or steps, not both", "training.epochs", "training.steps")
     if "epochs" not in t and "steps" not in t:
-        raise UsageError("training.epochs or training.steps is required")
+        s.fail("training.epochs or training.steps is required", "training.epochs", "training.steps")
     kl_clip = t.get("kl_clip")
     eval_steps = t.get("eval_steps")
     spec = TrainingSpec(
-        batch_size=s.integer(t["batch_size"], "training.batch_size", 1),
+        batch_size=s.integer(t.get("batch_size", s.MISSING), "training.batch_size", 1),
         epochs=s.integer(t.get("epochs", 1), "training.epochs", 1),
         steps=None if "steps" not in t else s.integer(t["steps"], "training.steps", 1),
         # < 1: a decay of 1 never moves the running factors off their initial value.
@@ -293,35 +345,12 @@ def _training(t: dict[str, Any]) -> TrainingSpec:
     total = spec.total_steps
     for key, steps in (("eval_steps", spec.eval_steps), ("histogram_steps", spec.histogram_steps)):
         if steps and steps[-1] > total:
-            raise UsageError(
-                f"training.{key} must be <= the number of steps ({total}), got {steps[-1]}"
+            s.fail(
+                f"training.{key} must be <= the number of steps ({total}), got {steps[-1]}",
+                f"training.{key}",
+                *("training.steps", "training.epochs", "training.batch_size"),
             )
     return spec
-
-
-def _cells(t: dict[str, Any]) -> CellsSpec:
-    s.check_keys(t, "cells", ("sgd", "lambdas", "lambda_convention", "strategies"))
-    lambdas: tuple[float, ...] = ()
-    if "lambdas" in t:
-        lambdas = s.float_list(t["lambdas"], "cells.lambdas", positive=True)
-        if not lambdas:
-            raise UsageError(
-                "cells.lambdas must list at least one λ (omit the key for no fixed-λ cells), got []"
-            )
-    raw_strategies = t.get("strategies", [])
-    if not isinstance(raw_strategies, list):
-        raise UsageError(f"cells.strategies must be a list of tables, got {raw_strategies!r}")
-    strategies = tuple(strategy(x, f"cells.strategies[{i}]") for i, x in enumerate(raw_strategies))
-    names = [st.name for st in strategies]
-    if len(set(names)) != len(names):
-        raise UsageError(f"cells.strategies names must be unique, got {names}")
-    sgd = s.boolean(t.get("sgd", False), "cells.sgd")
-    if not (sgd or lambdas or strategies):
-        raise UsageError("cells must name at least one cell (sgd, lambdas or strategies)")
-    convention = s.string(
-        t.get("lambda_convention", "ours"), "cells.lambda_convention", CONVENTIONS
-    )
-    return CellsSpec(sgd, lambdas, convention, strategies)
 
 
 def _search(t: dict[str, Any]) -> SearchSpec:
@@ -335,27 +364,33 @@ def _search(t: dict[str, Any]) -> SearchSpec:
         "lr_scale",
         "lr_decay",
         "momentum",
+        "kl_clip",
+        "kl_clip_lr",
     )
     s.check_keys(t, "search", keys, required=("n_trials", "lr", "lr_decay", "momentum"))
-    n_trials = s.integer(t["n_trials"], "search.n_trials", 1)
-    lr_decay = search_range(t["lr_decay"], "search.lr_decay")
+    n_trials = s.integer(t.get("n_trials", s.MISSING), "search.n_trials", 1)
+    lr_decay = search_range(t.get("lr_decay", s.MISSING), "search.lr_decay")
     if lr_decay.low < 0 or lr_decay.high > 1:
         # α is the final learning rate as a fraction of the initial one.
-        raise UsageError(f"search.lr_decay must lie within [0, 1], got {lr_decay}")
-    momentum = search_range(t["momentum"], "search.momentum")
+        s.fail(f"search.lr_decay must lie within [0, 1], got {lr_decay}", "search.lr_decay")
+    momentum = search_range(t.get("momentum", s.MISSING), "search.momentum")
     if momentum.low < 0 or momentum.high >= 1:
-        raise UsageError(f"search.momentum must lie within [0, 1), got {momentum}")
+        s.fail(f"search.momentum must lie within [0, 1), got {momentum}", "search.momentum")
     top_k = s.integer(t.get("top_k", n_trials), "search.top_k", 1)
     if top_k > n_trials:
-        raise UsageError(f"search.top_k must be <= search.n_trials ({n_trials}), got {top_k}")
+        s.fail(
+            f"search.top_k must be <= search.n_trials ({n_trials}), got {top_k}",
+            *("search.top_k", "search.n_trials"),
+        )
     return SearchSpec(
         n_trials=n_trials,
         top_k=top_k,
         sampler=s.string(t.get("sampler", "tpe"), "search.sampler", SAMPLERS),
         seed=s.integer(t.get("seed", 0), "search.seed", 0),
         trial_seeds=s.string(t.get("trial_seeds", "fixed"), "search.trial_seeds", TRIAL_SEEDS),
-        lr=search_range(t["lr"], "search.lr"),
+        lr=search_range(t.get("lr", s.MISSING), "search.lr"),
         lr_decay=lr_decay,
         momentum=momentum,
         lr_scale=s.string(t.get("lr_scale", "none"), "search.lr_scale", LR_SCALES),
+        **searched_kl_clip(t),
     )

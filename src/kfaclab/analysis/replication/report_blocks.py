@@ -1,0 +1,136 @@
+"""The report's section for paired reruns: the verdicts on new seeds, as report blocks.
+
+A report whose study folder (or report folder) holds ``paired-reruns.jsonl`` (`kfaclab
+replicate`) shows these verdicts first: they use seeds as units; the top-k verdicts of the search
+that follow are then descriptive.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kfaclab.analysis.blocks import Block, Heading, Image, Para, Table
+from kfaclab.analysis.replication.assess import Assessment, assess
+from kfaclab.analysis.replication.figures import draw_all
+from kfaclab.analysis.replication.markdown import SYMBOL, noise_lines
+from kfaclab.analysis.replication.pool import CACHE_NAME, load_cache, trial_key
+from kfaclab.analysis.replication.units import Replication, replication_of
+from kfaclab.analysis.replication.verdicts import Thresholds
+
+
+def paper_claims(protocol: dict[str, Any]) -> bool:
+    """Whether the protocol asks for the paper's five claims ([claims] paper, default true)."""
+    t = protocol.get("claims", {})
+    return bool(t.get("paper", True)) if isinstance(t, dict) else True
+
+
+def thresholds_of(protocol: dict[str, Any]) -> Thresholds:
+    """The protocol's pre-registered [claims] thresholds (defaults where absent)."""
+    t = protocol.get("claims", {})
+    t = t if isinstance(t, dict) else {}
+    base = Thresholds()
+    return Thresholds(
+        alpha=float(t.get("alpha", base.alpha)),
+        divergence_margin=float(t.get("divergence_margin", base.divergence_margin)),
+        tie_margin=float(t.get("tie_margin", base.tie_margin)),
+    )
+
+
+def paired_replication(study: Any, cells: Sequence[Any], folders: Sequence[Path]) -> Replication:
+    """This study's paired reruns from the first of ``folders`` holding any of them."""
+    identity = getattr(study, "identity", "")  # StudySet's; hand-made studies may lack it
+    keys = {trial_key(identity, t.cell, t.number) for t in study.trials}
+    outcomes = []
+    for folder in folders:
+        stored, _ = load_cache(folder / CACHE_NAME)
+        outcomes = [o for (k, _), o in sorted(stored.items()) if k in keys]
+        if outcomes:
+            break
+    proto = study.protocol.get("protocol", {})
+    name = str(proto.get("name", "study")) if isinstance(proto, dict) else "study"
+    return replication_of(name, cells, outcomes)
+
+
+def replication_blocks(a: Assessment, figures_dir: Path, paper: bool) -> list[Block]:
+    figs = draw_all(a, figures_dir)
+    out: list[Block] = [Heading("Verdicts on new seeds (paired reruns)")]
+    out.append(
+        Para(
+            f"Each cell's top configurations reran on {a.n_units} new seeds shared by every cell "
+            "(paired); a diverged rerun counts as chance level. A difference decides only if its "
+            "95% interval over seeds excludes 0 (and every replication agrees)."
+        )
+    )
+    if paper:
+        out.append(
+            Table(
+                ["claim", "paper says", "on new seeds", "verdict"],
+                [
+                    [c.key, c.paper, c.finding, f"{SYMBOL.get(c.verdict, '?')} {c.verdict}"]
+                    for c in a.claims
+                ]
+                + [["C4∧C5", "the crossing", "both halves must hold", a.crossing]],
+                "Claims tested as what they say (kfaclab.analysis.replication.verdicts).",
+            )
+        )
+    rows = []
+    for c in a.cells:
+        k, n, lo, hi = c.diverged
+        cl = c.capped_loss
+        rows.append(
+            [
+                c.label,
+                _g(c.relative_damping),
+                f"{_g(cl['estimate'])} [{_g(cl['lo'])}, {_g(cl['hi'])}]",
+                f"{int(k)}/{int(n)} [{lo:.0%}, {hi:.0%}]",
+                _g(c.escape["estimate"]),
+            ]
+        )
+    out.append(
+        Table(
+            ["cell", "λ / mean eig(G⊗A)", "final loss (geo. mean, 95%)", "diverged", "escape"],
+            rows,
+            "Per cell, over its reruns: the loss interval is computed on the log scale (never "
+            "below 0); divergence with Wilson's interval; plateau escape = first iteration whose "
+            "5-step mean loss is below 2.0.",
+        )
+    )
+    out += [Para(line) for line in noise_lines(a)] if len(a.replications) > 1 else []
+    out += [Image(f.png, f.svg, f.title, "") for f in figs]
+    return out
+
+
+PAIRED_NOTE = (
+    "The table above reads this search's own top-k trials, one training seed: it describes the "
+    "search. The verdicts that decide are the paired reruns on new seeds, next."
+)
+
+
+def insert_paired(blocks: list[Block], paired: list[Block], paper: bool = True) -> None:
+    """The paired section after the answer and before the results (in place); the answer's
+    top-k table is then marked descriptive."""
+    if not paired:
+        return
+    at = next(
+        (i for i, x in enumerate(blocks) if isinstance(x, Heading) and x.text == "Results"),
+        len(blocks),
+    )
+    blocks[at:at] = [Para(PAIRED_NOTE, "note"), *paired] if paper else paired
+
+
+def _g(x: float) -> str:
+    return "–" if not math.isfinite(x) else f"{x:.3g}"
+
+
+def section(
+    study: Any, cells: Sequence[Any], out_dir: Path, folders: Sequence[Path], paper: bool
+) -> list[Block]:
+    """The blocks, or [] when no paired reruns of this study are stored."""
+    rep = paired_replication(study, cells, folders)
+    if not rep.outcomes:
+        return []
+    a = assess([rep], thresholds_of(study.protocol))
+    return replication_blocks(a, out_dir / "figures", paper)
