@@ -103,15 +103,19 @@ def test_design_sweep_and_effects_end_to_end(
     assert "# Effects: smoke-design" in text and "| run01-seed0 | relu | torch | mc |" in text
     data = json.loads((report / "effects.json").read_text())
     assert [t["response"] for t in data["effects"]] == [
-        "log10_best_lambda", "loss_gap_at_one", "smallest_lambda_divergence"
+        "log10_best_lambda", "loss_gap_at_one", "smallest_lambda_divergence", "crossing",
+        "escape_slope",
     ]  # fmt: skip
-    for table in data["effects"]:
+    # 3-step trials record no histogram: the crossing is undefined in every run, and said so
+    crossing = data["effects"][3]
+    assert crossing["effects"] == [] and "no run has a value" in " ".join(crossing["notes"])
+    for table in data["effects"][:3]:
         assert [e["term"] for e in table["effects"]] == ["A=BC", "B=AC", "C=AB"]  # resolution III
         assert table["n_obs"] == 8 and table["df_resid"] == 3  # 8 − (1 + 3 + 1 seed block)
     assert all(-2.0 <= r["values"]["log10_best_lambda"] <= 2.0 for r in data["runs"])
     assert (report / "halfnormal-log10_best_lambda.png").exists()
-    err = one_line(capsys, ["effects", str(out), "--responses", "crossing"])
-    assert "unknown response 'crossing'; known: log10_best_lambda" in err
+    err = one_line(capsys, ["effects", str(out), "--responses", "nope"])
+    assert "unknown response 'nope'; known: log10_best_lambda" in err
 
 
 def test_effects_of_a_folder_without_a_design(

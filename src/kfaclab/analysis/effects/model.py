@@ -117,6 +117,9 @@ def fit_effects(
         notes.append(f"{len(observations) - len(obs)} of {len(observations)} runs have no value")
     labels, _ = _columns(design)
     n_terms = len(labels)
+    if not obs:  # no run has a value for this response (e.g. no histograms were recorded)
+        notes.append("no run has a value for this response")
+        return EffectsTable(response, [], 0, 0, math.nan, level, notes)
     X = design_matrix(design, obs)
     if obs and np.linalg.matrix_rank(X) < X.shape[1]:
         # Missing runs broke the design's balance: fall back to the main effects.

@@ -2,8 +2,8 @@
 
 ``RESPONSES`` maps a response's name to a function ``RunData -> float`` (nan: undefined for this
 run, with the reason in ``run.notes``). Add a response by adding an entry; ``kfaclab effects``
-estimates factor effects on every registered one. The "crossing" and "escape_slope" responses of
-issue 27 are to be registered here.
+estimates factor effects on every registered one. "crossing" and "escape_slope" (responses_grad)
+read the trials' records.
 
 The per-cell statistic is the report's (kfaclab.analysis.cells.summarize_cell): the mean final
 training loss of the top-k non-diverged trials. λ is kfaclab's (the λ the optimizer adds to
@@ -20,6 +20,7 @@ from functools import cached_property
 import numpy as np
 
 from kfaclab.analysis.cells import CellSummary, summarize_cell
+from kfaclab.analysis.effects import responses_grad
 from kfaclab.study.reader import StudySet
 
 
@@ -103,6 +104,8 @@ RESPONSES: dict[str, Response] = {
     "log10_best_lambda": log10_best_lambda,
     "loss_gap_at_one": loss_gap_at_one,
     "smallest_lambda_divergence": smallest_lambda_divergence,
+    "crossing": responses_grad.crossing,
+    "escape_slope": responses_grad.escape_slope,
 }
 # Whether a response needs the trial records (curves, histograms): only then are they read.
-NEEDS_RECORDS: set[str] = set()
+NEEDS_RECORDS: set[str] = {"crossing", "escape_slope"}
