@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> None:
         alone = torch.cat([p.detach().flatten() for p in plain.parameters()])
         gap = (alone - flat).abs().max().item()
         print(f"ranks agree to {spread:.1e}; against one process on the whole batch: {gap:.1e}")
+    # Tear down together: a rank that destroyed the group while rank 0 still trained alone
+    # aborted in gloo's teardown ("terminate called without an active exception", 1 run in 3).
+    del model
+    dist.barrier()
     dist.destroy_process_group()
 
 

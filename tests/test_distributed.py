@@ -61,6 +61,10 @@ def _rank(rank: int, port: int, out: str) -> None:
              for x, y in _batches()]  # fmt: skip
     _train(model, opt, shard)
     torch.save([p.detach() for p in model.module.parameters()], f"{out}/rank{rank}.pt")
+    # both ranks tear down together: one destroying the group while the other still used it
+    # aborted in gloo's teardown (SIGABRT) now and then on a loaded machine
+    del opt, model
+    dist.barrier()
     dist.destroy_process_group()
 
 
