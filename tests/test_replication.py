@@ -326,3 +326,29 @@ def test_binding_is_directional():
     v = best_band(reps, Thresholds())
     assert v.verdict == "inconclusive"
     assert v.evidence["verdict_if_range_did_not_bind"] == NOT_REPRODUCED
+
+
+def test_a_diverged_rerun_counts_as_chance_level_to_the_planned_end():
+    from kfaclab.analysis.replication.units import replication_of
+
+    ok = _outcome("λ=1e-04", 1e-4, 1, 0.1, escape=40, steps=100)
+    bad = _outcome("λ=1e-04", 1e-4, 2, math.inf, escape=80, steps=100)
+    bad.n_steps = 0  # what a run given in epochs stored when it diverged
+    rep = replication_of("r", [], [ok, bad])
+    assert rep.outcomes[1].n_steps == 100
+    # 50 steps at 2.3 before diverging, then chance level: its area is ln 10-ish over 100 steps
+    assert bad.mean_step_loss == pytest.approx((50 * 2.3 + 50 * CHANCE_LOSS) / 100)
+
+
+def test_escape_time_leaves_diverged_reruns_out():
+    # half of λ = 1e-4's reruns diverge before escaping; the others escape at 20, later λ at 60:
+    # the escape slope must come from the runs that train, not from the divergence rate
+    def loss(lam, rng):
+        return math.inf if lam == 1e-4 and rng.random() < 0.5 else 0.1
+
+    reps = _reps(loss, escape_of=lambda lam, rng: 20 if lam == 1e-4 else 60)
+    from kfaclab.analysis.replication.crossing import escape_slope
+
+    ev = escape_slope(reps)
+    # steps 17-21 are the first five whose mean is below 2.0; diverged reruns are left out
+    assert ev["mean_step"][_label(1e-4)]["estimate"] == pytest.approx(21.0)

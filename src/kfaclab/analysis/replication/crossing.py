@@ -146,7 +146,12 @@ def zero_fractions(reps: Sequence[U.Replication], steps: Sequence[str]) -> dict[
 
 
 def _escape(o: RerunOutcome) -> float:
-    # a run that never escaped is censored at its planned length (it escaped no sooner)
+    # Escape time is a property of runs that train: a diverged run has no escape time (nan, left
+    # out of its cell's mean; divergence is counted where it is the outcome, C2). Counting it as
+    # "never escaped" made the small-λ cells' escape a measure of their divergence rate.
+    # A run that trained but never escaped is censored at its planned length.
+    if o.diverged:
+        return math.nan
     e = o.escape_step
     return e if math.isfinite(e) else float(max(o.n_steps, len(o.step_losses)))
 

@@ -39,7 +39,14 @@ def replication_of(
     outcomes: list[RerunOutcome],
     bindings: dict[str, list[str]] | None = None,
 ) -> Replication:
-    """A replication from its cells' summaries (analysis.cells.CellSummary) and its reruns."""
+    """A replication from its cells' summaries (analysis.cells.CellSummary) and its reruns.
+
+    Every rerun of one protocol plans the same number of steps; a rerun stored with fewer (one
+    that diverged in a protocol given in epochs records 0) gets the longest one seen, so that
+    after a divergence it counts as chance level to the end and never escapes the plateau."""
+    planned = max((max(o.n_steps, len(o.step_losses)) for o in outcomes), default=0)
+    for o in outcomes:
+        o.n_steps = max(o.n_steps, planned)
     return Replication(
         name=name,
         topk_mean={c.label: c.final_loss.mean for c in cells if c.final_loss.n},
