@@ -15,11 +15,20 @@ general ``KFAC`` optimizer (``run_trial(..., fused=False)``) instead of the fuse
 and prints that floor beside the measured trial time (median of interleaved repeats). The ratio
 is everything else: per-operation dispatch, Python, element-wise passes and allocation. It is the
 part a faster implementation could still remove; the floor itself only fewer operations can.
+
+A second, stricter floor prices every product at its own shape: each distinct (operation, shapes,
+strides) the trial executes is replayed alone in a tight loop and its time multiplied by its count
+(the eigendecompositions as above). A 128×100 by 100×100 product runs far below the dominant
+shape's rate, so this "shape floor" is what the same kernels would take with nothing between them.
+
+SGD runs twice: ``FusedSGD`` (run_trial's default for the MLP) and autograd with
+``torch.optim.SGD`` (``fused=False``); the two are bitwise the same trial.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from collections import Counter
@@ -35,6 +44,71 @@ from kfaclab.train import run_trial
 from kfaclab.trial_types import TrialConfig
 
 HISTOGRAMS = (60, 120, 180, 240, 300, 360)
+
+
+_PRODUCTS = {
+    torch.ops.aten.mm.default,
+    torch.ops.aten.addmm.default,
+    torch.ops.aten.bmm.default,
+    torch.ops.aten.baddbmm.default,
+    torch.ops.aten.baddbmm_.default,
+    torch.ops.aten.addmm_.default,
+    torch.ops.aten.mm.out,
+    torch.ops.aten.addmm.out,
+    torch.ops.aten.bmm.out,
+    torch.ops.aten.baddbmm.out,
+}
+
+
+class ProductShapes(TorchDispatchMode):
+    """Every matrix product by (operation, shapes and strides of its tensor arguments)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[tuple[Any, ...]] = Counter()
+        self.example: dict[tuple[Any, ...], tuple[Any, list[Any], dict[str, Any]]] = {}
+
+    def __torch_dispatch__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func in _PRODUCTS:
+            key = (func, *(_layout(a) for a in args), *((k, _layout(v)) for k, v in kwargs.items()))
+            self.calls[key] += 1
+            if key not in self.example:
+                self.example[key] = (
+                    func,
+                    [_fresh(a) for a in args],
+                    {k: _fresh(v) for k, v in kwargs.items()},
+                )
+        return func(*args, **kwargs)
+
+    def seconds(self) -> float:
+        """Σ count × the product's own time, each replayed alone on fresh operands."""
+        total = 0.0
+        for key, count in self.calls.items():
+            func, args, kwargs = self.example[key]
+            total += count * best_seconds(functools.partial(func, *args, **kwargs), repeats=20)
+        return total
+
+
+def _layout(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return (tuple(value.shape), tuple(value.stride()), value.dtype)
+    return value
+
+
+def _fresh(value: Any) -> Any:
+    """A random tensor of ``value``'s shape, strides and dtype (other arguments as they are)."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    extent = 1 + sum((n - 1) * st for n, st in zip(value.shape, value.stride(), strict=True))
+    base = torch.randn(max(extent, 1), dtype=value.dtype)
+    return torch.as_strided(base, value.shape, value.stride())
 
 
 class EighSizes(TorchDispatchMode):
@@ -88,16 +162,18 @@ def _baddbmm_flops(
     return 2 * batch * rows * inner * right[-1]
 
 
-def counted(config: TrialConfig, fused: bool) -> tuple[float, Counter[int]]:
-    """(matrix-product FLOPs, eigendecompositions by size) of one warm trial."""
+def counted(config: TrialConfig, fused: bool) -> tuple[float, Counter[int], float]:
+    """(matrix-product FLOPs, eigendecompositions by size, the products' shape floor in
+    seconds) of one warm trial."""
     counter = FlopCounterMode(
         display=False,
         custom_mapping={torch.ops.aten.baddbmm_: _baddbmm_flops},
     )
     eighs = EighSizes()
-    with counter, eighs:
+    shapes = ProductShapes()
+    with counter, eighs, shapes:
         run_trial(config, fused=fused)
-    return float(counter.get_total_flops()), eighs.sizes
+    return float(counter.get_total_flops()), eighs.sizes, shapes.seconds()
 
 
 def main() -> None:
@@ -118,9 +194,11 @@ def main() -> None:
         )
         for name in ("sgd", "kfac")
     }
-    # K-FAC twice: run_trial's fused step, and the general KFAC optimizer (fused=False).
+    # Each optimizer twice: run_trial's fused step, and autograd with the torch optimizer or
+    # the general KFAC (fused=False).
     variants = {
         "sgd": (configs["sgd"], True),
+        "sgd-autograd": (configs["sgd"], False),
         "kfac": (configs["kfac"], True),
         "kfac-general": (configs["kfac"], False),
     }
@@ -133,18 +211,22 @@ def main() -> None:
     rate = gemm_rate()
     print(f"GEMM rate of this core (128x785 @ 785x100): {rate / 1e9:.1f} GFLOP/s")
     for name, (config, fused) in variants.items():
-        flops, eighs = counted(config, fused)
+        flops, eighs, shape_floor = counted(config, fused)
         eigh_total = sum(count * eigh_seconds(n) for n, count in eighs.items())
         floor = flops / rate + eigh_total
+        strict = shape_floor + eigh_total
         measured = statistics.median(times[name])
         print(
             f"{name}: {flops / 1e9:.1f} GFLOP of products ({flops / rate:.2f} s at that rate) + "
             f"{sum(eighs.values())} eigh ({eigh_total:.2f} s) = floor {floor:.2f} s; "
-            f"measured {measured:.2f} s (median of {args.repeats}), {measured / floor:.2f}x"
+            f"shape floor {strict:.2f} s; measured {measured:.2f} s (median of "
+            f"{args.repeats}), {measured / floor:.2f}x the floor, {measured / strict:.2f}x "
+            "the shape floor"
         )
     median = {name: statistics.median(t) for name, t in times.items()}
     print(
-        f"ratios in this run: kfac / sgd {median['kfac'] / median['sgd']:.2f}, "
+        f"ratios in this run: sgd-autograd / sgd {median['sgd-autograd'] / median['sgd']:.2f}, "
+        f"kfac / sgd {median['kfac'] / median['sgd']:.2f}, "
         f"kfac-general / sgd {median['kfac-general'] / median['sgd']:.2f}, "
         f"kfac-general / kfac {median['kfac-general'] / median['kfac']:.2f}"
     )

@@ -214,7 +214,11 @@ def test_run_trial_sets_the_scheduled_lr_each_step(
     monkeypatch.setattr(loop, "build_optimizer", spy)
     used: list[float] = []
     config = _config(mnist_dir, steps=10, lr=0.2, lr_decay=0.0)
-    run_trial(config, progress=lambda done, total, loss: used.append(seen[0].param_groups[0]["lr"]))
+    run_trial(  # the autograd path (an SGD trial of the MLP is otherwise FusedSGD's)
+        config,
+        progress=lambda done, total, loss: used.append(seen[0].param_groups[0]["lr"]),
+        fused=False,
+    )
     assert used == lr_schedule(0.2, 0.0, 10)
     assert used[0] == 0.2 and used[-1] == pytest.approx(0.02)
 

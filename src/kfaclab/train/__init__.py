@@ -3,8 +3,9 @@
 The study calls this thousands of times; it knows nothing of Optuna. Module map:
 ``validate`` (config checks), ``schedule`` (steps, batches, learning rate), ``build`` (seeded model,
 optimizer), ``observe`` (evaluation, gradient histograms), ``loop`` (the training loop), ``steps``
-(what the loop calls per step; autograd with any optimizer) and ``fused`` (the same for a
-fusable K-FAC trial, by hand).
+(what the loop calls per step; autograd with any optimizer), ``fused_mlp`` (build_mlp's forward
+and backward by hand), ``fused`` and ``fused_sgd`` (the K-FAC and SGD steps on it: the fast path
+of every sweep trial of the MLP), ``population*`` (many trials stepped as one batched model).
 """
 
 from kfaclab.train.loop import Progress, run_trial

@@ -29,6 +29,7 @@ from kfaclab.train.build import (
     seeded,
 )
 from kfaclab.train.fused import FusedKFAC, fusable
+from kfaclab.train.fused_sgd import FusedSGD, sgd_fusable
 from kfaclab.train.observe import GradHistogram, evaluate
 from kfaclab.train.schedule import batch_indices, eval_points, lr_schedule, total_steps
 from kfaclab.train.steps import AutogradSteps, TrialSteps
@@ -44,9 +45,10 @@ def run_trial(
 ) -> TrialResult:
     """Train one model as ``config`` says and return everything recorded.
 
-    ``fused``: run K-FAC through ``FusedKFAC`` when the config allows it (``fusable``: exact
-    damping, constant λ, empirical Fisher — every trial of the reference protocols), else or
-    with ``fused=False`` through the general ``KFAC`` optimizer; the two agree up to rounding.
+    ``fused``: run a trial of ``build_mlp``'s model by hand — K-FAC through ``FusedKFAC``
+    (``fusable``; it agrees with the general ``KFAC`` optimizer up to rounding), SGD through
+    ``FusedSGD`` (bitwise torch.optim.SGD's trajectory) — else, or with ``fused=False``,
+    through autograd and the torch optimizer.
 
     Raises ``UsageError`` for an invalid config; never raises for divergence. A minibatch loss that
     is non-finite or above ``divergence_loss`` at step t stops the run before that step:
@@ -61,7 +63,7 @@ def run_trial(
     device = torch.device(config.device)
     data = load_dataset(config.dataset, config.data_dir, device=device, dtype=DTYPES[config.dtype])
     with seeded(config.seed, device):
-        return _Trial(config, data, device, fused and fusable(config)).run(progress)
+        return _Trial(config, data, device, fused).run(progress)
 
 
 class _Trial:
@@ -74,11 +76,13 @@ class _Trial:
         self.test = (data.test_x, data.test_y)
         self.total = total_steps(config, len(data.train_y))
         self.model = build_model(config, device)
-        self.steps: TrialSteps = (
-            FusedKFAC(self.model, config, INPUT_STREAMS)
-            if fused
-            else AutogradSteps(config, self.model, build_optimizer(config, self.model))
-        )
+        self.steps: TrialSteps
+        if fused and fusable(config):
+            self.steps = FusedKFAC(self.model, config, INPUT_STREAMS)
+        elif fused and sgd_fusable(config):
+            self.steps = FusedSGD(self.model, config)
+        else:
+            self.steps = AutogradSteps(config, self.model, build_optimizer(config, self.model))
         self.generator = torch.Generator().manual_seed(config.seed)
         self.device = device
         self.histogram = GradHistogram(linear_layers(self.model), config.histogram_bins)
