@@ -5,6 +5,8 @@ and the searched KL clip reaching the trials."""
 from __future__ import annotations
 
 import json
+import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -64,6 +66,14 @@ momentum = {{ low = 0.0, high = 0.5 }}
 """
 
 
+def _drop_last_trial(journal: Path) -> None:
+    """Cut an Optuna journal just before its last trial was created: the storage of a sweep
+    stopped one trial short of its end."""
+    lines = journal.read_text().splitlines(keepends=True)
+    last = max(i for i, line in enumerate(lines) if json.loads(line)["op_code"] == 4)
+    journal.write_text("".join(lines[:last]))
+
+
 def test_design_sweep_and_effects_end_to_end(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -95,6 +105,20 @@ def test_design_sweep_and_effects_end_to_end(
     path.write_text(DESIGN.replace("seeds = [0, 1]", "seeds = [0, 2]"))
     err = one_line(capsys, ["sweep", str(path), "--out", str(out)])
     assert "holds another design: it differs from DESIGN at design.seeds[1]: stored 1" in err
+
+    # A run whose cells are short of their trials (a sweep still running, or stopped) is left
+    # out of the effects, not read with a smaller budget than the others.
+    partial = tmp_path / "partial"
+    shutil.copytree(out, partial)
+    for trial_file in (partial / "run02-seed0").iterdir():
+        if trial_file.name == "studies.journal":
+            _drop_last_trial(trial_file)
+    assert main(["effects", str(partial)]) == 0
+    held = json.loads((partial / "effects" / "effects.json").read_text())
+    run02 = next(r for r in held["runs"] if r["name"] == "run02-seed0")
+    assert all(math.isnan(v) for v in run02["values"].values())
+    assert "left out until finished" in " ".join(run02["notes"])
+    assert held["effects"][0]["n_obs"] == 7
 
     assert main(["effects", str(out)]) == 0
     report = out / "effects"

@@ -28,7 +28,8 @@ class RunValues:
 def read_runs(
     folder: Path, design: Design, names: list[str], storage: str | None = None
 ) -> list[RunValues]:
-    """Each run's responses from its stored studies; a run not stored yet gets nan and a note."""
+    """Each run's responses from its stored studies; a run not stored yet, or with a cell short
+    of its trials, gets nan and a note."""
     from kfaclab.study.design_sweep import run_spec
     from kfaclab.study.reader import read_study_set
 
@@ -44,10 +45,15 @@ def read_runs(
             out.append(RunValues(run.name, run.seed, run.levels, nan, [f"not readable: {exc}"]))
             continue
         data = RunData(run.name, run.seed, run.levels, study)
-        values = {n: float(RESPONSES[n](data)) for n in names}
         unfinished = [c.label for c in data.cells if not c.finished]
         if unfinished:
-            data.notes.append(f"unfinished cells: {', '.join(unfinished)}")
+            # A run still sweeping (or stopped) has fewer trials in some cells: its responses
+            # would carry a budget bias no other run has, so it counts as missing until done.
+            nan = dict.fromkeys(names, math.nan)
+            note = f"left out until finished: unfinished cells {', '.join(unfinished)}"
+            out.append(RunValues(run.name, run.seed, run.levels, nan, [note]))
+            continue
+        values = {n: float(RESPONSES[n](data)) for n in names}
         out.append(RunValues(run.name, run.seed, run.levels, values, data.notes))
     return out
 
