@@ -7,6 +7,8 @@ import dataclasses
 import io
 from pathlib import Path
 
+import pytest
+
 from kfaclab.analysis.report import build_report
 from kfaclab.study import load_study_set
 from kfaclab.study.runner import run_sweep
@@ -78,3 +80,27 @@ def test_a_moved_study_folder_keeps_its_rerun_cache(tmp_path: Path) -> None:
     shutil.copytree(tmp_path / "run", tmp_path / "elsewhere" / "run")
     _report(tmp_path / "elsewhere" / "run", tmp_path / "elsewhere" / "run", runner)
     assert len(runner.configs) == 3 * 3  # nothing retrained
+
+
+def test_serial_reruns_train_on_one_thread_and_restore_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In-process reruns run torch on one thread, as every worker does (two threads made a
+    trial ~30x slower beside a busy sweep), and leave the caller's setting as it was."""
+    import torch
+
+    import kfaclab.train
+    from kfaclab.analysis.reruns import _run_all
+
+    seen: list[int] = []
+    monkeypatch.setattr(
+        kfaclab.train, "run_trial", lambda cfg: seen.append(torch.get_num_threads())
+    )
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        list(_run_all([TrialConfig(), TrialConfig()], None, 1, lambda s: None))
+        assert seen == [1, 1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
