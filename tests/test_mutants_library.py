@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dense_oracle import dense_direction
+from dense_oracle import Factors, batch_factors, dense_direction
 from kfaclab import KFAC
 from kfaclab.curvature.eigen import FactorEigen, floored
 from kfaclab.optim import KFACOptions
@@ -39,23 +39,6 @@ def _data(seed: int, n: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.randint(0, 3, (n,), generator=g)
 
 
-Factors = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-def _factors(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor) -> Factors:
-    """(A, G) per layer from first principles (no hooks): ā = [a; 1], g = ∂ℓᵢ/∂sᵢ."""
-    inputs, pre, h = [], [], x
-    for module in model:
-        if isinstance(module, nn.Linear):
-            inputs.append(torch.cat([h.detach(), torch.ones(len(h), 1, dtype=h.dtype)], 1))
-            h = F.linear(h, module.weight, module.bias)
-            pre.append(h)
-        else:
-            h = module(h)
-    grads = torch.autograd.grad(F.cross_entropy(h, y, reduction="sum"), pre)
-    return [(a.T @ a / len(x), g.T @ g / len(x)) for a, g in zip(inputs, grads, strict=True)]
-
-
 def _blocks(model: nn.Sequential, grad: bool = False) -> list[torch.Tensor]:
     out = []
     for m in model:
@@ -71,7 +54,7 @@ def _one_step(
 ) -> tuple[KFAC, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], Factors]:
     model = _deep_mlp(12)
     x, y = _data(13)
-    factors = _factors(model, x, y)
+    factors = batch_factors(model, x, y)
     model.to(device)
     opt = KFAC(model, lr=lr, damping=lam, weight_decay=wd, options=KFACOptions(kl_clip=kl_clip))
     F.cross_entropy(model(x.to(device)), y.to(device)).backward()

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim import Optimizer
 
-from dense_oracle import dense_direction
+from dense_oracle import batch_factors, dense_direction
 from kfaclab import KFAC, Constant, LevenbergMarquardt
 from kfaclab.errors import UsageError
 from kfaclab.optim import KFACOptions
@@ -56,23 +56,6 @@ def _grad_block(module: nn.Linear) -> torch.Tensor:
     return torch.cat([module.weight.grad, module.bias.grad[:, None]], 1).clone()
 
 
-Factors = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-def _batch_factors(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor) -> Factors:
-    """(A, G) of one batch from first principles (no hooks): ā = [a; 1], g = ∂ℓᵢ/∂sᵢ."""
-    inputs, pre, h = [], [], x
-    for module in model:
-        if isinstance(module, nn.Linear):
-            inputs.append(torch.cat([h.detach(), torch.ones(len(h), 1, dtype=h.dtype)], 1))
-            h = F.linear(h, module.weight, module.bias)
-            pre.append(h)
-        else:
-            h = module(h)
-    grads = torch.autograd.grad(F.cross_entropy(h, y, reduction="sum"), pre)
-    return [(a.T @ a / len(x), g.T @ g / len(x)) for a, g in zip(inputs, grads, strict=True)]
-
-
 # --- lr = 0 --------------------------------------------------------------------------------
 
 
@@ -103,7 +86,7 @@ def test_schedulers_that_reach_lr_0_run_like_torch_sgd(make_scheduler) -> None: 
 def test_lr_0_still_accumulates_the_statistics(device: torch.device) -> None:
     model = _mlp(2)
     ((x, y),) = _batches(1)
-    factors = _batch_factors(model, x, y)
+    factors = batch_factors(model, x, y)
     model.to(device)
     opt = KFAC(model, lr=0.0, damping=0.1)
     before = [p.detach().clone() for p in model.parameters()]
@@ -145,7 +128,7 @@ def test_parameter_groups_follow_a_dense_oracle_of_per_group_lr_momentum_and_dec
     for x, y in _batches(3):
         oracle_model = _mlp(0)
         oracle_model.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
-        factors = _batch_factors(oracle_model, x, y)
+        factors = batch_factors(oracle_model, x, y)
         thetas = [_block(first).cpu(), _block(second).cpu(), extra.detach().cpu().clone()]
         loss = F.cross_entropy(model(x.to(device)), y.to(device)) + (extra**2).sum() * 0.1
         opt.zero_grad()
