@@ -13,7 +13,7 @@ import pytest
 
 from kfaclab.analysis import summarize
 from kfaclab.analysis.reruns import ensure_reruns, load_reruns
-from kfaclab.analysis.stats import best_of_m, mean_ci, t_quantile
+from kfaclab.analysis.stats import best_of_m, mean_ci, t_quantile, welch
 from kfaclab.analysis.summaries import trials_by_cell
 from kfaclab.trial_types import TrialConfig, TrialResult
 from report_fakes import make_study, smoke_dir
@@ -129,13 +129,28 @@ def test_edge_warning_and_adaptive_section() -> None:
     assert {r.kind for r in sec.rows} == {"adaptive", "fixed", "sgd"}
 
 
-def test_t_quantile_matches_scipy() -> None:
-    stats = pytest.importorskip("scipy.stats")
-    for df in (1, 2, 5, 30, 299):
-        assert t_quantile(0.975, df) == pytest.approx(stats.t.ppf(0.975, df), rel=1e-5)
+def test_t_quantile_matches_the_textbook_table() -> None:
+    # t₀.₉₇₅ with df degrees of freedom, as printed in every table (3 decimals)
+    for df, printed in ((1, 12.706), (2, 4.303), (5, 2.571), (30, 2.042), (299, 1.968)):
+        assert t_quantile(0.975, df) == pytest.approx(printed, abs=5e-4)
     ci = mean_ci([1.0, 2.0, 4.0])
-    half = stats.t.ppf(0.975, 2) * np.std([1, 2, 4], ddof=1) / math.sqrt(3)
-    assert (ci.lo, ci.hi) == pytest.approx((7 / 3 - half, 7 / 3 + half), rel=1e-5)
+    half = 4.303 * np.std([1, 2, 4], ddof=1) / math.sqrt(3)
+    assert (ci.lo, ci.hi) == pytest.approx((7 / 3 - half, 7 / 3 + half), rel=1e-3)
+
+
+def test_welch_interval_is_scipys_unequal_variance_t_test_with_whole_df() -> None:
+    """From the summaries alone, scipy's Welch test on the raw values — its difference, standard
+    error and Satterthwaite df — with the df floored to a whole number (the documented choice)."""
+    stats = pytest.importorskip("scipy.stats")
+    a = np.array([0.31, 0.35, 0.29, 0.4, 0.33])
+    b = np.array([0.5, 0.2, 0.45, 0.38])
+    d = welch(mean_ci(a), mean_ci(b))
+    ref = stats.ttest_ind(a, b, equal_var=False)
+    diff = a.mean() - b.mean()
+    half = stats.t.ppf(0.975, math.floor(ref.df)) * diff / ref.statistic
+    assert (d.lo, d.hi) == pytest.approx((diff - abs(half), diff + abs(half)), rel=1e-9)
+    fractional = ref.confidence_interval(0.95)
+    assert d.lo < fractional.low and d.hi > fractional.high  # wider: the conservative side
 
 
 def test_best_of_m_matches_enumeration() -> None:

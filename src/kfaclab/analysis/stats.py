@@ -1,8 +1,9 @@
-"""Small statistics the summaries need, in numpy only (scipy is a test tool, not a dependency).
+"""Small statistics the summaries need, on scipy.stats and numpy.
 
 - ``t_quantile``: Student-t quantiles for 95% intervals of a mean (the bands are t-intervals:
   mean ± t₀.₉₇₅,ₙ₋₁ · sd/√n, i.e. where the mean of the top-k population lies, not where one
-  trial lies).
+  trial lies); ``welch``: Welch's interval with its Satterthwaite degrees of freedom floored to
+  a whole number (slightly wider than the fractional one).
 - ``best_of_m``: the exact distribution of the best of m trials drawn without replacement from
   the observed ones (order statistics), for "is 300 trials enough?".
 """
@@ -11,38 +12,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
+from scipy.special import gammaln
+from scipy.stats import t as student_t
 
 
-def _t_cdf(t: float, df: int) -> float:
-    """P(T ≤ t) for t ≥ 0 by Simpson integration of the density (smooth: 2000 panels suffice)."""
-    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-    x = np.linspace(0.0, t, 2001)
-    pdf = np.exp(log_c - (df + 1) / 2 * np.log1p(x * x / df))
-    h = t / 2000
-    integral = h / 3 * (pdf[0] + pdf[-1] + 4 * pdf[1:-1:2].sum() + 2 * pdf[2:-1:2].sum())
-    return 0.5 + float(integral)
-
-
-@lru_cache(maxsize=256)
-def t_quantile(p: float, df: int) -> float:
-    """The p-quantile (p > 0.5) of Student's t with ``df`` degrees of freedom, by bisection."""
+def t_quantile(p: float, df: float) -> float:
+    """The p-quantile (p > 0.5) of Student's t with ``df`` (> 0, not necessarily whole) degrees
+    of freedom."""
     if not 0.5 < p < 1.0:
         raise ValueError(f"p must be in (0.5, 1), got {p}")
-    if df < 1:
-        raise ValueError(f"df must be >= 1, got {df}")
-    lo, hi = 0.0, 1.0
-    while _t_cdf(hi, df) < p:  # the df=1 tail is heavy: 0.975 sits at 12.7
-        hi *= 2.0
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        if _t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
+    if not df > 0:
+        raise ValueError(f"df must be > 0, got {df}")
+    return float(student_t.ppf(p, df))
 
 
 @dataclass(frozen=True)
@@ -117,9 +100,9 @@ def best_of_m(values: list[float]) -> BestOfM:
         logp = np.full(n, -np.inf)
         kk = k[ok].astype(float)
         logp[ok] = (
-            _lgamma(kk + 1)
-            - _lgamma(np.full_like(kk, m))
-            - _lgamma(kk - m + 2)
+            gammaln(kk + 1)
+            - gammaln(np.full_like(kk, m))
+            - gammaln(kk - m + 2)
             - (math.lgamma(n + 1) - math.lgamma(m + 1) - math.lgamma(n - m + 1))
         )
         p = np.exp(logp)
@@ -134,10 +117,6 @@ def best_of_m(values: list[float]) -> BestOfM:
         out.q10.append(float(v[min(int(np.searchsorted(cdf, 0.1)), n - 1)]))
         out.q90.append(float(v[min(int(np.searchsorted(cdf, 0.9)), n - 1)]))
     return out
-
-
-def _lgamma(x: np.ndarray) -> np.ndarray:
-    return np.array([math.lgamma(float(t)) for t in x])
 
 
 def running_min(values: list[float]) -> list[float]:
@@ -167,7 +146,8 @@ def welch(a: MeanCI, b: MeanCI, level: float = 0.95) -> Difference:
     if se == 0:
         return Difference(diff, diff, diff)
     df = (va + vb) ** 2 / (va**2 / (a.n - 1) + vb**2 / (b.n - 1))
-    half = t_quantile(0.5 + level / 2, max(1, int(df))) * se  # floor: the conservative side
+    # df floored to a whole number: the conservative side, and what every stored report used
+    half = t_quantile(0.5 + level / 2, max(1, int(df))) * se
     return Difference(diff, diff - half, diff + half)
 
 
