@@ -352,3 +352,38 @@ def test_escape_time_leaves_diverged_reruns_out():
     ev = escape_slope(reps)
     # steps 17-21 are the first five whose mean is below 2.0; diverged reruns are left out
     assert ev["mean_step"][_label(1e-4)]["estimate"] == pytest.approx(21.0)
+
+
+def test_paper_best_is_drawn_only_where_the_paper_claims_apply(tmp_path):
+    """λ = 1 is "the paper's best" in a study testing the paper's claims, and nowhere else:
+    a study of one's own ([claims] paper = false) has no paper to point at."""
+    from kfaclab.analysis.replication.figures import PAPER_BEST, curve_label, draw_all
+    from kfaclab.analysis.replication.report_blocks import replication_blocks
+
+    a = assess(_reps(lambda lam, rng: 0.1 + rng.normal(0, 0.01)), with_sensitivity=False)
+    assert [curve_label(c, True) for c in a.curves if c.lam == 1.0] == ["λ=1e+00" + PAPER_BEST]
+    assert not any(PAPER_BEST in curve_label(c, False) for c in a.curves)
+
+    def curves_svg(folder):
+        return (folder / "replication-curves.svg").read_text()
+
+    draw_all(a, tmp_path / "paper", paper=True)
+    draw_all(a, tmp_path / "own", paper=False)
+    assert "paper's best" in curves_svg(tmp_path / "paper")
+    assert "paper's best" not in curves_svg(tmp_path / "own")
+    replication_blocks(a, tmp_path / "report", paper=False)  # the report passes it on
+    assert "paper's best" not in curves_svg(tmp_path / "report")
+
+
+def test_lambda_colours_have_one_home():
+    """The replication figures colour λ with the study figures' palette: distinct colours in λ
+    order, whatever order the cells come in."""
+    from kfaclab.analysis.replication.figures import _colors
+    from kfaclab.analysis.style import LAM_PALETTE, lam_colors
+
+    a = assess(_reps(lambda lam, rng: 0.1 + rng.normal(0, 0.01)), with_sensitivity=False)
+    colors = _colors(a)
+    by_lam = lam_colors(list(reversed(LAMS)))
+    assert [colors[_label(lam)] for lam in LAMS] == [by_lam[lam] for lam in LAMS]
+    assert [by_lam[lam] for lam in sorted(LAMS)] == list(LAM_PALETTE[: len(LAMS)])
+    assert len(set(by_lam.values())) == len(LAMS)

@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.axes import Axes
 
 from kfaclab.analysis import figures_more
+from kfaclab.analysis.gradients import GradientHistograms
 from kfaclab.analysis.style import (
     DrawnFigure,
     cell_style,
@@ -76,21 +77,27 @@ def learning_curves(summary: StudySummary, out_dir: Path) -> DrawnFigure | None:
 
 
 def gradient_histograms(summary: StudySummary, out_dir: Path) -> DrawnFigure | None:
-    """Paper figure (b): (∂L/∂θ)² histograms, layers as rows and iterations as columns."""
+    """Paper figure (b): (∂L/∂θ)² histograms, layers as rows and iterations as columns, one line
+    per λ; each panel prints, per λ, the share of its parameters below the first bin (exact zeros
+    included: a log axis cannot show them), and the x-axis shows only the occupied decades."""
     h = summary.histograms
     if h is None:
         return None
     colors = summary_lam_colors(summary)
     lam_of = {c.label: c.lam for c in summary.fixed}
+    line_color = {
+        label: colors.get(lam, "grey") if (lam := lam_of.get(label)) is not None else "grey"
+        for label in h.labels
+    }
     edges = np.asarray(h.edges)
     nrows, ncols = len(h.layers), len(h.steps)
     # A fixed grid instead of constrained layout: 36 panels would take it seconds to solve.
-    fig = plt.figure(figsize=(1.45 * ncols + 0.9, 1.0 * nrows + 1.0))
+    fig = plt.figure(figsize=(1.45 * ncols + 0.9, 1.0 * nrows + 1.2))
     fig.subplots_adjust(
         left=0.09,
         right=0.99,
         bottom=0.5 / (nrows + 1),
-        top=1 - 0.75 / (nrows + 1),
+        top=1 - 0.95 / (nrows + 1),
         wspace=0.12,
         hspace=0.18,
     )
@@ -102,18 +109,17 @@ def gradient_histograms(summary: StudySummary, out_dir: Path) -> DrawnFigure | N
                 frac = np.asarray(h.fractions[label][j][i])
                 if np.isnan(frac).all():
                     continue
-                lam = lam_of.get(label)
-                color = colors.get(lam, "grey") if lam is not None else "grey"
-                # line styles as well as colours: neighbouring λ differ little in hue
+                # line styles as well as colours, so the λ stay apart in grey print too
                 ax.plot(  # a stepped Line2D: far cheaper to draw than 108 stairs patches
                     edges,
                     np.r_[frac, frac[-1]],
                     drawstyle="steps-post",
-                    color=color,
+                    color=line_color[label],
                     lw=1.2,
                     ls=_LINESTYLES[k % 4],
                     label=f"{label} (n={h.n_trials[label]} trials)",
                 )
+            _below_range_shares(ax, h, j, i, line_color)
             ax.grid(True, alpha=0.2)
             if i == 0:
                 ax.set_title(f"iteration {step}")
@@ -121,7 +127,9 @@ def gradient_histograms(summary: StudySummary, out_dir: Path) -> DrawnFigure | N
                 ax.set_ylabel(f"layer {i + 1}\nfraction", fontsize=8)
             if i == nrows - 1:
                 ax.set_xlabel("log₁₀ (∂L/∂θ)²")
-    _trim_x(axes, h.fractions, edges)
+    shown = occupied_range(h)
+    if shown is not None:
+        axes[0][0].set_xlim(*shown)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(
         handles,
@@ -129,8 +137,10 @@ def gradient_histograms(summary: StudySummary, out_dir: Path) -> DrawnFigure | N
         loc="upper center",
         ncols=len(labels),
         frameon=False,
-        title="(∂L/∂θ)² of all parameters per layer, summed over the top-k trials; "
-        "y: fraction of the layer's parameters per bin",
+        title="(∂L/∂θ)² of all parameters per layer, summed over the top-k trials; y: fraction of "
+        "the layer's parameters per bin\n"
+        f"numbers at the left: share below 1e{edges[0]:g}, exact zeros included (not in the bins); "
+        f"x: the central {1 - 2 * TAIL_SHARE:.0%} of every panel's binned values",
     )
     return finish(
         fig, out_dir, "gradient_histograms", "(∂L/∂θ)² histograms (paper figure b)", tight=False
@@ -138,20 +148,53 @@ def gradient_histograms(summary: StudySummary, out_dir: Path) -> DrawnFigure | N
 
 
 _LINESTYLES = ("-", "--", ":", "-.")
+TAIL_SHARE = 0.005
+"""The x-axis leaves out this share of the binned values on each side: a few parameters in a
+far tail would otherwise stretch every panel over twenty decades with nothing visible in them."""
 
 
-def _trim_x(
-    axes: np.ndarray, fractions: dict[str, list[list[list[float]]]], edges: np.ndarray
+def _below_range_shares(
+    ax: Axes, h: GradientHistograms, step_index: int, layer_index: int, colors: dict[str, str]
 ) -> None:
-    """Show only the occupied part of the 22-decade bin range."""
-    mass = np.zeros(len(edges) - 1)
-    for per_label in fractions.values():
+    """Per λ, the share of the layer's (∂L/∂θ)² below the first edge, in the upper left corner in
+    the λ's colour: exact zeros (dead ReLU units) are in it, and no log bin can draw them."""
+    header = f"<1e{h.edges[0]:g}"
+    ax.text(0.02, 0.97, header, transform=ax.transAxes, fontsize=6, va="top", color="0.35")
+    for k, label in enumerate(h.labels):
+        share = h.underflow[label][step_index][layer_index]
+        if not math.isfinite(share):
+            continue
+        ax.text(
+            0.02,
+            0.97 - 0.15 * (k + 1),
+            f"{share:.0%}" if share >= 0.01 or share == 0 else f"{share:.1%}",
+            transform=ax.transAxes,
+            fontsize=6,
+            va="top",
+            color=colors[label],
+        )
+
+
+def occupied_range(h: GradientHistograms, tail: float = TAIL_SHARE) -> tuple[float, float] | None:
+    """The log10 x-range that holds, in every panel (λ, iteration, layer), all but ``tail`` of its
+    binned values on each side, widened to whole decades; None when no bin holds anything.
+    Values below the first edge are shown apart (``_below_range_shares``), not here."""
+    lows, highs = [], []
+    for per_label in h.fractions.values():
         for row in per_label:
             for frac in row:
-                mass += np.nan_to_num(np.asarray(frac))
-    used = np.nonzero(mass > 1e-4 * max(mass.max(), 1e-300))[0]
-    if used.size:
-        axes[0][0].set_xlim(edges[max(used[0] - 1, 0)], edges[min(used[-1] + 2, len(edges) - 1)])
+                mass = np.nan_to_num(np.asarray(frac))
+                if mass.sum() <= 0:
+                    continue
+                cdf = np.cumsum(mass) / mass.sum()
+                lows.append(h.edges[int(np.searchsorted(cdf, tail))])  # lower tail ends in this bin
+                last = min(int(np.searchsorted(cdf, 1 - tail)), len(mass) - 1)
+                highs.append(h.edges[last + 1])
+    if not lows:
+        return None
+    return float(max(math.floor(min(lows)), h.edges[0])), float(
+        min(math.ceil(max(highs)), h.edges[-1])
+    )
 
 
 def draw_all(summary: StudySummary, out_dir: Path) -> list[DrawnFigure]:

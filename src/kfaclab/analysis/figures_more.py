@@ -4,6 +4,8 @@ tuned hyperparameters; whether the search budget sufficed; selection bias; adapt
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -12,6 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from kfaclab.analysis.cells import CellSummary
 from kfaclab.analysis.search import cell_ranges
 from kfaclab.analysis.style import (
     OKABE_ITO,
@@ -153,56 +156,125 @@ _PARAMS = (
     ("momentum", "momentum", False),
     ("lr_decay", "lr decay (final η / η₀)", False),
 )
+LR_OVER_LAMBDA = "lr/λ"
+
+
+@dataclass
+class HyperPanel:
+    """One panel of the hyperparameter figure, in that panel's units: per fixed-λ cell the best
+    trial's value and the top-k quartiles, the cell's search bounds, and SGD's best (if any)."""
+
+    key: str  # a hyperparameter's name, or LR_OVER_LAMBDA
+    title: str
+    log: bool
+    lams: list[float]
+    best: list[float]
+    q25: list[float]
+    median: list[float]
+    q75: list[float]
+    bounds: list[tuple[float, float, float]]  # (λ, low, high), λ ascending
+    sgd_best: float | None = None
+
+
+def hyper_panels(summary: StudySummary) -> list[HyperPanel]:
+    """The panels ``hyperparameters`` draws. Where the protocol searched lr relative to λ
+    (search.lr_scale = "lambda", kfaclab.lr_scale) an "lr/λ" panel follows the lr panel: the
+    stored lr is absolute (lr/λ times λ), so both are read from it, and lr/λ's bounds are the
+    protocol's own [low, high] where lr's are [low·λ, high·λ]."""
+    fixed = [c for c in summary.fixed if c.label in summary.hyperparams and c.lam is not None]
+    sgd = summary.sgd
+    sgd_params = summary.hyperparams.get(sgd.label, {}) if sgd is not None else {}
+    out = []
+    for name, title, log in _PARAMS:
+        cells = [c for c in fixed if name in summary.hyperparams[c.label]]
+        if not cells:
+            continue
+        panel = _panel(summary, cells, name, name, title, log, [1.0] * len(cells))
+        panel.sgd_best = sgd_params[name].best if name in sgd_params else None
+        out.append(panel)
+        if name == "lr" and _lr_scale(summary) == "lambda":
+            lams = [c.lam or math.nan for c in cells]  # λ = 0 has no lr/λ: not drawn
+            title = "lr / λ (the searched quantity)"
+            # no SGD line here: SGD has no λ, and its lr was searched as lr
+            out.append(_panel(summary, cells, LR_OVER_LAMBDA, name, title, log, lams))
+    return out
+
+
+def _panel(
+    summary: StudySummary,
+    cells: list[CellSummary],
+    key: str,
+    name: str,
+    title: str,
+    log: bool,
+    divisors: list[float],
+) -> HyperPanel:
+    """Hyperparameter ``name`` of ``cells``, each cell's values and bounds divided by its
+    divisor (1, or its λ for lr/λ)."""
+    spreads = [summary.hyperparams[c.label][name] for c in cells]
+    bounds = sorted(
+        (float(c.lam or 0.0), r.low / d, r.high / d)
+        for c, d in zip(cells, divisors, strict=True)
+        for r in cell_ranges(summary.protocol, c)
+        if r.name == name
+    )
+
+    def scaled(stat: str) -> list[float]:
+        return [getattr(p, stat) / d for p, d in zip(spreads, divisors, strict=True)]
+
+    return HyperPanel(
+        key=key,
+        title=title,
+        log=log,
+        lams=[float(c.lam or 0.0) for c in cells],
+        best=scaled("best"),
+        q25=scaled("q25"),
+        median=scaled("median"),
+        q75=scaled("q75"),
+        bounds=bounds,
+    )
+
+
+def _lr_scale(summary: StudySummary) -> str:
+    table = summary.protocol.get("search")
+    return str(table.get("lr_scale", "none")) if isinstance(table, Mapping) else "none"
 
 
 def hyperparameters(summary: StudySummary, out_dir: Path) -> DrawnFigure | None:
-    """Best trial's hyperparameters (marker) and the top-k interquartile range (bar) against λ."""
-    fixed = [c for c in summary.fixed if c.label in summary.hyperparams]
-    params = [p for p in _PARAMS if any(p[0] in summary.hyperparams[c.label] for c in fixed)]
-    if not fixed or not params:
+    """Best trial's hyperparameters (marker) and the top-k interquartile range (bar) against λ,
+    one panel per ``hyper_panels`` entry, with the search bounds in that panel's units."""
+    panels = hyper_panels(summary)
+    if not panels:
         return None
-    fig = new_figure(2.3 * len(params) + 0.6, 3.0)
-    axes = fig.subplots(1, len(params), squeeze=False)[0]
-    sgd = summary.sgd
-    for ax, (name, title, log) in zip(axes, params, strict=True):
-        pts = [
-            (c.lam, summary.hyperparams[c.label][name])
-            for c in fixed
-            if name in summary.hyperparams[c.label]
-        ]
-        x = np.asarray([p[0] for p in pts], dtype=float)
-        med = np.asarray([p[1].median for p in pts])
-        err = np.vstack(
-            [med - np.asarray([p[1].q25 for p in pts]), np.asarray([p[1].q75 for p in pts]) - med]
-        )
-        ax.errorbar(
-            x, med, yerr=err, fmt="o", color="#0072B2", ms=3, capsize=2, label="top-k median, IQR"
-        )
-        ax.plot(x, [p[1].best for p in pts], "v", color="#D55E00", ms=5, label="best trial")
-        if sgd is not None and name in summary.hyperparams.get(sgd.label, {}):
-            _sgd_line(ax, summary.hyperparams[sgd.label][name].best, "SGD best")
-        # The search space's bounds per cell, so edge effects are visible (a line across λ
-        # when lr was searched relative to λ).
-        bounds = sorted(
-            (c.lam, r.low, r.high)
-            for c in fixed
-            if c.lam is not None
-            for r in cell_ranges(summary.protocol, c)
-            if r.name == name
-        )
-        if bounds:
-            lams, lows, highs = zip(*bounds, strict=True)
-            for edge in (lows, highs):
-                ax.plot(lams, edge, color="grey", lw=0.8, ls=":")
-        if log:
-            log_axis(ax)
-        _lam_axis(ax)
-        ax.set_title(title)
+    fig = new_figure(2.3 * len(panels) + 0.6, 3.0)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels, strict=True):
+        _draw_hyper_panel(ax, panel)
     handles, labels = axes[0].get_legend_handles_labels()
     handles.append(Line2D([], [], color="grey", lw=0.8, ls=":"))
     labels.append("search-space bounds")
     fig.legend(handles, labels, loc="outside lower center", ncols=4, frameon=False)
     return finish(fig, out_dir, "hyperparameters", "Tuned hyperparameters against λ")
+
+
+def _draw_hyper_panel(ax: Axes, p: HyperPanel) -> None:
+    med = np.asarray(p.median)
+    err = np.vstack([med - np.asarray(p.q25), np.asarray(p.q75) - med])
+    ax.errorbar(
+        p.lams, med, yerr=err, fmt="o", color="#0072B2", ms=3, capsize=2, label="top-k median, IQR"
+    )
+    ax.plot(p.lams, p.best, "v", color="#D55E00", ms=5, label="best trial")
+    if p.sgd_best is not None:
+        _sgd_line(ax, p.sgd_best, "SGD best")
+    if p.bounds:
+        # a line across λ: a slope in lr when lr/λ was searched, flat in lr/λ
+        lams, lows, highs = zip(*p.bounds, strict=True)
+        for edge in (lows, highs):
+            ax.plot(lams, edge, color="grey", lw=0.8, ls=":")
+    if p.log:
+        log_axis(ax)
+    _lam_axis(ax)
+    ax.set_title(p.title)
 
 
 def budget(summary: StudySummary, out_dir: Path) -> DrawnFigure | None:

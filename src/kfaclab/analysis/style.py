@@ -1,8 +1,8 @@
 """One look for every figure: print-size fonts, colour-blind-safe colours, PNG + SVG output.
 
-λ values are ordered, so they get a sequential palette (viridis: perceptually uniform and readable
-in grey and by the common colour-vision deficiencies); SGD is always black and dashed; adaptive
-rules take the Okabe–Ito qualitative colours.
+λ values take ``LAM_PALETTE``, qualitative colours in a fixed order by λ (the one home of λ
+colours: the study's figures and the replication figures both call ``lam_colors``); SGD is always
+black and dashed; adaptive rules take the Okabe–Ito qualitative colours.
 """
 
 from __future__ import annotations
@@ -56,14 +56,35 @@ RC: dict[str, Any] = {
 }
 
 
+# Distinguishable colours for up to nine λ in λ order (cool to warm), chosen to stay apart on
+# white paper and for the common colour-vision deficiencies (Tol's and Okabe–Ito's palettes); a
+# continuous map (viridis) made neighbouring λ of an eight-λ grid indistinguishable.
+LAM_PALETTE = (
+    "#332288",
+    "#0072B2",
+    "#56B4E9",
+    "#009E73",
+    "#999933",
+    "#E69F00",
+    "#D55E00",
+    "#CC6677",
+    "#882255",
+)
+
+
 def lam_colors(lams: Sequence[float]) -> dict[float, str]:
-    """Colours for λ values, by their position on a log axis (same λ → same colour everywhere)."""
+    """Colours for λ values: ``LAM_PALETTE`` by rank among the distinct λ, so the same grid gives
+    every λ the same colour in every figure. A grid longer than the palette falls back to viridis
+    by position on a log axis (distinct hues run out; an ordered map at least keeps the order)."""
+    distinct = sorted(set(lams))
+    if len(distinct) <= len(LAM_PALETTE):
+        return {x: LAM_PALETTE[i] for i, x in enumerate(distinct)}
     cmap = plt.get_cmap("viridis")
-    logs = [math.log10(x) for x in lams if x > 0]
+    logs = [math.log10(x) for x in distinct if x > 0]
     lo, hi = (min(logs), max(logs)) if logs else (0.0, 1.0)
     span = (hi - lo) or 1.0
     # 0.8 cap: viridis's yellow end is too light for thin lines on white paper
-    return {x: to_hex(cmap(0.8 * (math.log10(x) - lo) / span)) for x in lams if x > 0}
+    return {x: to_hex(cmap(0.8 * (math.log10(x) - lo) / span)) for x in distinct if x > 0}
 
 
 PLAIN_LOG_RANGE = (1e-3, 1e4)

@@ -1,7 +1,8 @@
 """Figures of the replication-level verdicts, drawn only from an ``Assessment`` (tests check it).
 
 - ``learning_curves``: the paper's Fig. 2 as an overlay: every λ and SGD on one axis, the reruns'
-  mean minibatch loss (10-step windows) with seed-level 95% bands, λ = 1 drawn thickest;
+  mean minibatch loss (10-step windows) with seed-level 95% bands; λ = 1 drawn thickest and
+  named the paper's best where the paper's claims apply ([claims] paper);
 - ``gradient_slopes``: the C4/C5 figure: at every histogram iteration, the slope of median log10
   (∂L/∂θ)² on log10 λ (seed-level interval), and per layer the medians against iteration, one
   line per λ, with the share of exact zeros printed beside;
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kfaclab.analysis.replication.assess import Assessment
+from kfaclab.analysis.replication.assess import Assessment, Curve
 from kfaclab.analysis.style import (
     OKABE_ITO,
     SGD_COLOR,
@@ -28,36 +29,35 @@ from kfaclab.analysis.style import (
     style_context,
 )
 
-# Distinguishable colours for up to nine λ in λ order (cool to warm), chosen to stay apart on
-# white paper and for the common colour-vision deficiencies; a continuous map (viridis) made
-# neighbouring λ of an eight-λ grid indistinguishable.
-LAM_PALETTE = (
-    "#332288",
-    "#0072B2",
-    "#56B4E9",
-    "#009E73",
-    "#999933",
-    "#E69F00",
-    "#D55E00",
-    "#CC6677",
-    "#882255",
-)
-
 
 def _colors(a: Assessment) -> dict[str, str]:
-    fixed = sorted((c for c in a.cells if c.lam is not None), key=lambda c: c.lam or 0.0)
-    if len(fixed) > len(LAM_PALETTE):
-        by_lam = lam_colors([c.lam for c in fixed if c.lam is not None])
-        out = {c.label: by_lam[c.lam] for c in fixed if c.lam is not None}
-    else:
-        out = {c.label: LAM_PALETTE[i] for i, c in enumerate(fixed)}
+    """Colour per cell label: λ from the shared palette (style.lam_colors, the same as the study's
+    own figures), strategies Okabe–Ito, SGD black."""
+    by_lam = lam_colors([c.lam for c in a.cells if c.lam is not None])
+    out = {c.label: by_lam[c.lam] for c in a.cells if c.lam is not None and c.lam in by_lam}
     others = [c.label for c in a.cells if c.lam is None and c.label != "SGD"]
     out.update({x: OKABE_ITO[i % len(OKABE_ITO)] for i, x in enumerate(others)})  # strategies
     out["SGD"] = SGD_COLOR
     return out
 
 
-def learning_curves(a: Assessment, out: Path) -> DrawnFigure:
+PAPER_BEST = " (paper's best)"
+"""Legend suffix of λ = 1, the paper's best damping; only where the paper's claims apply."""
+
+
+def paper_best(c: Curve, paper: bool) -> bool:
+    """Whether ``c`` is drawn as the paper's best λ: λ = 1, in a study testing the paper's claims
+    (protocol [claims] paper); a study of one's own has no paper to point at."""
+    return paper and c.lam is not None and math.isclose(c.lam, 1.0)
+
+
+def curve_label(c: Curve, paper: bool) -> str:
+    return c.label + (PAPER_BEST if paper_best(c, paper) else "")
+
+
+def learning_curves(a: Assessment, out: Path, paper: bool = True) -> DrawnFigure:
+    """``paper``: whether the paper's claims apply ([claims] paper); only then is λ = 1 drawn
+    thickest and labelled the paper's best."""
     colors = _colors(a)
     with style_context():
         fig = new_figure(6.4, 3.8)
@@ -65,13 +65,12 @@ def learning_curves(a: Assessment, out: Path) -> DrawnFigure:
         for c in a.curves:
             if not c.steps:
                 continue
-            paper = c.lam is not None and math.isclose(c.lam, 1.0)
             ax.plot(
                 c.steps,
                 c.mean,
                 color=colors[c.label],
-                lw=2.6 if paper else 1.2,
-                label=c.label + (" (paper's best)" if paper else ""),
+                lw=2.6 if paper_best(c, paper) else 1.2,
+                label=curve_label(c, paper),
                 ls="--" if c.label == "SGD" else ("-." if c.lam is None else "-"),
             )
             ax.fill_between(c.steps, c.lo, c.hi, color=colors[c.label], alpha=0.15, lw=0)
@@ -217,9 +216,10 @@ def rerun_dots(a: Assessment, out: Path) -> DrawnFigure:
         return finish(fig, out, "replication-reruns", "Reruns per seed, and plateau escape")
 
 
-def draw_all(a: Assessment, out: Path) -> list[DrawnFigure]:
+def draw_all(a: Assessment, out: Path, paper: bool = True) -> list[DrawnFigure]:
+    """``paper``: the protocol's [claims] paper (`kfaclab verdicts` tests the paper's claims)."""
     figs = [
-        learning_curves(a, out),
+        learning_curves(a, out, paper),
         gradient_slopes(a, out),
         gradient_medians(a, out),
         rerun_dots(a, out),
