@@ -32,10 +32,17 @@ from kfaclab.analysis.blocks import (
 from kfaclab.analysis.cells import CellSummary
 from kfaclab.analysis.claims import ClaimSet, evaluate, headline
 from kfaclab.analysis.claims_io import save_claims
+from kfaclab.analysis.cost import Laps, StudyCost, study_cost
+from kfaclab.analysis.cost_blocks import cost_blocks
 from kfaclab.analysis.figures import draw_all
 from kfaclab.analysis.headline import headline_blocks
 from kfaclab.analysis.numbers import column, num, percent
-from kfaclab.analysis.replication.report_blocks import insert_paired, paper_claims, section
+from kfaclab.analysis.replication.report_blocks import (
+    insert_paired,
+    paired_replication,
+    paper_claims,
+    section,
+)
 from kfaclab.analysis.reruns import Runner, ensure_reruns, rerun_seeds
 from kfaclab.analysis.style import DrawnFigure
 from kfaclab.analysis.summaries import StudySummary, summarize, trials_by_cell
@@ -65,6 +72,7 @@ class Report:
     figures: list[DrawnFigure]
     summary: StudySummary
     claims: ClaimSet
+    cost: StudyCost | None = None
 
 
 def build_report(
@@ -77,12 +85,16 @@ def build_report(
     log: Callable[[str], None] = lambda s: None,
     workers: int = 1,
     paired_from: tuple[Path, ...] = (),
+    load_seconds: float | None = None,
 ) -> Report:
     """``paired_from``: folders to look for the study's paired reruns in (``kfaclab replicate``;
-    the report folder is always looked in first)."""
+    the report folder is always looked in first). ``load_seconds``: how long reading ``study``
+    took, for the cost section (None: not measured)."""
+    laps = Laps()  # the report's own time, by phase, for the cost section
     out_dir.mkdir(parents=True, exist_ok=True)
     records = {}
     first = summarize(study)
+    laps.lap("summaries")
     if reruns:
         # reruns only for finished cells: a running cell's best trial may still change
         done = [c for c in first.cells if c.finished and c.best is not None]
@@ -96,8 +108,11 @@ def build_report(
             study=getattr(study, "identity", ""),  # StudySet's; hand-made studies may lack it
             workers=workers,
         )
+    laps.lap("reruns")
     summary = summarize(study, records) if records else first
+    laps.lap("summaries")
     figures = draw_all(summary, out_dir / "figures")
+    laps.lap("figures")
     paper = paper_claims(summary.protocol)
     claims = (
         evaluate(summary) if paper else ClaimSet(_name(summary.protocol), headline(summary), [])
@@ -107,15 +122,30 @@ def build_report(
     if summary.adaptive is not None:
         ranking = ranked_cells(summary.adaptive, summary.reruns)
         save_ranking(_name(summary.protocol), ranking, out_dir / "adaptive.json")
+    laps.lap("verdicts")
     blocks = _blocks(summary, claims, figures, study, storage, reruns)
     insert_paired(blocks, paired, paper)
+    folders = (out_dir, *paired_from)
+    paired_runs = paired_replication(study, [], folders).outcomes  # for their recorded seconds
+    laps.lap("blocks")
+    cost = study_cost(study, records, paired_runs, laps, load_seconds)
+    insert_before(blocks, "Protocol", cost_blocks(cost))
     title = f"kfaclab report: {_name(summary.protocol)}"
     md, page = out_dir / "report.md", out_dir / "report.html"
     markdown = to_markdown([Heading(title, 1), Toc(), *blocks], out_dir)
     html = to_html([Heading(title, 1), Toc(), *blocks], title)
     # Both or neither, each whole: a kill or a full disk keeps the previous report (kfaclab.atomic).
     atomic.write_many({md: markdown.encode("utf-8"), page: html.encode("utf-8")})
-    return Report(page, md, figures, summary, claims)
+    return Report(page, md, figures, summary, claims, cost)
+
+
+def insert_before(blocks: list[Block], heading: str, new: list[Block]) -> None:
+    """``new`` before the first ``heading`` (at the end without one), in place."""
+    at = next(
+        (i for i, x in enumerate(blocks) if isinstance(x, Heading) and x.text == heading),
+        len(blocks),
+    )
+    blocks[at:at] = new
 
 
 def _name(protocol: Mapping[str, Any]) -> str:

@@ -37,6 +37,9 @@ class StoredTrial:
     seconds: float | None
     record: TrialResult | None = field(default=None, repr=False)
     damaged: str | None = None  # why its record could not be read (records.DamagedRecordError)
+    # Optuna's own start/end (naive local times): the report's cost section (analysis/cost.py)
+    started: datetime | None = None
+    completed: datetime | None = None
 
 
 @dataclass
@@ -129,4 +132,6 @@ def stored_trial(cell: str, trial: FrozenTrial, store: RecordStore | None = None
         seconds=seconds,
         record=record,
         damaged=damaged,
+        started=trial.datetime_start,
+        completed=trial.datetime_complete,
     )
