@@ -44,6 +44,7 @@ FIRST_TRY_PROBLEMS = [
     "cells.lambdas[1] must be > 0, got -1",
     "cells.lambdas[2] must be a number, got 'x'",
     "unknown key 'search.lrr'; allowed: n_trials, top_k, sampler, seed, trial_seeds, lr, lr_scale,"
+    " strategy_lr_scale,"
     " lr_decay, momentum, kl_clip, kl_clip_lr; did you mean 'lr'?",
     "search.lr is required",
     "search.lr_decay is required",

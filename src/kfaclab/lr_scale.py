@@ -20,6 +20,13 @@ from typing import Literal, get_args
 LrScale = Literal["none", "lambda"]
 LR_SCALES: tuple[str, ...] = get_args(LrScale)
 
+#: ``search.strategy_lr_scale``: how an adaptive strategy's cell samples its learning rate.
+#: "none": lr itself in ``search.lr``; "damping": lr/λ in ``search.lr``, and every step uses it
+#: times the strategy's current λ_t (``TrialConfig.lr_per_damping``) — the adaptive analogue of
+#: ``lr_scale = "lambda"``, so a rule is compared with fixed λ searched the same way (issue 26).
+StrategyLrScale = Literal["none", "damping"]
+STRATEGY_LR_SCALES: tuple[str, ...] = get_args(StrategyLrScale)
+
 
 def cell_lr_bounds(low: float, high: float, lam: float | None, scale: str) -> tuple[float, float]:
     """The lr range a cell samples from: ``[low, high]``, times λ when ``scale == "lambda"`` and

@@ -62,6 +62,9 @@ class TrialConfig:
     factor_every: int = ch.DEFAULT_FACTOR_EVERY
     inverse_every: int = ch.DEFAULT_INVERSE_EVERY
     kl_clip: float | None = None
+    # K-FAC: the scheduled lr is lr/λ, and each step uses it times the current λ_t (an adaptive
+    # strategy then moves its step size with its damping, as a fixed λ searched as lr/λ does).
+    lr_per_damping: bool = False
     factor_init: FactorInit = ch.DEFAULT_FACTOR_INIT
     eigen_floor: float = ch.DEFAULT_EIGEN_FLOOR
     conv_approx: ConvApprox = ch.DEFAULT_CONV_APPROX  # the CNN's Conv2d layers (optim/conv.py)

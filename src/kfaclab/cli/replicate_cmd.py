@@ -36,9 +36,6 @@ def register(subparsers: Any) -> None:
 
 
 def run_replicate(args: argparse.Namespace) -> int:
-    from kfaclab.analysis.cells import summarize_cell
-    from kfaclab.analysis.replication.pool import CACHE_NAME, plan_jobs, replication_seeds, run_jobs
-    from kfaclab.analysis.summaries import trials_by_cell
     from kfaclab.study.reader import read_study_set
 
     if args.top < 1:
@@ -50,26 +47,51 @@ def run_replicate(args: argparse.Namespace) -> int:
     if out is None:
         raise UsageError("--out is required with --storage")
     study = read_study_set(spec, protocol=args.protocol)
+    replicate(
+        study,
+        Path(out),
+        top=args.top,
+        n_seeds=args.seeds,
+        workers=args.workers,
+        cells=args.cells,
+        data_dir=args.data_dir,
+    )
+    return 0
+
+
+def replicate(
+    study: Any,
+    out: Path,
+    *,
+    top: int,
+    n_seeds: int,
+    workers: int,
+    cells: list[str] | None = None,
+    data_dir: str | None = None,
+) -> None:
+    """Reruns ``study``'s top configurations on ``n_seeds`` new seeds into out/paired-reruns.jsonl
+    (what is stored there is skipped) and says so on stdout; `kfaclab reproduce` calls it too."""
+    from kfaclab.analysis.cells import summarize_cell
+    from kfaclab.analysis.replication.pool import CACHE_NAME, plan_jobs, replication_seeds, run_jobs
+    from kfaclab.analysis.summaries import trials_by_cell
+
     by_cell = trials_by_cell(study)
-    cells = [summarize_cell(c, by_cell.get(c.name, [])) for c in study.cells]
-    if args.cells:
-        known = {c.name for c in cells} | {c.label for c in cells}
-        bad = [c for c in args.cells if c not in known]
+    summaries = [summarize_cell(c, by_cell.get(c.name, [])) for c in study.cells]
+    if cells:
+        known = {c.name for c in summaries} | {c.label for c in summaries}
+        bad = [c for c in cells if c not in known]
         if bad:
             raise UsageError(f"--cells: unknown cell {bad[0]!r}; known: {', '.join(sorted(known))}")
-    seeds = replication_seeds(study.protocol, args.seeds)
-    jobs = plan_jobs(
-        study, cells, top=args.top, seeds=seeds, cells=args.cells, data_dir=args.data_dir
-    )
-    del study, by_cell  # the records are no longer needed: keep the parent small
+    seeds = replication_seeds(study.protocol, n_seeds)
+    jobs = plan_jobs(study, summaries, top=top, seeds=seeds, cells=cells, data_dir=data_dir)
+    del by_cell, summaries  # the records are no longer needed here: keep the parent small
 
     def log(msg: str) -> None:
         sys.stderr.write(msg + "\n")
 
-    outcomes = run_jobs(jobs, Path(out) / CACHE_NAME, workers=args.workers, log=log)
+    outcomes = run_jobs(jobs, out / CACHE_NAME, workers=workers, log=log)
     n_div = sum(o.diverged for o in outcomes)
     sys.stdout.write(
         f"kfaclab replicate: {len(outcomes)} reruns ({n_div} diverged) on seeds "
-        f"{seeds[0]}-{seeds[-1]} in {Path(out) / CACHE_NAME}\n"
+        f"{seeds[0]}-{seeds[-1]} in {out / CACHE_NAME}\n"
     )
-    return 0

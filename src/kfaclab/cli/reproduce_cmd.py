@@ -2,10 +2,14 @@
 
     kfaclab reproduce [--preset quick|paper|…] [--out DIR] [--workers N] [--no-reruns]
 
-The preset's sweep runs on the embedded storage in --out (default runs/<preset>), then the report
-is written there. Rerunning the command resumes the sweep and rebuilds the report (reruns are
-cached). Everything is checked first: the protocol, the output folder (and the report's files in
-it), the dataset; a sweep stopped half-way still gets a report that says what is missing.
+The preset's sweep runs on the embedded storage in --out (default runs/<preset>); then, for a
+preset whose [report] sets paired_reruns (quick, smoke), the paired reruns of each cell's top
+configurations on new seeds (`kfaclab replicate`, into --out/paired-reruns.jsonl), so that the
+report's verdicts use seeds as units; then the report is written there. Rerunning the command
+resumes the sweep and rebuilds the report (reruns are cached). --no-reruns skips every rerun: the
+paired ones and the report's own. Everything is checked first: the protocol, the output folder
+(and the report's files in it), the dataset; a sweep stopped half-way still gets a report that
+says what is missing (and no paired reruns: a cell's top configurations may still change).
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kfaclab.cli.report_cmd import add_rerun_flag, check_report_dir, write_report
+from kfaclab.cli.replicate_cmd import replicate
+from kfaclab.cli.report_cmd import check_report_dir, write_report
 from kfaclab.errors import UsageError
 
 PRESETS = (
@@ -58,7 +63,12 @@ def register(subparsers: Any) -> None:
         "--data-dir", help="folder with the dataset's IDX files (default: cache, then download)"
     )
     rp.add_argument("--device", default="cpu", help="where trials run: cpu (default), cuda")
-    add_rerun_flag(rp)
+    rp.add_argument(
+        "--no-reruns",
+        action="store_true",
+        help="skip every rerun on new seeds: the paired reruns (the preset's report.paired_reruns) "
+        "and the report's reruns of each cell's best configuration",
+    )
     rp.set_defaults(func=run_reproduce)
 
 
@@ -90,15 +100,82 @@ def run_reproduce(args: argparse.Namespace) -> int:
     protocol = load_checked_protocol(
         preset_path(args.preset), data_dir=args.data_dir, device=args.device
     )
-    out = check_report_dir(Path(args.out or f"runs/{args.preset}"))
+    out = check_paired_file(check_report_dir(Path(args.out or f"runs/{args.preset}")))
     spec = resolve(str(out))
     ensure_studies(protocol, open_storage(spec, create=True), spec)  # see sweep_cmd
     prepare_dataset(protocol)
     rc = run_sweep(protocol, spec, workers=args.workers)
     # A sweep interrupted or with failed trials still gets a report that says what is missing.
     study = read_study_set(spec, protocol=protocol.name)
+    paired = protocol.paired_reruns
+    if paired is not None and not args.no_reruns:
+        if _finished(study):
+            replicate(
+                study,
+                out,
+                top=paired.top,
+                n_seeds=paired.seeds,
+                workers=args.workers,
+                data_dir=protocol.data.data_dir,
+            )
+        else:
+            sys.stderr.write(
+                "kfaclab reproduce: no paired reruns: the sweep did not finish (a cell's top "
+                "configurations may still change); rerun the command to resume it\n"
+            )
     report = write_report(study, out, spec.describe(), not args.no_reruns, workers=args.workers)
     from kfaclab.analysis.headline import headline_text
 
-    sys.stdout.write("\n" + headline_text(report.claims))  # the answer, last on the terminal
+    sys.stdout.write("\n" + headline_text(report.claims))
+    sys.stdout.write(paired_text(study, report.summary.cells, out))  # the answer, last
     return rc
+
+
+def paired_text(study: Any, cells: Any, out: Path) -> str:
+    """The verdicts on new seeds for a terminal, as the report shows them ("" without paired
+    reruns): when they exist they decide, and the top-k verdicts printed before describe."""
+    from kfaclab.analysis.replication.assess import assess
+    from kfaclab.analysis.replication.markdown import SYMBOL
+    from kfaclab.analysis.replication.report_blocks import (
+        paired_replication,
+        paper_claims,
+        thresholds_of,
+    )
+
+    if not paper_claims(study.protocol):
+        return ""
+    rep = paired_replication(study, cells, [out])
+    if not rep.outcomes:
+        return ""
+    a = assess([rep], thresholds_of(study.protocol), with_sensitivity=False)
+    rows = [(c.key, c.verdict, f"paper: {c.paper}; here: {c.finding}") for c in a.claims]
+    rows.append(("C4∧C5", a.crossing, "the crossing: both halves must hold"))
+    lines = [
+        f"\n== {rep.name}: verdicts on new seeds ({a.n_units} seeds, paired reruns) ==",
+        "The verdicts above read the search's own top-k on one seed; these decide.",
+    ]
+    for key, verdict, text in rows:
+        lines += [f"{key:<6} {SYMBOL.get(verdict, '?')} {verdict}", f"{'':<6} {text}"]
+    return "\n".join(lines) + "\n"
+
+
+def check_paired_file(out: Path) -> Path:
+    """--out, whose paired-reruns.jsonl (appended to by the paired reruns) must not be a link."""
+    from kfaclab.analysis.replication.pool import CACHE_NAME
+
+    path = out / CACHE_NAME
+    if path.is_symlink():
+        raise UsageError(
+            f"--out must not hold a symbolic link where the report writes, got {str(path)!r} -> "
+            f"{str(path.readlink())!r}; remove it first"
+        )
+    return out
+
+
+def _finished(study: Any) -> bool:
+    """Whether every cell has run all its trials (the paired reruns take each cell's top)."""
+    from kfaclab.analysis.cells import summarize_cell
+    from kfaclab.analysis.summaries import trials_by_cell
+
+    by_cell = trials_by_cell(study)
+    return all(summarize_cell(c, by_cell.get(c.name, [])).finished for c in study.cells)

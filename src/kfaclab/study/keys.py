@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kfaclab import choices as ch
-from kfaclab.lr_scale import LR_SCALES
+from kfaclab.lr_scale import LR_SCALES, STRATEGY_LR_SCALES
 
 
 def _one_of(options: tuple[str, ...]) -> str:
@@ -253,6 +253,13 @@ KEYS: tuple[Key, ...] = (
         default='"none"',
     ),
     Key(
+        "search.strategy_lr_scale",
+        _one_of(STRATEGY_LR_SCALES),
+        '"damping": an adaptive strategy\'s cell samples lr / λ in search.lr (stored as its "lr") '
+        "and each step uses it times the strategy's current λ_t (kfaclab.lr_scale)",
+        default='"none"',
+    ),
+    Key(
         "search.lr_decay",
         _RANGE + " within [0, 1]",
         "α of the linear decay η_t = η₀ (1 − (1 − α) t / T): the final rate as a fraction of η₀",
@@ -293,6 +300,13 @@ KEYS: tuple[Key, ...] = (
         "report.rerun_seeds",
         "distinct integers >= 0",
         "seeds of the report's reruns of each cell's best trial; unset: 10001, 10002, 10003",
+    ),
+    Key(
+        "report.paired_reruns",
+        "table {top, seeds}: integers, 1 <= top <= search.top_k, 1 <= seeds <= 99",
+        "`kfaclab reproduce` reruns each cell's `top` best configurations on `seeds` new seeds "
+        "shared by every cell (as `kfaclab replicate --top --seeds`) before the report, whose "
+        "verdicts then come from these paired reruns; unset: reproduce runs none",
     ),
     Key(
         "claims.paper",

@@ -19,7 +19,7 @@ from typing import Any
 
 from kfaclab import choices as ch
 from kfaclab.errors import UsageError
-from kfaclab.lr_scale import LR_SCALES
+from kfaclab.lr_scale import LR_SCALES, STRATEGY_LR_SCALES
 from kfaclab.study import _schema as s
 from kfaclab.study._strategies import (
     CellsSpec,
@@ -35,7 +35,7 @@ from kfaclab.study.bounds import (
     name_problem,
     nesting_depth,
 )
-from kfaclab.study.protocol_report import ClaimsSpec, parse_claims, parse_report
+from kfaclab.study.protocol_report import ClaimsSpec, PairedSpec, parse_claims, parse_report
 
 SAMPLERS = ("tpe", "gp", "random")
 TRIAL_SEEDS = ("fixed", "per_trial")
@@ -102,6 +102,8 @@ class SearchSpec:
     # "none": every cell samples lr in `lr`; "lambda": a fixed-λ cell samples lr/λ in `lr`
     # (kfaclab.lr_scale says why).
     lr_scale: str = "none"
+    # "none": a strategy cell samples lr; "damping": it samples lr/λ and steps with (lr/λ)·λ_t.
+    strategy_lr_scale: str = "none"
     # Where set, a K-FAC cell samples the KL clip in this range instead of lr, and trains with the
     # fixed lr ``kl_clip_lr`` (in lr_scale's units): under a binding clip the step is
     # sqrt(c / dᵀ∇)·d whatever lr is, so the clip, not lr, is the step-size hyperparameter.
@@ -122,6 +124,7 @@ class Protocol:
     rerun_seeds: tuple[int, ...] | None  # None: the report's default seeds
     raw: dict[str, Any] = field(compare=False, repr=False)
     claims: ClaimsSpec = field(default_factory=ClaimsSpec)  # [claims]: what the report tests
+    paired_reruns: PairedSpec | None = None  # [report]: what `kfaclab reproduce` reruns, if any
     # The machine's, like data.data_dir: not part of the stored protocol (the CLI's --device).
     device: str = "cpu"
 
@@ -225,7 +228,7 @@ def _parse(raw: dict[str, Any], base_dir: Path | None) -> Protocol:
             f"other, got both ({training.kl_clip})",
             *("search.kl_clip", "training.kl_clip"),
         )
-    hist, rerun_seeds = parse_report(raw, cells.lambdas)
+    hist, rerun_seeds, paired = parse_report(raw, cells.lambdas, search.top_k)
     claims = parse_claims(raw)
     return Protocol(
         name=name,
@@ -238,6 +241,7 @@ def _parse(raw: dict[str, Any], base_dir: Path | None) -> Protocol:
         histogram_lambdas=hist,
         rerun_seeds=rerun_seeds,
         claims=claims,
+        paired_reruns=paired,
         raw=stored_form(raw),
     )
 
@@ -362,6 +366,7 @@ def _search(t: dict[str, Any]) -> SearchSpec:
         "trial_seeds",
         "lr",
         "lr_scale",
+        "strategy_lr_scale",
         "lr_decay",
         "momentum",
         "kl_clip",
@@ -392,5 +397,8 @@ def _search(t: dict[str, Any]) -> SearchSpec:
         lr_decay=lr_decay,
         momentum=momentum,
         lr_scale=s.string(t.get("lr_scale", "none"), "search.lr_scale", LR_SCALES),
+        strategy_lr_scale=s.string(
+            t.get("strategy_lr_scale", "none"), "search.strategy_lr_scale", STRATEGY_LR_SCALES
+        ),
         **searched_kl_clip(t),
     )

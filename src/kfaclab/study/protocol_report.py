@@ -12,6 +12,13 @@ thresholds is refused as a different protocol).
 
 Absent, the paper's claims are tested with these defaults (every preset reproduces the paper);
 the report then says how to turn them off.
+
+    [report]
+    paired_reruns = { top = 3, seeds = 5 }  # `kfaclab reproduce` runs these before the report
+
+``report.paired_reruns`` asks `kfaclab reproduce` for the paired reruns (`kfaclab replicate --top
+--seeds`) before it writes the report, so that the report's verdicts come from new seeds; unset,
+reproduce runs none (`kfaclab replicate` still can).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any
 from kfaclab.study import _schema as s
 
 CLAIM_KEYS = ("paper", "alpha", "tie_margin", "divergence_margin")
+MAX_PAIRED_SEEDS = 99  # analysis.replication.pool.replication_seeds: distinct between replications
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,14 @@ class ClaimsSpec:
     alpha: float = 0.05
     tie_margin: float = 0.10
     divergence_margin: float = 0.10
+
+
+@dataclass(frozen=True)
+class PairedSpec:
+    """[report] paired_reruns: each cell's ``top`` configurations on ``seeds`` new seeds."""
+
+    top: int
+    seeds: int
 
 
 def parse_claims(raw: dict[str, Any]) -> ClaimsSpec:
@@ -53,11 +69,14 @@ def parse_claims(raw: dict[str, Any]) -> ClaimsSpec:
 
 
 def parse_report(
-    raw: dict[str, Any], lambdas: tuple[float, ...]
-) -> tuple[tuple[float, ...], tuple[int, ...] | None]:
-    """(histogram_lambdas, rerun_seeds or None) from [report], every problem collected."""
+    raw: dict[str, Any], lambdas: tuple[float, ...], top_k: int
+) -> tuple[tuple[float, ...], tuple[int, ...] | None, PairedSpec | None]:
+    """(histogram_lambdas, rerun_seeds or None, paired_reruns or None) from [report], every
+    problem collected; ``top_k``: search.top_k, the most configurations a cell can rerun."""
     report = s.table(raw, "report", "", required=False)
-    s.check_keys(report, "report", ("histogram_lambdas", "fixed_grid_cells", "rerun_seeds"))
+    s.check_keys(
+        report, "report", ("histogram_lambdas", "fixed_grid_cells", "rerun_seeds", "paired_reruns")
+    )
     # fixed_grid_cells and rerun_seeds are read by the report (adaptive section, reruns of each
     # cell's best trial); validated here so a typo fails before a sweep, not after it.
     if "fixed_grid_cells" in report:
@@ -79,4 +98,27 @@ def parse_report(
                 "report.histogram_lambdas",
                 "cells.lambdas",
             )
-    return tuple(hist), (tuple(rerun_seeds) if rerun_seeds is not None else None)
+    paired = _paired(report["paired_reruns"], top_k) if "paired_reruns" in report else None
+    return tuple(hist), (tuple(rerun_seeds) if rerun_seeds is not None else None), paired
+
+
+def _paired(value: Any, top_k: int) -> PairedSpec | None:
+    where = "report.paired_reruns"
+    if not isinstance(value, dict):
+        s.fail(f"{where} must be a table {{top, seeds}}, got {value!r}", where)
+        return None
+    s.check_keys(value, where, ("top", "seeds"), required=("top", "seeds"))
+    before = s.problem_count()
+    top = s.integer(value.get("top", s.MISSING), f"{where}.top", 1)
+    seeds = s.integer(value.get("seeds", s.MISSING), f"{where}.seeds", 1)
+    if s.problem_count() > before:
+        return None
+    # The reruns take each cell's best configurations from its stored top-k (CellSummary).
+    if top > top_k:
+        s.fail(
+            f"{where}.top must be <= search.top_k ({top_k}), got {top}",
+            *(f"{where}.top", "search.top_k", "search.n_trials"),  # not after a problem there
+        )
+    if seeds > MAX_PAIRED_SEEDS:
+        s.fail(f"{where}.seeds must be <= {MAX_PAIRED_SEEDS}, got {seeds}", f"{where}.seeds")
+    return PairedSpec(top, seeds)

@@ -67,6 +67,12 @@ def trial_seed(seed: int, offset: int) -> int:
     return (seed + offset) % SEED_SPAN
 
 
+def lr_per_damping(protocol: Protocol, cell: CellInfo) -> bool:
+    """Whether the cell's trials sample lr/λ and step with it times λ_t: an adaptive strategy's
+    cell under ``search.strategy_lr_scale = "damping"``."""
+    return isinstance(cell.damping, dict) and protocol.search.strategy_lr_scale == "damping"
+
+
 def trial_config(
     protocol: Protocol, cell: CellInfo, params: dict[str, Any], seed: int
 ) -> TrialConfig:
@@ -83,6 +89,7 @@ def trial_config(
         factor_every=t.factor_every,
         inverse_every=t.inverse_every,
         kl_clip=trial_kl_clip(protocol, params),
+        lr_per_damping=lr_per_damping(protocol, cell),
         factor_init=t.factor_init,  # type: ignore[arg-type]
         eigen_floor=t.eigen_floor,
         conv_approx=t.conv_approx,  # type: ignore[arg-type]

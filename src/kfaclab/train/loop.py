@@ -1,6 +1,7 @@
 """``run_trial``: one seeded, fully observed training run (no Optuna here; the study calls this).
 
-One step t = 0 … T−1, with θ_t the parameters after t steps (``steps.TrialSteps`` does each):
+One step t = 0 … T−1, with θ_t the parameters after t steps (``steps.TrialSteps`` does each;
+η_t is the scheduled lr, times K-FAC's current λ_t under ``lr_per_damping``):
     ℓ_t = CE(model(x_t), y_t)
     ℓ_t non-finite or > divergence_loss → stop (status "diverged", diverged_at = t)
     backward [K-FAC, fisher="mc": sampled targets for the factors]
@@ -100,6 +101,7 @@ class _Trial:
         evals = eval_points(config.eval_steps, total)
         eval_at = set(evals[:-1])  # the last one (T) runs after the loop
         bound = config.divergence_loss
+        per_damping = config.lr_per_damping
         losses, trace = self.losses, self.damping_trace
         diverged_at: int | None = None
 
@@ -121,7 +123,8 @@ class _Trial:
             damping = steps.damping()
             if damping is not None:
                 trace.append(damping)
-            steps.step(lrs[t])
+            # lr_per_damping: the schedule is of lr/λ, the step's lr follows λ_t
+            steps.step(lrs[t] * damping if per_damping and damping is not None else lrs[t])
             if t in hist_at:
                 curvature = steps.diagnostics()
                 if curvature is not None:

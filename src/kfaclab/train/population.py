@@ -60,6 +60,8 @@ def population_unsupported(config: TrialConfig) -> str | None:
     """Why ``config`` cannot run in a population (one line), or None if it can."""
     if config.model != "mlp" or config.depth < 2:
         return f"model must be an mlp of depth >= 2, got {config.model!r} of depth {config.depth}"
+    if config.lr_per_damping:
+        return "lr_per_damping must be false in a population (its λ is constant: search lr/λ)"
     if config.optimizer == "kfac":
         if isinstance(config.damping, bool) or not isinstance(config.damping, int | float):
             return f"damping must be a constant λ (a number), got {config.damping!r}"

@@ -93,6 +93,10 @@ def validate_config(config: TrialConfig) -> None:
         raise UsageError(f"momentum must be in [0, 1), got {config.momentum!r}")
     if config.optimizer == "kfac":
         _validate_kfac(config)
+    elif config.lr_per_damping is not False:
+        raise UsageError(
+            f"lr_per_damping needs optimizer kfac (SGD has no λ), got {config.optimizer!r}"
+        )
 
     depth = _positive_int("depth", config.depth, MAX_DEPTH)
     width = _positive_int("width", config.width, MAX_WIDTH)
@@ -135,6 +139,8 @@ def _validate_kfac(config: TrialConfig) -> None:
     _positive_int("inverse_every", config.inverse_every)
     if config.kl_clip is not None:
         _finite_positive("kl_clip", config.kl_clip, config.dtype)
+    if not isinstance(config.lr_per_damping, bool):
+        raise UsageError(f"lr_per_damping must be true or false, got {config.lr_per_damping!r}")
     floor = _number("eigen_floor", config.eigen_floor)
     if not (floor >= 0 and math.isfinite(floor)):
         raise UsageError(f"eigen_floor must be a finite number >= 0, got {config.eigen_floor!r}")

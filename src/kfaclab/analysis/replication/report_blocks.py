@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kfaclab.analysis.binding import bindings
 from kfaclab.analysis.blocks import Block, Heading, Image, Para, Table
 from kfaclab.analysis.replication.assess import Assessment, assess
 from kfaclab.analysis.replication.figures import draw_all
@@ -19,6 +20,8 @@ from kfaclab.analysis.replication.markdown import SYMBOL, noise_lines
 from kfaclab.analysis.replication.pool import CACHE_NAME, load_cache, trial_key
 from kfaclab.analysis.replication.units import Replication, replication_of
 from kfaclab.analysis.replication.verdicts import Thresholds
+from kfaclab.analysis.search import cell_ranges
+from kfaclab.analysis.summaries import trials_by_cell
 
 
 def paper_claims(protocol: dict[str, Any]) -> bool:
@@ -40,7 +43,9 @@ def thresholds_of(protocol: dict[str, Any]) -> Thresholds:
 
 
 def paired_replication(study: Any, cells: Sequence[Any], folders: Sequence[Path]) -> Replication:
-    """This study's paired reruns from the first of ``folders`` holding any of them."""
+    """This study's paired reruns from the first of ``folders`` holding any of them, with the
+    search ranges that bind its cells (as `kfaclab verdicts` reads them: replication.load), so a
+    verdict resting on a bound cell is inconclusive here too."""
     identity = getattr(study, "identity", "")  # StudySet's; hand-made studies may lack it
     keys = {trial_key(identity, t.cell, t.number) for t in study.trials}
     outcomes = []
@@ -51,11 +56,15 @@ def paired_replication(study: Any, cells: Sequence[Any], folders: Sequence[Path]
             break
     proto = study.protocol.get("protocol", {})
     name = str(proto.get("name", "study")) if isinstance(proto, dict) else "study"
-    return replication_of(name, cells, outcomes)
+    bound: dict[str, list[str]] = {}
+    if outcomes:  # (no reruns: no verdicts to qualify)
+        found = bindings(cells, trials_by_cell(study), lambda c: cell_ranges(study.protocol, c))
+        bound = {label: [b.sentence() for b in found[label]] for label in found}
+    return replication_of(name, cells, outcomes, bound)
 
 
 def replication_blocks(a: Assessment, figures_dir: Path, paper: bool) -> list[Block]:
-    figs = draw_all(a, figures_dir)
+    figs = draw_all(a, figures_dir, paper)
     out: list[Block] = [Heading("Verdicts on new seeds (paired reruns)")]
     out.append(
         Para(
