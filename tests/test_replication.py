@@ -25,6 +25,7 @@ from kfaclab.analysis.replication.outcomes import (
 )
 from kfaclab.analysis.replication.units import Replication
 from kfaclab.analysis.replication.verdicts import (
+    INCONCLUSIVE,
     NOT_REPRODUCED,
     REPRODUCED,
     Thresholds,
@@ -147,6 +148,24 @@ def test_c1_band_includes_a_true_tie_and_excludes_a_real_difference():
     band = v.evidence["band"]
     assert set(band) == {_label(1e-2), _label(1.0)}
     assert v.verdict == REPRODUCED
+
+
+def test_c1_band_with_a_gap_lists_its_lambdas_instead_of_an_interval():
+    truth = {1e-4: 0.10, 1e-2: 0.40, 1.0: 0.1005, 1e2: 0.40}
+    v = best_band(_reps(lambda lam, rng: truth[lam] + rng.normal(0, 0.02)), Thresholds())
+    assert v.evidence["band"] == [_label(1e-4), _label(1.0)]
+    assert "not established worse: λ ∈ {0.0001, 1}" in v.finding  # 1e-2, worse, is not inside
+    contiguous = best_band(_reps(lambda lam, rng: 0.1 if lam < 1e-1 else 0.4), Thresholds())
+    assert "not established worse: λ ∈ [0.0001, 0.01]" in contiguous.finding
+
+
+def test_c1_with_one_lambda_rerun_is_no_finding():
+    reps = _reps(lambda lam, rng: 0.1 + rng.normal(0, 0.01))
+    for rep in reps:
+        rep.outcomes = [o for o in rep.outcomes if o.lam == 1.0]
+        rep.lam = {_label(1.0): 1.0}
+    v = best_band(reps, Thresholds())
+    assert v.verdict == INCONCLUSIVE and v.finding == "fewer than two λ have reruns"
 
 
 def test_c1_real_difference_not_reproduced_and_needs_every_replication():

@@ -163,8 +163,8 @@ def best_band(reps: Sequence[U.Replication], th: Thresholds) -> Verdict:
     v = Verdict("C1", "best λ", f"λ = {PAPER_BEST:g} gives the lowest training loss", "", "")
     v.verdict = INCONCLUSIVE
     fixed = _fixed(reps)
-    if not fixed:
-        v.finding = "no λ has reruns"
+    if len(fixed) < 2:  # a best among one is no finding (the smoke preset's reruns)
+        v.finding = "fewer than two λ have reruns" if fixed else "no λ has reruns"
         return v
     at = U.units(reps)
     means = {x: float(np.nanmean(U.per_unit(reps, x, capped, at))) for x in fixed}
@@ -200,11 +200,10 @@ def best_band(reps: Sequence[U.Replication], th: Thresholds) -> Verdict:
         "relative_damping": rel,
     }
     paper = next((x for x in fixed if math.isclose(lam[x], PAPER_BEST)), None)
-    lo, hi = min(lam[x] for x in band), max(lam[x] for x in band)
     rlo, rhi = _span([rel[x] for x in band])
     v.finding = (
-        f"lowest: {best} ({means[best]:.3g}); not established worse: λ ∈ [{lo:g}, {hi:g}] "
-        f"(λ / mean eigenvalue of G⊗A ∈ [{rlo:.2g}, {rhi:.2g}])"
+        f"lowest: {best} ({means[best]:.3g}); not established worse: "
+        f"{_band_text(band, fixed, lam)} (λ / mean eigenvalue of G⊗A ∈ [{rlo:.2g}, {rhi:.2g}])"
     )
     if finite_best != best:
         v.finding += (
@@ -235,6 +234,16 @@ def best_band(reps: Sequence[U.Replication], th: Thresholds) -> Verdict:
     else:
         v.finding += f": neither shown worse nor within ±{margin:.2g} of it"
     return v
+
+
+def _band_text(band: list[str], fixed: list[str], lam: dict[str, float]) -> str:
+    """ "λ ∈ [lo, hi]" when the band is a run of neighbouring grid values, else the λ listed: an
+    interval would hide a λ inside it that *is* established worse."""
+    grid = sorted(fixed, key=lambda x: lam[x])
+    at = [grid.index(x) for x in band]
+    if max(at) - min(at) + 1 == len(band):
+        return f"λ ∈ [{lam[band[0]]:g}, {lam[band[-1]]:g}]"
+    return "λ ∈ {" + ", ".join(f"{lam[x]:g}" for x in band) + "}"
 
 
 def _tied_or_worse(row: dict[str, Any], best: float, th: Thresholds) -> bool:
