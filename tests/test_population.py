@@ -237,6 +237,7 @@ def _smoke_protocol(n_trials: int, steps: int) -> Any:
     raw = tomllib.loads(smoke.read_text())
     raw["protocol"]["name"] = "pop"
     raw["search"].update({"n_trials": n_trials, "top_k": 1})
+    raw.get("report", {}).pop("paired_reruns", None)  # its top would exceed this top_k of 1
     raw["training"].update({"steps": steps, "eval_steps": [steps], "histogram_steps": [2]})
     return parse_protocol(raw, base_dir=smoke.parent)
 
