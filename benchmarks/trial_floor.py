@@ -61,10 +61,12 @@ _PRODUCTS = {
 
 
 class ProductShapes(TorchDispatchMode):
-    """Every matrix product by (operation, shapes and strides of its tensor arguments)."""
+    """Every matrix product by (operation, shapes and strides of its tensor arguments), and the
+    eigendecompositions by matrix size."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.eigh_sizes: Counter[int] = Counter()
         self.calls: Counter[tuple[Any, ...]] = Counter()
         self.example: dict[tuple[Any, ...], tuple[Any, list[Any], dict[str, Any]]] = {}
 
@@ -76,6 +78,8 @@ class ProductShapes(TorchDispatchMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
+        if func is torch.ops.aten._linalg_eigh.default:
+            self.eigh_sizes[int(args[0].shape[-1])] += 1
         if func in _PRODUCTS:
             key = (func, *(_layout(a) for a in args), *((k, _layout(v)) for k, v in kwargs.items()))
             self.calls[key] += 1
@@ -109,25 +113,6 @@ def _fresh(value: Any) -> Any:
     extent = 1 + sum((n - 1) * st for n, st in zip(value.shape, value.stride(), strict=True))
     base = torch.randn(max(extent, 1), dtype=value.dtype)
     return torch.as_strided(base, value.shape, value.stride())
-
-
-class EighSizes(TorchDispatchMode):
-    """Counts the eigendecompositions by matrix size."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sizes: Counter[int] = Counter()
-
-    def __torch_dispatch__(
-        self,
-        func: Any,
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        if func is torch.ops.aten._linalg_eigh.default:
-            self.sizes[int(args[0].shape[-1])] += 1
-        return func(*args, **(kwargs or {}))
 
 
 def best_seconds(fn: Callable[[], object], repeats: int = 200) -> float:
@@ -169,11 +154,10 @@ def counted(config: TrialConfig, fused: bool) -> tuple[float, Counter[int], floa
         display=False,
         custom_mapping={torch.ops.aten.baddbmm_: _baddbmm_flops},
     )
-    eighs = EighSizes()
     shapes = ProductShapes()
-    with counter, eighs, shapes:
+    with counter, shapes:
         run_trial(config, fused=fused)
-    return float(counter.get_total_flops()), eighs.sizes, shapes.seconds()
+    return float(counter.get_total_flops()), shapes.eigh_sizes, shapes.seconds()
 
 
 def main() -> None:

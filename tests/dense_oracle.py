@@ -20,7 +20,8 @@ def batch_factors(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor) -> Fac
     inputs, pre, h = [], [], x
     for module in model:
         if isinstance(module, nn.Linear):
-            inputs.append(torch.cat([h.detach(), torch.ones(len(h), 1, dtype=h.dtype)], 1))
+            ones = torch.ones(len(h), 1, dtype=h.dtype, device=h.device)
+            inputs.append(torch.cat([h.detach(), ones], 1))
             h = F.linear(h, module.weight, module.bias)
             pre.append(h)
         else:

@@ -16,12 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dense_oracle import batch_factors
 from kfac_kwargs import make_kfac
 from kfaclab.curvature import eigen as eigen_module
 from kfaclab.optim import KFAC, InputStreamCache, KFACOptions, Speedups
 from rerun import assert_same
-
-Pairs = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def _mlp(seed: int = 0, width: int = 4) -> nn.Sequential:
@@ -33,21 +32,6 @@ def _data(seed: int, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 5, generator=g, dtype=torch.float64)
     return x, torch.randint(0, 3, (n,), generator=g)
-
-
-def _batch_factors(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor) -> Pairs:
-    """Per layer (A, G) of one batch from first principles (no hooks): ā = [a; 1], g = ∂ℓᵢ/∂sᵢ."""
-    inputs, pre, h = [], [], x
-    for module in model:
-        if isinstance(module, nn.Linear):
-            ones = torch.ones(len(h), 1, dtype=h.dtype, device=h.device)
-            inputs.append(torch.cat([h.detach(), ones], 1))
-            h = F.linear(h, module.weight, module.bias)
-            pre.append(h)
-        else:
-            h = module(h)
-    grads = torch.autograd.grad(F.cross_entropy(h, y, reduction="sum"), pre)
-    return [(a.T @ a / len(x), g.T @ g / len(x)) for a, g in zip(inputs, grads, strict=True)]
 
 
 def _step(model: nn.Module, opt: KFAC, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -84,7 +68,7 @@ def test_identity_initialised_factors_are_the_decayed_identity_plus_the_ema(
     for t in range(7):
         x, y = (v.to(device) for v in _data(t))
         if t % factor_every == 0:
-            batch = _batch_factors(model, x, y)
+            batch = batch_factors(model, x, y)
             expected = [
                 (decay * ea + (1 - decay) * a, decay * eg + (1 - decay) * g)
                 for (ea, eg), (a, g) in zip(expected, batch, strict=True)
@@ -115,7 +99,7 @@ def test_eigen_floor_first_step_equals_the_dense_floored_damped_inverse(
     on ``device``, the oracle on the CPU)."""
     model, lam, lr = _mlp(2), 1e-3, 0.1
     x, y = _data(11)
-    factors = _batch_factors(model, x, y)
+    factors = batch_factors(model, x, y)
     before = _blocks(model)
     model.to(device)
     opt = make_kfac(model, lr=lr, damping=lam, eigen_floor=floor)
@@ -139,7 +123,7 @@ def test_a_failed_first_inversion_steps_with_the_exactly_damped_diagonal(
     """No basis to keep yet: the step uses (diag G ⊗ diag A + λI)⁻¹∇, not ∇/λ, and counts it."""
     model, lam, lr = _mlp(3), 1e-2, 0.1
     x, y = _data(5)
-    factors = _batch_factors(model, x, y)
+    factors = batch_factors(model, x, y)
     before = _blocks(model)
     model.to(device)
     opt = make_kfac(model, lr=lr, damping=lam)

@@ -23,6 +23,29 @@ from kfaclab.choices import ACTIVATIONS
 from kfaclab.trial_types import TrialConfig
 
 
+def activate(activation: str, s: torch.Tensor, out: torch.Tensor) -> None:
+    """``out`` = act(``s``), in any shape, with the kernels autograd's modules call."""
+    if activation == "relu":
+        torch.clamp_min(s, 0.0, out=out)  # ATen's relu is clamp_min(·, 0)
+    elif activation == "tanh":
+        torch.tanh(s, out=out)
+    else:
+        out.copy_(s)
+
+
+def activation_backward(
+    activation: str, back: torch.Tensor, hidden: torch.Tensor, out: torch.Tensor
+) -> None:
+    """``out`` = ∂L/∂s from ``back`` = ∂L/∂h and the activation's output ``hidden`` = act(s), in
+    any shape (the population step's (P, B, w) too)."""
+    if activation == "relu":  # autograd's own kernel: zero where the unit is off
+        torch.ops.aten.threshold_backward.grad_input(back, hidden, 0.0, grad_input=out)
+    elif activation == "tanh":
+        torch.mul(back, 1.0 - hidden * hidden, out=out)
+    else:
+        out.copy_(back)
+
+
 def chain_shaped(config: TrialConfig) -> bool:
     """Whether the trial's model is ``build_mlp``'s chain (what the fused backends compute)."""
     return config.model == "mlp" and config.activation in ACTIVATIONS and config.depth >= 2
@@ -105,12 +128,7 @@ class FusedMLP:
         return s
 
     def _activate(self, s: torch.Tensor, out: torch.Tensor) -> None:
-        if self.activation == "relu":
-            torch.clamp_min(s, 0.0, out=out)  # ATen's relu is clamp_min(·, 0)
-        elif self.activation == "tanh":
-            torch.tanh(s, out=out)
-        else:
-            out.copy_(s)
+        activate(self.activation, s, out)
 
     @torch.no_grad()
     def backward(self) -> None:
@@ -136,14 +154,8 @@ class FusedMLP:
         ``grad``."""
         for j in range(len(self.layers) - 1, 0, -1):
             back = grad @ self._weights[j]  # ∂L/∂h_j: (B, w)
-            out, hidden = o[j - 1], self._hidden[j - 1]
-            if self.activation == "relu":  # autograd's own kernel: zero where the unit is off
-                torch.ops.aten.threshold_backward.grad_input(back, hidden, 0.0, grad_input=out)
-            elif self.activation == "tanh":
-                torch.mul(back, 1.0 - hidden * hidden, out=out)
-            else:
-                out.copy_(back)
-            grad = out
+            activation_backward(self.activation, back, self._hidden[j - 1], o[j - 1])
+            grad = o[j - 1]
 
     def inputs(self, j: int) -> torch.Tensor:
         """Layer j's input without the ones column: (B, in)."""

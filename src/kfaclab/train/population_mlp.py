@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kfaclab.train.fused_mlp import activate, activation_backward
+
 
 class StackedMLP:
     """Weights, activations and output gradients of P trials of one architecture."""
@@ -72,12 +74,7 @@ class StackedMLP:
         self.out_grads.append(like.new_empty(0))  # O_L: set by ``backward``
 
     def activate(self, s: torch.Tensor, out: torch.Tensor) -> None:
-        if self.activation == "relu":
-            torch.clamp_min(s, 0.0, out=out)  # ATen's relu is clamp_min(·, 0)
-        elif self.activation == "tanh":
-            torch.tanh(s, out=out)
-        else:
-            out.copy_(s)
+        activate(self.activation, s, out)
 
     def first_layer(self, first: torch.Tensor) -> torch.Tensor:
         """s_1 of every trial from one shared input ``first`` (B, n + 1): (P, B, w), a view."""
@@ -112,13 +109,8 @@ class StackedMLP:
         width = self.weights[0].shape[1]
         for j in range(self.depth - 1, 0, -1):
             back = torch.bmm(grad, self.weights[j][:, :, :width])  # ∂L/∂h_j: (P, B, w)
-            out, hidden = self.out_grads[j - 1], self.hidden[j - 1][:, :, :width]
-            if self.activation == "relu":  # autograd's own kernel: zero where the unit is off
-                torch.ops.aten.threshold_backward.grad_input(back, hidden, 0.0, grad_input=out)
-            elif self.activation == "tanh":
-                torch.mul(back, 1.0 - hidden * hidden, out=out)
-            else:
-                out.copy_(back)
+            out = self.out_grads[j - 1]
+            activation_backward(self.activation, back, self.hidden[j - 1][:, :, :width], out)
             grad = out
 
     def block(self, j: int) -> torch.Tensor:
