@@ -13,7 +13,7 @@ import numpy as np
 
 from kfaclab.analysis.binding import cell_bindings
 from kfaclab.analysis.cells import summarize_cell
-from kfaclab.analysis.search import Range, cell_ranges
+from kfaclab.analysis.search import Range, cell_ranges, edge_warnings
 from kfaclab.study.cells import CellInfo
 from kfaclab.study.reader import StoredTrial
 
@@ -47,6 +47,17 @@ def test_flat_direction_at_the_bound_does_not_bind():
     cell = summarize_cell(_cell(), trials)
     # the best trial may well sit at the bound: the top-k is spread over the flat plateau
     assert cell_bindings(cell, trials, [RANGE]) == []
+
+
+def test_an_edge_warning_says_flat_where_the_binding_rule_clears_the_edge():
+    flat = _trials(lambda lr: 1.0 / (1.0 + 10 * min(lr, 1e-2)))
+    falling = _trials(lambda lr: 1.0 / (1.0 + 10 * lr))
+    for trials, is_flat in ((flat, True), (falling, False)):
+        cell = summarize_cell(_cell(), trials)
+        warned = edge_warnings([cell], {"c": trials}, lambda c: [RANGE], margin=0.5)
+        assert [w.flat for w in warned] == [is_flat]
+        assert ("flat toward it" in warned[0].sentence()) is is_flat
+        assert ("may lie outside" in warned[0].sentence()) is not is_flat
 
 
 def test_strategy_constants_are_checked_like_lr():

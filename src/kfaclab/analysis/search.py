@@ -44,13 +44,21 @@ class EdgeWarning:
     edge: str  # "low" | "high"
     bound: float
     top_fraction: float  # fraction of the top-k within the margin of that edge
+    # the loss is flat toward the edge (binding.flat_toward): the edge decides nothing, and the
+    # binding rule, which decides verdicts, does not count it
+    flat: bool = False
 
     def sentence(self) -> str:
-        return (
+        where = (
             f"{self.cell}: best {self.param} = {self.value:.3g} is at the {self.edge} edge of the "
-            f"search space ({self.bound:g}); {self.top_fraction:.0%} of the top-k are there too. "
-            "The optimum may lie outside the range."
+            f"search space ({self.bound:g}); {self.top_fraction:.0%} of the top-k are there too."
         )
+        if self.flat:
+            return where + (
+                " The loss is flat toward it (no significant decrease over the trials near the "
+                "bound), so a wider range would not change the answer."
+            )
+        return where + " The optimum may lie outside the range."
 
 
 @dataclass
@@ -142,6 +150,10 @@ def edge_warnings(
     ranges_of: Callable[[CellSummary], Sequence[Range]],
     margin: float = EDGE_MARGIN,
 ) -> list[EdgeWarning]:
+    """Best trials at an edge of a range, each with whether the loss is flat toward it (the
+    binding rule's slope test, so a warning never contradicts a verdict's binding check)."""
+    from kfaclab.analysis.binding import flat_toward  # binding imports this module
+
     out = []
     for cell in cells:
         if cell.best is None:
@@ -169,6 +181,7 @@ def edge_warnings(
                     edge,
                     r.low if edge == "low" else r.high,
                     len(near) / max(len(top_params), 1),
+                    flat_toward(trials_by_cell.get(cell.name, []), r, edge),
                 )
             )
     return out
