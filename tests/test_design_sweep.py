@@ -66,12 +66,12 @@ momentum = {{ low = 0.0, high = 0.5 }}
 """
 
 
-def _drop_last_trial(journal: Path) -> None:
-    """Cut an Optuna journal just before its last trial was created: the storage of a sweep
-    stopped one trial short of its end."""
+def _cut_before_trial(journal: Path, which: str) -> None:
+    """Cut an Optuna journal just before its first or last trial was created (op 4): the
+    storage of a sweep not started, or stopped one trial short of its end."""
     lines = journal.read_text().splitlines(keepends=True)
-    last = max(i for i, line in enumerate(lines) if json.loads(line)["op_code"] == 4)
-    journal.write_text("".join(lines[:last]))
+    created = [i for i, line in enumerate(lines) if json.loads(line)["op_code"] == 4]
+    journal.write_text("".join(lines[: created[0] if which == "first" else created[-1]]))
 
 
 def test_design_sweep_and_effects_end_to_end(
@@ -110,15 +110,16 @@ def test_design_sweep_and_effects_end_to_end(
     # out of the effects, not read with a smaller budget than the others.
     partial = tmp_path / "partial"
     shutil.copytree(out, partial)
-    for trial_file in (partial / "run02-seed0").iterdir():
-        if trial_file.name == "studies.journal":
-            _drop_last_trial(trial_file)
+    _cut_before_trial(partial / "run02-seed0" / "studies.journal", "last")
+    _cut_before_trial(partial / "run03-seed0" / "studies.journal", "first")
     assert main(["effects", str(partial)]) == 0
     held = json.loads((partial / "effects" / "effects.json").read_text())
     run02 = next(r for r in held["runs"] if r["name"] == "run02-seed0")
     assert all(math.isnan(v) for v in run02["values"].values())
     assert "left out until finished" in " ".join(run02["notes"])
-    assert held["effects"][0]["n_obs"] == 7
+    run03 = next(r for r in held["runs"] if r["name"] == "run03-seed0")
+    assert run03["notes"] == ["not run yet"]
+    assert held["effects"][0]["n_obs"] == 6
 
     assert main(["effects", str(out)]) == 0
     report = out / "effects"

@@ -50,7 +50,11 @@ def read_runs(
             # A run still sweeping (or stopped) has fewer trials in some cells: its responses
             # would carry a budget bias no other run has, so it counts as missing until done.
             nan = dict.fromkeys(names, math.nan)
-            note = f"left out until finished: unfinished cells {', '.join(unfinished)}"
+            note = (
+                f"left out until finished: unfinished cells {', '.join(unfinished)}"
+                if study.trials
+                else "not run yet"
+            )
             out.append(RunValues(run.name, run.seed, run.levels, nan, [note]))
             continue
         values = {n: float(RESPONSES[n](data)) for n in names}
