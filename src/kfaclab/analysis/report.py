@@ -117,7 +117,9 @@ def build_report(
     claims = (
         evaluate(summary) if paper else ClaimSet(_name(summary.protocol), headline(summary), [])
     )
-    paired = section(study, summary.cells, out_dir, (out_dir, *paired_from), paper)
+    # read once: the verdicts' blocks and the cost section's rerun seconds
+    rep = paired_replication(study, summary.cells, (out_dir, *paired_from))
+    paired = section(study, rep, out_dir, paper)
     save_claims(claims, out_dir / "claims.json")
     if summary.adaptive is not None:
         ranking = ranked_cells(summary.adaptive, summary.reruns)
@@ -125,10 +127,8 @@ def build_report(
     laps.lap("verdicts")
     blocks = _blocks(summary, claims, figures, study, storage, reruns)
     insert_paired(blocks, paired, paper)
-    folders = (out_dir, *paired_from)
-    paired_runs = paired_replication(study, [], folders).outcomes  # for their recorded seconds
     laps.lap("blocks")
-    cost = study_cost(study, records, paired_runs, laps, load_seconds)
+    cost = study_cost(study, records, rep.outcomes, laps, load_seconds)
     insert_before(blocks, "Protocol", cost_blocks(cost))
     title = f"kfaclab report: {_name(summary.protocol)}"
     md, page = out_dir / "report.md", out_dir / "report.html"

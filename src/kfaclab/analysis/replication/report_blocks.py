@@ -134,11 +134,8 @@ def _g(x: float) -> str:
     return "–" if not math.isfinite(x) else f"{x:.3g}"
 
 
-def section(
-    study: Any, cells: Sequence[Any], out_dir: Path, folders: Sequence[Path], paper: bool
-) -> list[Block]:
-    """The blocks, or [] when no paired reruns of this study are stored."""
-    rep = paired_replication(study, cells, folders)
+def section(study: Any, rep: Replication, out_dir: Path, paper: bool) -> list[Block]:
+    """The blocks of ``rep`` (``paired_replication``'s), or [] when it holds no reruns."""
     if not rep.outcomes:
         return []
     a = assess([rep], thresholds_of(study.protocol))
