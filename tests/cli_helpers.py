@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +17,18 @@ from kfaclab.cli.main import main
 REPO = Path(__file__).resolve().parents[1]
 MNIST = REPO.parent / "shared" / "data" / "mnist"
 LONG = "x" * 300  # longer than any file system's name limit (255 bytes on Linux)
+SMOKE = REPO / "configs" / "smoke.toml"
+
+
+def smoke_top1(name: str, n_trials: int, **search: Any) -> dict[str, Any]:
+    """The smoke preset as a raw table, renamed, with ``n_trials`` a cell and a top-1 (plus any
+    other ``search`` keys): the sweep tests' protocol. Its paired reruns are dropped, since their
+    top of 2 would exceed that top-1 (parse with ``base_dir=SMOKE.parent``)."""
+    raw = tomllib.loads(SMOKE.read_text())
+    raw["protocol"]["name"] = name
+    raw["search"].update({"n_trials": n_trials, "top_k": 1, **search})
+    raw.get("report", {}).pop("paired_reruns", None)
+    return raw
 
 
 def tiny_protocol(folder: Path, extra: str = "", name: str = "tiny") -> Path:

@@ -13,7 +13,6 @@ import math
 import shutil
 import sqlite3
 import time
-import tomllib
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -25,6 +24,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
+from cli_helpers import SMOKE, smoke_top1
 from kfaclab.study import load_study_set, records
 from kfaclab.study.artifacts import open_artifact_store
 from kfaclab.study.cells import build_cells
@@ -38,8 +38,6 @@ from kfaclab.study.storage import StorageSpec, open_storage
 from kfaclab.study.sweep import Worker, make_sampler
 from kfaclab.trial_types import EvalPoint, TrialConfig, TrialResult
 
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "configs" / "smoke.toml"
 STEPS = 120  # reported every 2nd step (curves.POINTS = 50)
 LIVE: dict[str, Any] = {}  # what curve_trial saw of its own running trial, when asked to look
 FAIL_ONCE: list[bool] = []  # curve_trial raises once at step 50 while this holds True
@@ -88,11 +86,7 @@ def running_curve_lengths(folder: Path) -> list[int]:
 
 
 def protocol(n_trials: int = 3, name: str = "fit", **search: Any) -> Protocol:
-    raw = tomllib.loads(SMOKE.read_text())
-    raw["protocol"]["name"] = name
-    raw["search"].update({"n_trials": n_trials, "top_k": 1, **search})
-    raw.get("report", {}).pop("paired_reruns", None)  # its top would exceed this top_k of 1
-    return parse_protocol(raw, base_dir=SMOKE.parent)
+    return parse_protocol(smoke_top1(name, n_trials, **search), base_dir=SMOKE.parent)
 
 
 def journal_reports(folder: Path) -> Counter[tuple[int, int]]:

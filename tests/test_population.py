@@ -229,17 +229,12 @@ def test_a_reference_sized_population_equals_its_trials(mnist_dir: Path) -> None
 
 
 def _smoke_protocol(n_trials: int, steps: int) -> Any:
-    import tomllib
-
+    from cli_helpers import SMOKE, smoke_top1
     from kfaclab.study.protocol import parse_protocol
 
-    smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
-    raw = tomllib.loads(smoke.read_text())
-    raw["protocol"]["name"] = "pop"
-    raw["search"].update({"n_trials": n_trials, "top_k": 1})
-    raw.get("report", {}).pop("paired_reruns", None)  # its top would exceed this top_k of 1
+    raw = smoke_top1("pop", n_trials)
     raw["training"].update({"steps": steps, "eval_steps": [steps], "histogram_steps": [2]})
-    return parse_protocol(raw, base_dir=smoke.parent)
+    return parse_protocol(raw, base_dir=SMOKE.parent)
 
 
 def _stored(folder: Path) -> dict[str, list[tuple[dict[str, float], float, str]]]:

@@ -20,6 +20,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from cli_helpers import SMOKE, smoke_top1
 from kfaclab.cli.main import main
 from kfaclab.study import load_study_set
 from kfaclab.study.cells import build_cells
@@ -33,7 +34,6 @@ from kfaclab.study.sweep import Worker
 from kfaclab.trial_types import EvalPoint, TrialConfig, TrialResult
 
 REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "configs" / "smoke.toml"
 CALLS: list[TrialConfig] = []  # fake_trial's calls in this process
 
 
@@ -59,11 +59,7 @@ def slow_fake_trial(config: TrialConfig) -> TrialResult:
 
 
 def protocol(n_trials: int = 4, name: str = "fake", **search: Any) -> Protocol:
-    raw = tomllib.loads(SMOKE.read_text())
-    raw["protocol"]["name"] = name
-    raw["search"].update({"n_trials": n_trials, "top_k": 1, **search})
-    raw.get("report", {}).pop("paired_reruns", None)  # its top would exceed this top_k of 1
-    return parse_protocol(raw, base_dir=SMOKE.parent)
+    return parse_protocol(smoke_top1(name, n_trials, **search), base_dir=SMOKE.parent)
 
 
 def trials_by_cell(folder: Path, name: str) -> dict[str, list[optuna.trial.FrozenTrial]]:
