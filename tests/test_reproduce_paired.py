@@ -102,7 +102,7 @@ def stubbed(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
 
     def write_report(study: Any, out: Path, storage: str, reruns: bool, **kw: Any) -> Any:
         calls["report"].append((out, reruns))
-        return SimpleNamespace(claims=None, summary=SimpleNamespace(cells=[]))
+        return SimpleNamespace(claims=None, paired=None)  # a Report without paired verdicts
 
     monkeypatch.setattr(reproduce_cmd, "replicate", replicate)
     monkeypatch.setattr(reproduce_cmd, "write_report", write_report)

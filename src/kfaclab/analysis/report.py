@@ -37,6 +37,7 @@ from kfaclab.analysis.cost_blocks import cost_blocks
 from kfaclab.analysis.figures import draw_all
 from kfaclab.analysis.headline import headline_blocks
 from kfaclab.analysis.numbers import column, num, percent
+from kfaclab.analysis.replication.assess import Assessment
 from kfaclab.analysis.replication.report_blocks import (
     insert_paired,
     paired_replication,
@@ -73,6 +74,7 @@ class Report:
     summary: StudySummary
     claims: ClaimSet
     cost: StudyCost | None = None
+    paired: Assessment | None = None  # the verdicts on new seeds, where paired reruns exist
 
 
 def build_report(
@@ -119,7 +121,7 @@ def build_report(
     )
     # read once: the verdicts' blocks and the cost section's rerun seconds
     rep = paired_replication(study, summary.cells, (out_dir, *paired_from))
-    paired = section(study, rep, out_dir, paper)
+    paired, assessment = section(study, rep, out_dir, paper)
     save_claims(claims, out_dir / "claims.json")
     if summary.adaptive is not None:
         ranking = ranked_cells(summary.adaptive, summary.reruns)
@@ -136,7 +138,7 @@ def build_report(
     html = to_html([Heading(title, 1), Toc(), *blocks], title)
     # Both or neither, each whole: a kill or a full disk keeps the previous report (kfaclab.atomic).
     atomic.write_many({md: markdown.encode("utf-8"), page: html.encode("utf-8")})
-    return Report(page, md, figures, summary, claims, cost)
+    return Report(page, md, figures, summary, claims, cost, assessment)
 
 
 def insert_before(blocks: list[Block], heading: str, new: list[Block]) -> None:

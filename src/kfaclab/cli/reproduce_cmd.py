@@ -17,11 +17,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kfaclab.cli.replicate_cmd import replicate
 from kfaclab.cli.report_cmd import check_report_dir, write_report
 from kfaclab.errors import UsageError
+
+if TYPE_CHECKING:
+    from kfaclab.analysis.replication.assess import Assessment
 
 PRESETS = (
     "quick",
@@ -127,31 +130,24 @@ def run_reproduce(args: argparse.Namespace) -> int:
     from kfaclab.analysis.headline import headline_text
 
     sys.stdout.write("\n" + headline_text(report.claims))
-    sys.stdout.write(paired_text(study, report.summary.cells, out))  # the answer, last
+    sys.stdout.write(paired_text(report.paired, study.protocol))  # the answer, last
     return rc
 
 
-def paired_text(study: Any, cells: Any, out: Path) -> str:
-    """The verdicts on new seeds for a terminal, as the report shows them ("" without paired
-    reruns): when they exist they decide, and the top-k verdicts printed before describe."""
-    from kfaclab.analysis.replication.assess import assess
+def paired_text(a: Assessment | None, protocol: dict[str, Any]) -> str:
+    """The report's verdicts on new seeds for a terminal ("" without paired reruns or without
+    the paper's claims): when they exist they decide, and the top-k verdicts printed before
+    describe."""
     from kfaclab.analysis.replication.markdown import SYMBOL
-    from kfaclab.analysis.replication.report_blocks import (
-        paired_replication,
-        paper_claims,
-        thresholds_of,
-    )
+    from kfaclab.analysis.replication.report_blocks import paper_claims
 
-    if not paper_claims(study.protocol):
+    if a is None or not paper_claims(protocol):
         return ""
-    rep = paired_replication(study, cells, [out])
-    if not rep.outcomes:
-        return ""
-    a = assess([rep], thresholds_of(study.protocol), with_sensitivity=False)
     rows = [(c.key, c.verdict, f"paper: {c.paper}; here: {c.finding}") for c in a.claims]
     rows.append(("C4∧C5", a.crossing, "the crossing: both halves must hold"))
     lines = [
-        f"\n== {rep.name}: verdicts on new seeds ({a.n_units} seeds, paired reruns) ==",
+        f"\n== {', '.join(a.replications)}: verdicts on new seeds ({a.n_units} seeds, "
+        "paired reruns) ==",
         "The verdicts above read the search's own top-k on one seed; these decide.",
     ]
     for key, verdict, text in rows:

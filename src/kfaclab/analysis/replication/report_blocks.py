@@ -134,9 +134,12 @@ def _g(x: float) -> str:
     return "–" if not math.isfinite(x) else f"{x:.3g}"
 
 
-def section(study: Any, rep: Replication, out_dir: Path, paper: bool) -> list[Block]:
-    """The blocks of ``rep`` (``paired_replication``'s), or [] when it holds no reruns."""
+def section(
+    study: Any, rep: Replication, out_dir: Path, paper: bool
+) -> tuple[list[Block], Assessment | None]:
+    """The blocks of ``rep`` (``paired_replication``'s) and its assessment, or ([], None) when it
+    holds no reruns."""
     if not rep.outcomes:
-        return []
+        return [], None
     a = assess([rep], thresholds_of(study.protocol))
-    return replication_blocks(a, out_dir / "figures", paper)
+    return replication_blocks(a, out_dir / "figures", paper), a
