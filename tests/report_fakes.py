@@ -231,7 +231,7 @@ def _histogram(rng: np.random.Generator, bins: HistogramBins, centre: float) -> 
 
 def build_study(specs: list[CellSpec], seed: int = 0) -> tuple[FakeStudySet, dict[str, Any]]:
     """A study from cell specs, and its rerun records (as ``summarize`` takes them)."""
-    from kfaclab.analysis.reruns import RerunRecord
+    from kfaclab.analysis.summary.reruns import RerunRecord
 
     rng = np.random.default_rng(seed)
     protocol: dict[str, Any] = {"protocol": {"name": "constructed"}, "search": SEARCH}

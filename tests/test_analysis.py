@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from kfaclab.analysis import summarize
-from kfaclab.analysis.reruns import ensure_reruns, load_reruns
-from kfaclab.analysis.stats import best_of_m, mean_ci, t_quantile, welch
-from kfaclab.analysis.summaries import trials_by_cell
+from kfaclab.analysis.statistics.intervals import best_of_m, mean_ci, t_quantile, welch
+from kfaclab.analysis.summary.reruns import ensure_reruns, load_reruns
+from kfaclab.analysis.summary.summaries import trials_by_cell
 from kfaclab.trial_types import TrialConfig, TrialResult
 from report_fakes import make_study, smoke_dir
 
@@ -171,7 +171,7 @@ def test_best_of_m_matches_enumeration() -> None:
 
 def test_budget_reading_quotes_the_half_budget_against_enumerated_halves() -> None:
     """The budget paragraph's numbers, recomputed here by enumerating every half of the trials."""
-    from kfaclab.analysis import narrative
+    from kfaclab.analysis.report import narrative
 
     s = summarize(make_study())
     text = narrative.budget(s)
@@ -215,7 +215,7 @@ def test_reruns_are_cached_and_redone_when_the_best_changes(tmp_path: Path) -> N
     stale = dict(load_reruns(path))
     first = cells[0].name
     stale[first] = dataclasses.replace(stale[first], trial_number=-1)
-    from kfaclab.analysis.reruns import save_reruns
+    from kfaclab.analysis.summary.reruns import save_reruns
 
     save_reruns(path, stale)
     ensure_reruns(cells, trials_by_cell(study), [7, 8], path, runner)
@@ -228,7 +228,7 @@ def test_reruns_are_cached_and_redone_when_the_best_changes(tmp_path: Path) -> N
 def test_reruns_file_is_strict_json_and_keeps_a_diverged_rerun(tmp_path: Path) -> None:
     """A diverged rerun has loss inf and test accuracy NaN: both must survive the round trip,
     and the file must parse under a strict reader (no bare NaN / Infinity literals)."""
-    from kfaclab.analysis.reruns import RerunRecord, save_reruns
+    from kfaclab.analysis.summary.reruns import RerunRecord, save_reruns
 
     path = tmp_path / "reruns.json"
     record = RerunRecord(

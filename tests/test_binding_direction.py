@@ -11,9 +11,9 @@ import math
 
 import numpy as np
 
-from kfaclab.analysis.binding import cell_bindings
-from kfaclab.analysis.cells import summarize_cell
-from kfaclab.analysis.search import Range, cell_ranges, edge_warnings
+from kfaclab.analysis.statistics.binding import cell_bindings
+from kfaclab.analysis.statistics.search import Range, cell_ranges, edge_warnings
+from kfaclab.analysis.summary.cells import summarize_cell
 from kfaclab.study.cells import CellInfo
 from kfaclab.study.reader import StoredTrial
 

@@ -11,16 +11,16 @@ import pytest
 from scipy import stats as sps
 
 from kfaclab.analysis import summarize
-from kfaclab.analysis.binding import cell_bindings
-from kfaclab.analysis.claims import (
+from kfaclab.analysis.claims.paper import (
     FULL_SCALE_TRIALS,
     evaluate,
     separation_warning,
     tied_with,
 )
-from kfaclab.analysis.claims_types import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
-from kfaclab.analysis.search import Range
-from kfaclab.analysis.stats import MeanCI, welch
+from kfaclab.analysis.claims.types import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
+from kfaclab.analysis.statistics.binding import cell_bindings
+from kfaclab.analysis.statistics.intervals import MeanCI, welch
+from kfaclab.analysis.statistics.search import Range
 from report_fakes import CellSpec, build_study
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from kfaclab.analysis.binding import LOG_OUTER
+from kfaclab.analysis.statistics.binding import LOG_OUTER
 from kfaclab.errors import UsageError
 from kfaclab.study.cells import build_cells, search_space
 from kfaclab.study.protocol import load_protocol

@@ -13,16 +13,17 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from kfaclab.analysis import narrative, summarize
-from kfaclab.analysis.claims import ClaimSet, evaluate
-from kfaclab.analysis.claims_io import load_claims, save_claims
-from kfaclab.analysis.claims_types import INCONCLUSIVE, REPRODUCED
-from kfaclab.analysis.findings_doc import PRESET_LR, findings_markdown
-from kfaclab.analysis.findings_tables import lr_range
-from kfaclab.analysis.headline import headline_text
-from kfaclab.analysis.legacy import claims_from_report
-from kfaclab.analysis.numbers import column, num
-from kfaclab.analysis.report import build_report
+from kfaclab.analysis import summarize
+from kfaclab.analysis.claims.legacy import claims_from_report
+from kfaclab.analysis.claims.paper import ClaimSet, evaluate
+from kfaclab.analysis.claims.store import load_claims, save_claims
+from kfaclab.analysis.claims.types import INCONCLUSIVE, REPRODUCED
+from kfaclab.analysis.findings.document import PRESET_LR, findings_markdown
+from kfaclab.analysis.findings.tables import lr_range
+from kfaclab.analysis.report import narrative
+from kfaclab.analysis.report.build import build_report
+from kfaclab.analysis.report.headline import headline_text
+from kfaclab.analysis.report.numbers import column, num
 from kfaclab.cli.main import main
 from report_fakes import CellSpec, build_study, smoke_dir
 from test_claims import grid, hist, vals
@@ -371,9 +372,9 @@ def test_adaptive_caption_separates_better_from_tied() -> None:
     it is neither."""
     from types import SimpleNamespace
 
-    from kfaclab.analysis.adaptive import AdaptiveSection, StrategyRow
-    from kfaclab.analysis.findings_adaptive import compare
-    from kfaclab.analysis.stats import MeanCI, t_quantile
+    from kfaclab.analysis.findings.adaptive import compare
+    from kfaclab.analysis.statistics.intervals import MeanCI, t_quantile
+    from kfaclab.analysis.summary.adaptive import AdaptiveSection, StrategyRow
 
     def ci(mean: float, sd: float, n: int = 100) -> MeanCI:
         half = t_quantile(0.975, n - 1) * sd / n**0.5

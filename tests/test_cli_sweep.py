@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import MNIST, one_line, tiny_protocol
-from kfaclab.analysis.reruns import rerun_seeds
+from kfaclab.analysis.summary.reruns import rerun_seeds
 from kfaclab.cli.main import main
 from kfaclab.errors import UsageError
 from kfaclab.study.cells import build_cells
@@ -163,7 +163,7 @@ def test_rerun_seeds_go_through_the_schema_to_the_report(tmp_path: Path) -> None
     path.write_text(base + "[report]\nrerun_seeds = [7, 3, 11]\n")
     p = load_protocol(path)
     assert p.rerun_seeds == (7, 3, 11)
-    assert rerun_seeds(p.raw) == [7, 3, 11]  # what analysis/reruns.py reads from the study
+    assert rerun_seeds(p.raw) == [7, 3, 11]  # what analysis/summary/reruns.py reads from the study
     for bad, message in (
         ("[]", "report.rerun_seeds must list 1 or more seeds"),
         ("[1, 1]", "report.rerun_seeds must not repeat a value"),

@@ -1,4 +1,4 @@
-"""The report's cost section (analysis/cost.py): wall time, idle gaps, trials per second,
+"""The report's cost section (analysis/summary/cost.py): wall time, idle gaps, trials per second,
 parallelism, shares and the planning hint, asserted exactly on trials with known start and end
 times written into a real Optuna journal and read back the way the report reads them."""
 
@@ -13,7 +13,9 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from kfaclab.analysis.cost import (
+from kfaclab.analysis.replication.outcomes import RerunOutcome
+from kfaclab.analysis.report.cost_blocks import cost_blocks, duration, training_sentence
+from kfaclab.analysis.summary.cost import (
     AnalysisCost,
     Laps,
     StudyCost,
@@ -24,9 +26,7 @@ from kfaclab.analysis.cost import (
     study_cost,
     training_cost,
 )
-from kfaclab.analysis.cost_blocks import cost_blocks, duration, training_sentence
-from kfaclab.analysis.replication.outcomes import RerunOutcome
-from kfaclab.analysis.reruns import RerunRecord
+from kfaclab.analysis.summary.reruns import RerunRecord
 from kfaclab.cli.main import main
 from kfaclab.study.protocol import parse_protocol
 from kfaclab.study.reader import StudySet, read_study_set

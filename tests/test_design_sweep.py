@@ -197,7 +197,7 @@ def test_searched_kl_clip_errors(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_absolute_lr_scale_gives_every_cell_the_stated_range(tmp_path: Path) -> None:
     """lr_scale = "none": every cell samples lr itself in [low, high], and the report's
     protocol line states it as an absolute range."""
-    from kfaclab.analysis.findings_tables import lr_range
+    from kfaclab.analysis.findings.tables import lr_range
 
     path = tmp_path / "abs.toml"
     path.write_text(DESIGN[DESIGN.index("[protocol]") :].replace('lr_scale = "lambda"', ""))

@@ -185,7 +185,7 @@ def test_a_damaged_reruns_json_is_named_and_remade(
     (out / "reruns.json").write_text('{"x": {"values": 5}}')
     assert main(["claims", str(swept)]) == 0  # no reruns.json there: the baseline
     capsys.readouterr()
-    from kfaclab.analysis.reruns import load_reruns
+    from kfaclab.analysis.summary.reruns import load_reruns
 
     assert load_reruns(out / "reruns.json") == {}
     err = capsys.readouterr().err

@@ -13,12 +13,13 @@ import pytest
 import torch
 from torch import nn
 
-from kfaclab.analysis import figures, figures_more
-from kfaclab.analysis.figures import occupied_range
-from kfaclab.analysis.figures_more import LR_OVER_LAMBDA, hyper_panels
-from kfaclab.analysis.gradients import GradientHistograms
-from kfaclab.analysis.style import LAM_PALETTE, style_context
-from kfaclab.analysis.summaries import StudySummary, summarize
+from kfaclab.analysis.figures import draw as figures
+from kfaclab.analysis.figures import more as figures_more
+from kfaclab.analysis.figures.draw import occupied_range
+from kfaclab.analysis.figures.more import LR_OVER_LAMBDA, hyper_panels
+from kfaclab.analysis.figures.style import LAM_PALETTE, style_context
+from kfaclab.analysis.summary.gradients import GradientHistograms
+from kfaclab.analysis.summary.summaries import StudySummary, summarize
 from kfaclab.train.observe import GradHistogram
 from kfaclab.trial_types import HistogramBins, TrialConfig, TrialResult
 from report_fakes import PROTOCOL, FakeCell, FakeStudySet, FakeTrial, make_study

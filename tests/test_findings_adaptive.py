@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from kfaclab.analysis.adaptive_io import RankedCell, load_ranking, save_ranking
-from kfaclab.analysis.findings_adaptive import adaptive_lines, compare, verdict
-from kfaclab.analysis.findings_doc import findings_markdown
-from kfaclab.analysis.stats import MeanCI, mean_ci
+from kfaclab.analysis.findings.adaptive import adaptive_lines, compare, verdict
+from kfaclab.analysis.findings.document import findings_markdown
+from kfaclab.analysis.statistics.intervals import MeanCI, mean_ci
+from kfaclab.analysis.summary.adaptive_store import RankedCell, load_ranking, save_ranking
 
 
 def ci(mean: float, spread: float = 0.01, n: int = 100) -> MeanCI:

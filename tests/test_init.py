@@ -141,7 +141,7 @@ def test_rerun_cache_keys_of_default_init_configs_are_unchanged() -> None:
     import hashlib
     import json
 
-    from kfaclab.analysis.reruns import rerun_key
+    from kfaclab.analysis.summary.reruns import rerun_key
 
     config = TrialConfig(lr=0.3, damping=1e-2)
     old = {

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from kfaclab.analysis.reruns import rerun_key
+from kfaclab.analysis.summary.reruns import rerun_key
 from kfaclab.errors import UsageError
 from kfaclab.study.cells import build_cells
 from kfaclab.study.protocol import parse_protocol

@@ -397,8 +397,8 @@ def test_paper_best_is_drawn_only_where_the_paper_claims_apply(tmp_path):
 def test_lambda_colours_have_one_home():
     """The replication figures colour λ with the study figures' palette: distinct colours in λ
     order, whatever order the cells come in."""
+    from kfaclab.analysis.figures.style import LAM_PALETTE, lam_colors
     from kfaclab.analysis.replication.figures import _colors
-    from kfaclab.analysis.style import LAM_PALETTE, lam_colors
 
     a = assess(_reps(lambda lam, rng: 0.1 + rng.normal(0, 0.01)), with_sensitivity=False)
     colors = _colors(a)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from kfaclab.analysis.adaptive_io import load_ranking
-from kfaclab.analysis.provenance import strip_password
-from kfaclab.analysis.report import Report, build_report
+from kfaclab.analysis.report.build import Report, build_report
+from kfaclab.analysis.report.provenance import strip_password
+from kfaclab.analysis.summary.adaptive_store import load_ranking
 from kfaclab.cli.main import main
 from kfaclab.trial_types import TrialConfig, TrialResult
 from report_fakes import make_study, smoke_dir
@@ -191,7 +191,7 @@ def test_report_in_headless_chromium(fake_report: Report, tmp_path: Path) -> Non
 def test_html_tables_align_numbers_right_and_text_left() -> None:
     """Digits line up in numeric columns; a text column (the claims, verdicts) reads left to
     right and wraps instead of pushing the table wider than the page."""
-    from kfaclab.analysis.blocks import Table, to_html
+    from kfaclab.analysis.report.blocks import Table, to_html
 
     table = Table(
         ["cell", "loss", "95% CI", "diverged", "verdict"],
@@ -212,7 +212,7 @@ def test_html_tables_align_numbers_right_and_text_left() -> None:
 def test_provenance_counts_only_the_package_as_local_changes(tmp_path: Path) -> None:
     """Rebuilding a committed report in place rewrites tracked files beside it; that must not
     mark the report as built from uncommitted code — a change to the package must."""
-    from kfaclab.analysis.provenance import git_commit
+    from kfaclab.analysis.report.provenance import git_commit
 
     def git(*args: str) -> str:
         return subprocess.run(

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from kfaclab.analysis import headline
 from kfaclab.analysis.replication.assess import assess
 from kfaclab.analysis.replication.outcomes import RerunOutcome
 from kfaclab.analysis.replication.pool import CACHE_NAME, trial_key
 from kfaclab.analysis.replication.report_blocks import paired_replication
-from kfaclab.analysis.summaries import summarize
+from kfaclab.analysis.report import headline
+from kfaclab.analysis.summary.summaries import summarize
 from kfaclab.cli import reproduce_cmd
 from kfaclab.cli.main import main
 from kfaclab.study import _schema as s

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kfaclab.analysis.report import build_report
+from kfaclab.analysis.report.build import build_report
 from kfaclab.study import load_study_set
 from kfaclab.study.runner import run_sweep
 from kfaclab.study.storage import JournalFolder
@@ -90,7 +90,7 @@ def test_serial_reruns_train_on_one_thread_and_restore_it(
     import torch
 
     import kfaclab.train
-    from kfaclab.analysis.reruns import _run_all
+    from kfaclab.analysis.summary.reruns import _run_all
 
     seen: list[int] = []
     monkeypatch.setattr(

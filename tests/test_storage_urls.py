@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kfaclab.analysis.provenance import strip_password
+from kfaclab.analysis.report.provenance import strip_password
 from kfaclab.cli.main import main
 from kfaclab.study.storage import redact, resolve
 

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from scipy import stats
 
 from cli_helpers import tiny_protocol
-from kfaclab.analysis.stats import curve_band
+from kfaclab.analysis.statistics.intervals import curve_band
 from kfaclab.study.cells import build_cells
 from kfaclab.study.protocol import load_protocol
 from kfaclab.study.storage import StorageSpec

@@ -1,10 +1,15 @@
-"""Summaries of a stored study as plain data, figures drawn from them, and the report.
+"""What kfaclab computes from stored studies, by concern:
 
-``summarize(study) -> StudySummary`` computes; ``kfaclab.analysis.figures`` draws;
-``kfaclab.analysis.report.build_report`` writes report.html and report.md.
+- ``summary``: a stored study as plain data (``summarize(study) -> StudySummary``);
+- ``statistics``: intervals, what the search found, whether a range binds;
+- ``replication``: paired reruns on new seeds and pooled replications, the evidence verdicts use;
+- ``claims``: the paper's five claims as verdicts, and their storage;
+- ``effects``: factorial designs' effects with intervals;
+- ``figures`` and ``report``: the figures and report.md/report.html of one study;
+- ``findings``: docs/results/FINDINGS.md and ``kfaclab claims`` across runs.
 """
 
-from kfaclab.analysis.cells import CellSummary
-from kfaclab.analysis.summaries import StudySummary, summarize
+from kfaclab.analysis.summary.cells import CellSummary
+from kfaclab.analysis.summary.summaries import StudySummary, summarize
 
 __all__ = ["CellSummary", "StudySummary", "summarize"]

@@ -31,7 +31,7 @@ def register(subparsers: Any) -> None:
 
 
 def run_claims(args: argparse.Namespace) -> int:
-    from kfaclab.analysis.findings import claims_for_run, claims_matrix, run_section
+    from kfaclab.analysis.findings.side_by_side import claims_for_run, claims_matrix, run_section
 
     folders = [Path(r) for r in args.runs]
     for f in folders:

@@ -71,9 +71,9 @@ def replicate(
 ) -> None:
     """Reruns ``study``'s top configurations on ``n_seeds`` new seeds into out/paired-reruns.jsonl
     (what is stored there is skipped) and says so on stdout; `kfaclab reproduce` calls it too."""
-    from kfaclab.analysis.cells import summarize_cell
     from kfaclab.analysis.replication.pool import CACHE_NAME, plan_jobs, replication_seeds, run_jobs
-    from kfaclab.analysis.summaries import trials_by_cell
+    from kfaclab.analysis.summary.cells import summarize_cell
+    from kfaclab.analysis.summary.summaries import trials_by_cell
 
     by_cell = trials_by_cell(study)
     summaries = [summarize_cell(c, by_cell.get(c.name, [])) for c in study.cells]

@@ -19,9 +19,10 @@ from kfaclab.cli.targets import add_stored_sweep_arguments, stored_sweep
 from kfaclab.errors import UsageError
 
 if TYPE_CHECKING:
-    from kfaclab.analysis.report import Report
+    from kfaclab.analysis.report.build import Report
 
-# What build_report writes in its folder (analysis/report.py, analysis/reruns.py, style.save).
+# What build_report writes in its folder (analysis/report/build.py, analysis/summary/reruns.py,
+# figures/style.save).
 REPORT_FILES = ("report.md", "report.html", "reruns.json", "figures")
 
 
@@ -108,7 +109,7 @@ def write_report(
     paired_from: tuple[Path, ...] = (),
     load_seconds: float | None = None,
 ) -> Report:
-    from kfaclab.analysis.report import build_report
+    from kfaclab.analysis.report.build import build_report
 
     def log(msg: str) -> None:
         sys.stderr.write(msg + "\n")

@@ -127,7 +127,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
                 "configurations may still change); rerun the command to resume it\n"
             )
     report = write_report(study, out, spec.describe(), not args.no_reruns, workers=args.workers)
-    from kfaclab.analysis.headline import headline_text
+    from kfaclab.analysis.report.headline import headline_text
 
     sys.stdout.write("\n" + headline_text(report.claims))
     sys.stdout.write(paired_text(report.paired, study.protocol))  # the answer, last
@@ -170,8 +170,8 @@ def check_paired_file(out: Path) -> Path:
 
 def _finished(study: Any) -> bool:
     """Whether every cell has run all its trials (the paired reruns take each cell's top)."""
-    from kfaclab.analysis.cells import summarize_cell
-    from kfaclab.analysis.summaries import trials_by_cell
+    from kfaclab.analysis.summary.cells import summarize_cell
+    from kfaclab.analysis.summary.summaries import trials_by_cell
 
     by_cell = trials_by_cell(study)
     return all(summarize_cell(c, by_cell.get(c.name, [])).finished for c in study.cells)

@@ -37,7 +37,8 @@ class StoredTrial:
     seconds: float | None
     record: TrialResult | None = field(default=None, repr=False)
     damaged: str | None = None  # why its record could not be read (records.DamagedRecordError)
-    # Optuna's own start/end (naive local times): the report's cost section (analysis/cost.py)
+    # Optuna's own start/end (naive local times): the report's cost section
+    # (analysis/summary/cost.py)
     started: datetime | None = None
     completed: datetime | None = None
 

@@ -39,7 +39,7 @@ def half_normal(table: EffectsTable) -> HalfNormalData:
 
 def draw_half_normal(data: HalfNormalData, out_dir: Path, name: str) -> tuple[Path, Path]:
     """``name``.png and .svg: |effect| against its half-normal quantile, the largest labelled."""
-    from kfaclab.analysis.style import new_figure, save, style_context
+    from kfaclab.analysis.figures.style import new_figure, save, style_context
 
     with style_context():
         fig = new_figure(4.8, 3.6)

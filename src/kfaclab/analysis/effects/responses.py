@@ -5,8 +5,8 @@ run, with the reason in ``run.notes``). Add a response by adding an entry; ``kfa
 estimates factor effects on every registered one. "crossing" and "escape_slope" (responses_grad)
 read the trials' records.
 
-The per-cell statistic is the report's (kfaclab.analysis.cells.summarize_cell): the mean final
-training loss of the top-k non-diverged trials. λ is kfaclab's (the λ the optimizer adds to
+The per-cell statistic is the report's (kfaclab.analysis.summary.cells.summarize_cell): the mean
+final training loss of the top-k non-diverged trials. λ is kfaclab's (the λ the optimizer adds to
 G⊗A, after any convention conversion), on a log10 scale.
 """
 
@@ -19,8 +19,8 @@ from functools import cached_property
 
 import numpy as np
 
-from kfaclab.analysis.cells import CellSummary, summarize_cell
 from kfaclab.analysis.effects import responses_grad
+from kfaclab.analysis.summary.cells import CellSummary, summarize_cell
 from kfaclab.study.reader import StudySet
 
 

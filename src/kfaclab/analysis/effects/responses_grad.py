@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kfaclab.analysis.gradients import interpolated_median
 from kfaclab.analysis.replication.outcomes import escape_step
 from kfaclab.analysis.replication.paired import unit_slope
+from kfaclab.analysis.summary.gradients import interpolated_median
 
 if TYPE_CHECKING:
     from kfaclab.analysis.effects.responses import RunData

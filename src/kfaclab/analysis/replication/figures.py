@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kfaclab.analysis.replication.assess import Assessment, Curve
-from kfaclab.analysis.style import (
+from kfaclab.analysis.figures.style import (
     OKABE_ITO,
     SGD_COLOR,
     DrawnFigure,
@@ -28,6 +27,7 @@ from kfaclab.analysis.style import (
     new_figure,
     style_context,
 )
+from kfaclab.analysis.replication.assess import Assessment, Curve
 
 
 def _colors(a: Assessment) -> dict[str, str]:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from kfaclab.analysis.binding import bindings
-from kfaclab.analysis.cells import summarize_cell
 from kfaclab.analysis.replication.pool import CACHE_NAME, load_cache, trial_key
 from kfaclab.analysis.replication.units import Replication, replication_of
-from kfaclab.analysis.search import cell_ranges
-from kfaclab.analysis.summaries import trials_by_cell
+from kfaclab.analysis.statistics.binding import bindings
+from kfaclab.analysis.statistics.search import cell_ranges
+from kfaclab.analysis.summary.cells import summarize_cell
+from kfaclab.analysis.summary.summaries import trials_by_cell
 from kfaclab.errors import UsageError
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from kfaclab.analysis.figures.style import DrawnFigure
 from kfaclab.analysis.replication.assess import Assessment
-from kfaclab.analysis.style import DrawnFigure
 
 SYMBOL = {"reproduced": "✓", "not reproduced": "✗", "inconclusive": "?"}
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from kfaclab.analysis.gradients import interpolated_median
+from kfaclab.analysis.summary.gradients import interpolated_median
 from kfaclab.trial_types import TrialResult
 
 CHANCE_LOSS = math.log(10.0)

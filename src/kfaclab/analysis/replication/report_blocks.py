@@ -12,16 +12,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kfaclab.analysis.binding import bindings
-from kfaclab.analysis.blocks import Block, Heading, Image, Para, Table
 from kfaclab.analysis.replication.assess import Assessment, assess
 from kfaclab.analysis.replication.figures import draw_all
 from kfaclab.analysis.replication.markdown import SYMBOL, noise_lines
 from kfaclab.analysis.replication.pool import CACHE_NAME, load_cache, trial_key
 from kfaclab.analysis.replication.units import Replication, replication_of
 from kfaclab.analysis.replication.verdicts import Thresholds
-from kfaclab.analysis.search import cell_ranges
-from kfaclab.analysis.summaries import trials_by_cell
+from kfaclab.analysis.report.blocks import Block, Heading, Image, Para, Table
+from kfaclab.analysis.statistics.binding import bindings
+from kfaclab.analysis.statistics.search import cell_ranges
+from kfaclab.analysis.summary.summaries import trials_by_cell
 
 
 def paper_claims(protocol: dict[str, Any]) -> bool:

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from kfaclab.analysis.blocks import md_escape
-from kfaclab.analysis.claims import ClaimSet, evaluate
-from kfaclab.analysis.claims_io import load_claims
-from kfaclab.analysis.claims_types import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
-from kfaclab.analysis.headline import sentence
+from kfaclab.analysis.claims.paper import ClaimSet, evaluate
+from kfaclab.analysis.claims.store import load_claims
+from kfaclab.analysis.claims.types import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
+from kfaclab.analysis.report.blocks import md_escape
+from kfaclab.analysis.report.headline import sentence
 from kfaclab.errors import UsageError
 
 MARKS = {REPRODUCED: "✓ reproduced", NOT_REPRODUCED: "✗ not reproduced", INCONCLUSIVE: "?"}
@@ -26,8 +26,8 @@ def claims_for_run(folder: Path) -> ClaimSet:
         return load_claims(folder / "claims.json")
     if not folder.is_dir():
         raise UsageError(f"RUN must be a run folder, got {str(folder)!r} (no such folder)")
-    from kfaclab.analysis.reruns import load_reruns
-    from kfaclab.analysis.summaries import summarize
+    from kfaclab.analysis.summary.reruns import load_reruns
+    from kfaclab.analysis.summary.summaries import summarize
     from kfaclab.study.reader import load_study_set
 
     try:

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kfaclab.analysis.claims_types import BINDS, INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Claim
-from kfaclab.analysis.numbers import num
-from kfaclab.analysis.stats import bootstrap_median, bootstrap_median_diff
+from kfaclab.analysis.claims.types import BINDS, INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Claim
+from kfaclab.analysis.report.numbers import num
+from kfaclab.analysis.statistics.intervals import bootstrap_median, bootstrap_median_diff
 
 if TYPE_CHECKING:
-    from kfaclab.analysis.summaries import StudySummary
+    from kfaclab.analysis.summary.summaries import StudySummary
 
 BOOTSTRAP_SAMPLES = 2000
 """Enough for the 2.5/97.5% percentiles to move by less than a tenth of their own spread."""

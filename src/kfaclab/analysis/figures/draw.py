@@ -13,9 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 
-from kfaclab.analysis import figures_more
-from kfaclab.analysis.gradients import GradientHistograms
-from kfaclab.analysis.style import (
+from kfaclab.analysis.figures import more as figures_more
+from kfaclab.analysis.figures.style import (
     DrawnFigure,
     cell_style,
     finish,
@@ -24,7 +23,8 @@ from kfaclab.analysis.style import (
     style_context,
     summary_lam_colors,
 )
-from kfaclab.analysis.summaries import StudySummary
+from kfaclab.analysis.summary.gradients import GradientHistograms
+from kfaclab.analysis.summary.summaries import StudySummary
 
 
 def learning_curves(summary: StudySummary, out_dir: Path) -> DrawnFigure | None:

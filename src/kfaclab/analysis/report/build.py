@@ -14,10 +14,20 @@ from pathlib import Path
 from typing import Any
 
 from kfaclab import atomic
-from kfaclab.analysis import narrative as nv
-from kfaclab.analysis import provenance as pv
-from kfaclab.analysis.adaptive_io import ranked_cells, save_ranking
-from kfaclab.analysis.blocks import (
+from kfaclab.analysis.claims.paper import ClaimSet, evaluate, headline
+from kfaclab.analysis.claims.store import save_claims
+from kfaclab.analysis.figures.draw import draw_all
+from kfaclab.analysis.figures.style import DrawnFigure
+from kfaclab.analysis.replication.assess import Assessment
+from kfaclab.analysis.replication.report_blocks import (
+    insert_paired,
+    paired_replication,
+    paper_claims,
+    section,
+)
+from kfaclab.analysis.report import narrative as nv
+from kfaclab.analysis.report import provenance as pv
+from kfaclab.analysis.report.blocks import (
     Block,
     Bullets,
     Code,
@@ -29,25 +39,15 @@ from kfaclab.analysis.blocks import (
     to_html,
     to_markdown,
 )
-from kfaclab.analysis.cells import CellSummary
-from kfaclab.analysis.claims import ClaimSet, evaluate, headline
-from kfaclab.analysis.claims_io import save_claims
-from kfaclab.analysis.cost import Laps, StudyCost, study_cost
-from kfaclab.analysis.cost_blocks import cost_blocks
-from kfaclab.analysis.figures import draw_all
-from kfaclab.analysis.headline import headline_blocks
-from kfaclab.analysis.numbers import column, num, percent
-from kfaclab.analysis.replication.assess import Assessment
-from kfaclab.analysis.replication.report_blocks import (
-    insert_paired,
-    paired_replication,
-    paper_claims,
-    section,
-)
-from kfaclab.analysis.reruns import Runner, ensure_reruns, rerun_seeds
-from kfaclab.analysis.style import DrawnFigure
-from kfaclab.analysis.summaries import StudySummary, summarize, trials_by_cell
-from kfaclab.analysis.types import StudySetLike
+from kfaclab.analysis.report.cost_blocks import cost_blocks
+from kfaclab.analysis.report.headline import headline_blocks
+from kfaclab.analysis.report.numbers import column, num, percent
+from kfaclab.analysis.summary.adaptive_store import ranked_cells, save_ranking
+from kfaclab.analysis.summary.cells import CellSummary
+from kfaclab.analysis.summary.cost import Laps, StudyCost, study_cost
+from kfaclab.analysis.summary.reruns import Runner, ensure_reruns, rerun_seeds
+from kfaclab.analysis.summary.summaries import StudySummary, summarize, trials_by_cell
+from kfaclab.analysis.summary.types import StudySetLike
 
 READINGS: dict[str, Callable[[StudySummary], str]] = {
     "learning_curves": nv.learning_curves,

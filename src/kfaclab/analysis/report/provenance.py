@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
-from kfaclab.analysis.types import TrialLike
+from kfaclab.analysis.summary.types import TrialLike
 
 PACKAGES = ("kfaclab", "torch", "numpy", "optuna", "sqlalchemy", "matplotlib")
 

@@ -1,15 +1,15 @@
-"""The report's "Cost of this study" section: a ``StudyCost`` (analysis/cost.py) as blocks.
+"""The report's "Cost of this study" section: a ``StudyCost`` (analysis/summary/cost.py) as blocks.
 
-Draws only: every number is computed, and tested, in ``kfaclab.analysis.cost``.
+Draws only: every number is computed, and tested, in ``kfaclab.analysis.summary.cost``.
 """
 
 from __future__ import annotations
 
 import math
 
-from kfaclab.analysis.blocks import Block, Heading, Para, Table
-from kfaclab.analysis.cost import AnalysisCost, Plan, RerunCost, StudyCost, TrainingCost
-from kfaclab.analysis.numbers import column, num, percent
+from kfaclab.analysis.report.blocks import Block, Heading, Para, Table
+from kfaclab.analysis.report.numbers import column, num, percent
+from kfaclab.analysis.summary.cost import AnalysisCost, Plan, RerunCost, StudyCost, TrainingCost
 
 TITLE = "Cost of this study"
 RERUN_NAMES = {

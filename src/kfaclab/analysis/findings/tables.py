@@ -3,8 +3,9 @@ and the numbers that decide it, with their 95% intervals), the claims × runs ta
 verdict per claim, the comparison of two readings that differ in one open choice, and a run's
 stored protocol (read back from the fenced TOML of its report.md).
 
-Cells read each claim's ``evidence`` (kfaclab.analysis.claims, claims_grad); a claim whose evidence
-lacks a key (a run read back from an old report) shows its finding sentence instead."""
+Cells read each claim's ``evidence`` (kfaclab.analysis.claims.paper and .gradient_order); a
+claim whose evidence lacks a key (a run read back from an old report) shows its finding sentence
+instead."""
 
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kfaclab.analysis.claims import ClaimSet
-from kfaclab.analysis.claims_types import BINDS, INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Claim
-from kfaclab.analysis.findings import table_row
-from kfaclab.analysis.numbers import num, percent
+from kfaclab.analysis.claims.paper import ClaimSet
+from kfaclab.analysis.claims.types import BINDS, INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Claim
+from kfaclab.analysis.findings.side_by_side import table_row
+from kfaclab.analysis.report.numbers import num, percent
 
 SYMBOL = {REPRODUCED: "✓", NOT_REPRODUCED: "✗", INCONCLUSIVE: "?"}
 

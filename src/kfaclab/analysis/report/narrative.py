@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import math
 
-from kfaclab.analysis.cells import CellSummary
-from kfaclab.analysis.numbers import num
-from kfaclab.analysis.stats import LOWER, TIED, compare_means
-from kfaclab.analysis.summaries import StudySummary
+from kfaclab.analysis.report.numbers import num
+from kfaclab.analysis.statistics.intervals import LOWER, TIED, compare_means
+from kfaclab.analysis.summary.cells import CellSummary
+from kfaclab.analysis.summary.summaries import StudySummary
 
 
 def fmt(x: float, digits: int = 3) -> str:

@@ -32,8 +32,8 @@ from matplotlib.ticker import (
     ScalarFormatter,
 )
 
-from kfaclab.analysis.cells import CellSummary
-from kfaclab.analysis.summaries import StudySummary
+from kfaclab.analysis.summary.cells import CellSummary
+from kfaclab.analysis.summary.summaries import StudySummary
 
 OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#D55E00", "#CC79A7", "#0072B2", "#F0E442")
 SGD_COLOR = "#000000"

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from kfaclab import atomic
-from kfaclab.analysis.claims import ClaimSet, Headline
-from kfaclab.analysis.claims_types import Claim
+from kfaclab.analysis.claims.paper import ClaimSet, Headline
+from kfaclab.analysis.claims.types import Claim
 from kfaclab.errors import UsageError
 from kfaclab.text import clean
 

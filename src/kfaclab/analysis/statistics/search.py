@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from kfaclab.analysis.cells import CellSummary
-from kfaclab.analysis.stats import BestOfM, best_of_m, running_min
-from kfaclab.analysis.types import TrialLike
+from kfaclab.analysis.statistics.intervals import BestOfM, best_of_m, running_min
+from kfaclab.analysis.summary.cells import CellSummary
+from kfaclab.analysis.summary.types import TrialLike
 from kfaclab.lr_scale import cell_lr_bounds
 
 EDGE_MARGIN = 0.02  # fraction of the (log-)range that counts as "on the edge"
@@ -152,7 +152,7 @@ def edge_warnings(
 ) -> list[EdgeWarning]:
     """Best trials at an edge of a range, each with whether the loss is flat toward it (the
     binding rule's slope test, so a warning never contradicts a verdict's binding check)."""
-    from kfaclab.analysis.binding import flat_toward  # binding imports this module
+    from kfaclab.analysis.statistics.binding import flat_toward  # binding imports this module
 
     out = []
     for cell in cells:

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from kfaclab.analysis.cells import CellSummary
-from kfaclab.analysis.gradients import _ordered_layers
-from kfaclab.analysis.types import TrialLike
+from kfaclab.analysis.summary.cells import CellSummary
+from kfaclab.analysis.summary.gradients import _ordered_layers
+from kfaclab.analysis.summary.types import TrialLike
 
 # Metrics drawn, in this order, when present. Eigenvalue ranges come as min/max pairs.
 METRICS = (

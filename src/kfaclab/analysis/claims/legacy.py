@@ -13,12 +13,12 @@ import math
 import re
 from pathlib import Path
 
-from kfaclab.analysis.binding import TOP_FRACTION, Binding
-from kfaclab.analysis.cells import BestTrial, CellSummary
-from kfaclab.analysis.claims import ClaimSet, evaluate
-from kfaclab.analysis.reruns import load_reruns, rerun_summaries
-from kfaclab.analysis.stats import MeanCI
-from kfaclab.analysis.summaries import StudySummary
+from kfaclab.analysis.claims.paper import ClaimSet, evaluate
+from kfaclab.analysis.statistics.binding import TOP_FRACTION, Binding
+from kfaclab.analysis.statistics.intervals import MeanCI
+from kfaclab.analysis.summary.cells import BestTrial, CellSummary
+from kfaclab.analysis.summary.reruns import load_reruns, rerun_summaries
+from kfaclab.analysis.summary.summaries import StudySummary
 
 _ROW = re.compile(
     r"^\| (?P<label>[^|]+?) \| (?P<done>\d+)/(?P<target>\d+) \| (?P<div>[\d.]+)% \| (?P<n>\d+) \| "

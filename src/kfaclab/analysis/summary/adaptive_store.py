@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from kfaclab import atomic
-from kfaclab.analysis.adaptive import AdaptiveSection
-from kfaclab.analysis.reruns import RerunSummary
-from kfaclab.analysis.stats import MeanCI
+from kfaclab.analysis.statistics.intervals import MeanCI
+from kfaclab.analysis.summary.adaptive import AdaptiveSection
+from kfaclab.analysis.summary.reruns import RerunSummary
 
 _SPECIAL = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 

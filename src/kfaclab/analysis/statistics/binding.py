@@ -12,9 +12,9 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from kfaclab.analysis.cells import CellSummary
-from kfaclab.analysis.search import Range
-from kfaclab.analysis.types import TrialLike
+from kfaclab.analysis.statistics.search import Range
+from kfaclab.analysis.summary.cells import CellSummary
+from kfaclab.analysis.summary.types import TrialLike
 
 LOG_OUTER = 0.05
 """Fraction of a log-scaled range, at each end, that counts as "pressing on the bound". 5% of the

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from kfaclab.analysis.cells import cell_label
-from kfaclab.analysis.types import CellLike, TrialLike
+from kfaclab.analysis.summary.cells import cell_label
+from kfaclab.analysis.summary.types import CellLike, TrialLike
 
 IDLE_GAP_SECONDS = 600.0  # no trial ran for 10 min: the sweep was stopped, not slow
 REPORT_RERUNS_PHASE = "reruns"
@@ -214,7 +214,7 @@ def idle_gaps(intervals: Iterable[tuple[datetime, datetime]], threshold: float) 
 
 
 def report_rerun_cost(records: Mapping[str, Any]) -> RerunCost:
-    """``records``: this study's ``RerunRecord``s by cell (analysis/reruns.py)."""
+    """``records``: this study's ``RerunRecord``s by cell (analysis/summary/reruns.py)."""
     seconds = [s for r in records.values() for s in _seconds(r.seconds, len(r.seeds))]
     return _rerun_cost("report", sum(len(r.seeds) for r in records.values()), seconds)
 

@@ -12,10 +12,10 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from kfaclab.analysis.adaptive_io import RankedCell, load_ranking
-from kfaclab.analysis.findings import table_row
-from kfaclab.analysis.numbers import num
-from kfaclab.analysis.stats import HIGHER, LOWER, UNKNOWN, MeanCI, compare_means
+from kfaclab.analysis.findings.side_by_side import table_row
+from kfaclab.analysis.report.numbers import num
+from kfaclab.analysis.statistics.intervals import HIGHER, LOWER, UNKNOWN, MeanCI, compare_means
+from kfaclab.analysis.summary.adaptive_store import RankedCell, load_ranking
 
 
 def compare(a: MeanCI, b: MeanCI) -> tuple[str, str]:

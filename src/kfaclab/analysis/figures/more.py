@@ -14,9 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from kfaclab.analysis.cells import CellSummary
-from kfaclab.analysis.search import cell_ranges
-from kfaclab.analysis.style import (
+from kfaclab.analysis.figures.style import (
     OKABE_ITO,
     SGD_COLOR,
     DrawnFigure,
@@ -25,7 +23,9 @@ from kfaclab.analysis.style import (
     new_figure,
     summary_lam_colors,
 )
-from kfaclab.analysis.summaries import StudySummary
+from kfaclab.analysis.statistics.search import cell_ranges
+from kfaclab.analysis.summary.cells import CellSummary
+from kfaclab.analysis.summary.summaries import StudySummary
 
 
 def _sgd_line(ax: Axes, value: float, label: str = "SGD") -> None:

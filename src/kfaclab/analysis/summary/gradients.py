@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kfaclab.analysis.cells import CellSummary
-from kfaclab.analysis.types import TrialLike
+from kfaclab.analysis.summary.cells import CellSummary
+from kfaclab.analysis.summary.types import TrialLike
 from kfaclab.trial_types import HistogramBins
 
 DEFAULT_HISTOGRAM_LAMBDAS = (1e-4, 1.0, 10.0)

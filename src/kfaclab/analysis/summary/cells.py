@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from kfaclab.analysis.stats import MeanCI, curve_band, mean_ci
-from kfaclab.analysis.types import CellLike, TrialLike
+from kfaclab.analysis.statistics.intervals import MeanCI, curve_band, mean_ci
+from kfaclab.analysis.summary.types import CellLike, TrialLike
 
 
 @dataclass

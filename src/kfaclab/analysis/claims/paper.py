@@ -19,19 +19,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from kfaclab.analysis.cells import CellSummary
-from kfaclab.analysis.claims_grad import gradient_claim
-from kfaclab.analysis.claims_types import (
+from kfaclab.analysis.claims.gradient_order import gradient_claim
+from kfaclab.analysis.claims.types import (
     BINDS,
     INCONCLUSIVE,
     NOT_REPRODUCED,
     REPRODUCED,
     Claim,
 )
-from kfaclab.analysis.numbers import num
-from kfaclab.analysis.reruns import RerunSummary
-from kfaclab.analysis.stats import Difference, welch
-from kfaclab.analysis.summaries import StudySummary
+from kfaclab.analysis.report.numbers import num
+from kfaclab.analysis.statistics.intervals import Difference, welch
+from kfaclab.analysis.summary.cells import CellSummary
+from kfaclab.analysis.summary.reruns import RerunSummary
+from kfaclab.analysis.summary.summaries import StudySummary
 
 PAPER_BEST_LAMBDA = 1.0
 """The λ the paper reports best, in the units of its own grid (compared with the grid value the

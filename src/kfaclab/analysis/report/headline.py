@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import math
 
-from kfaclab.analysis.blocks import Block, Bullets, Heading, Para, Table
-from kfaclab.analysis.claims import ClaimSet, Headline
-from kfaclab.analysis.numbers import num
+from kfaclab.analysis.claims.paper import ClaimSet, Headline
+from kfaclab.analysis.report.blocks import Block, Bullets, Heading, Para, Table
+from kfaclab.analysis.report.numbers import num
 
 
 def _ci(mean: float, lo: float, hi: float) -> str:

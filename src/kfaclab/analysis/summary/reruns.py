@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from kfaclab import atomic
-from kfaclab.analysis.cells import CellSummary
-from kfaclab.analysis.stats import MeanCI, mean_ci
-from kfaclab.analysis.types import TrialLike
+from kfaclab.analysis.statistics.intervals import MeanCI, mean_ci
+from kfaclab.analysis.summary.cells import CellSummary
+from kfaclab.analysis.summary.types import TrialLike
 from kfaclab.text import clean
 from kfaclab.trial_types import TrialConfig, TrialResult
 

@@ -11,20 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kfaclab.analysis.adaptive import AdaptiveSection, adaptive_section
-from kfaclab.analysis.binding import Binding, bindings
-from kfaclab.analysis.cells import CellSummary, summarize_cell
-from kfaclab.analysis.curvature import CurvatureSummary, curvature_summary
-from kfaclab.analysis.gradients import (
-    DEFAULT_HISTOGRAM_LAMBDAS,
-    GradientHistograms,
-    TrialMedians,
-    choose_cells,
-    gradient_histograms,
-    per_trial_medians,
-)
-from kfaclab.analysis.reruns import RerunRecord, RerunSummary, rerun_summaries
-from kfaclab.analysis.search import (
+from kfaclab.analysis.statistics.binding import Binding, bindings
+from kfaclab.analysis.statistics.search import (
     BudgetCurve,
     EdgeWarning,
     ParamSpread,
@@ -34,7 +22,19 @@ from kfaclab.analysis.search import (
     edge_warnings,
     param_spread,
 )
-from kfaclab.analysis.types import StudySetLike, TrialLike
+from kfaclab.analysis.summary.adaptive import AdaptiveSection, adaptive_section
+from kfaclab.analysis.summary.cells import CellSummary, summarize_cell
+from kfaclab.analysis.summary.curvature import CurvatureSummary, curvature_summary
+from kfaclab.analysis.summary.gradients import (
+    DEFAULT_HISTOGRAM_LAMBDAS,
+    GradientHistograms,
+    TrialMedians,
+    choose_cells,
+    gradient_histograms,
+    per_trial_medians,
+)
+from kfaclab.analysis.summary.reruns import RerunRecord, RerunSummary, rerun_summaries
+from kfaclab.analysis.summary.types import StudySetLike, TrialLike
 
 HYPERPARAMETERS = ("lr", "momentum", "lr_decay")
 

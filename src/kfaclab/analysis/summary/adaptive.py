@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kfaclab.analysis.cells import CellSummary
-from kfaclab.analysis.stats import MeanCI
-from kfaclab.analysis.types import TrialLike
+from kfaclab.analysis.statistics.intervals import MeanCI
+from kfaclab.analysis.summary.cells import CellSummary
+from kfaclab.analysis.summary.types import TrialLike
 
 
 @dataclass

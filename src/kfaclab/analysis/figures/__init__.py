@@ -1,0 +1,1 @@
+"""Figures drawn from a StudySummary, in one style (print fonts, one λ palette)."""
