@@ -1,9 +1,13 @@
 """`kfaclab replicate`: paired reruns of each cell's top configurations on new seeds.
 
     kfaclab replicate DIR [--top 5] [--seeds 10] [--cells LABEL ...] [--workers N] [--out DIR]
+    kfaclab replicate --storage postgresql://… --out DIR [--no-queue] …   (on many machines)
 
 Writes (appends to) OUT/paired-reruns.jsonl (OUT defaults to the sweep's folder); resumable: what
-is stored is not rerun. `kfaclab verdicts` reads these files, pooled over replications.
+is stored is not rerun. `kfaclab verdicts` reads these files, pooled over replications. On a
+PostgreSQL server the reruns are shared through a queue in that database
+(analysis/replication/rerun_queue.py) by every machine running the command; a journal folder or
+SQLite file runs locally.
 """
 
 from __future__ import annotations
@@ -11,10 +15,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kfaclab.cli.targets import add_stored_sweep_arguments, stored_sweep
 from kfaclab.errors import UsageError
+
+if TYPE_CHECKING:
+    from kfaclab.analysis.replication.pool import Job
+    from kfaclab.study.storage import Storage
 
 
 def register(subparsers: Any) -> None:
@@ -23,7 +31,12 @@ def register(subparsers: Any) -> None:
         help="rerun each cell's top configurations on new seeds (paired, resumable)",
         description="Reruns the top configurations of each cell of a stored sweep on new seeds "
         "shared by every cell (paired), in worker processes, appending each outcome to "
-        "paired-reruns.jsonl; what is stored is skipped.",
+        "paired-reruns.jsonl; what is stored is skipped. With --storage postgresql://… the "
+        "reruns go through a queue in that database: run the same command on several machines "
+        "(each with its own --out), each rerun runs once, and every machine ends with all the "
+        "outcomes; the reruns of a machine that died are run again by any machine's replicate "
+        "(running or started later) 2 minutes after its last heartbeat. A journal folder or a "
+        "SQLite file has no queue: its reruns run on this machine only.",
     )
     add_stored_sweep_arguments(p)
     p.add_argument("--out", help="folder of paired-reruns.jsonl (default: the sweep's folder)")
@@ -32,6 +45,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--cells", nargs="+", help="cell names or labels (default: every cell)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--data-dir", help="dataset folder (default: what the trials recorded)")
+    p.add_argument(
+        "--no-queue",
+        action="store_true",
+        help="on a PostgreSQL server, run every rerun here and write nothing to the database "
+        "(as for a journal folder), e.g. with a read-only role",
+    )
     p.set_defaults(func=run_replicate)
 
 
@@ -55,6 +74,7 @@ def run_replicate(args: argparse.Namespace) -> int:
         workers=args.workers,
         cells=args.cells,
         data_dir=args.data_dir,
+        storage=None if args.no_queue else spec,
     )
     return 0
 
@@ -68,10 +88,43 @@ def replicate(
     workers: int,
     cells: list[str] | None = None,
     data_dir: str | None = None,
+    storage: Storage | None = None,
 ) -> None:
     """Reruns ``study``'s top configurations on ``n_seeds`` new seeds into out/paired-reruns.jsonl
-    (what is stored there is skipped) and says so on stdout; `kfaclab reproduce` calls it too."""
-    from kfaclab.analysis.replication.pool import CACHE_NAME, plan_jobs, replication_seeds, run_jobs
+    (what is stored there is skipped) and says so on stdout; `kfaclab reproduce` calls it too.
+    ``storage``: where ``study`` lives; a database server shares the reruns through a queue in
+    it (None, a journal folder or a SQLite file: they run here)."""
+    from kfaclab.analysis.replication.pool import CACHE_NAME, replication_seeds, run_jobs
+    from kfaclab.analysis.replication.rerun_queue import run_queued, shares_queue
+
+    jobs = plan_replication(study, top=top, n_seeds=n_seeds, cells=cells, data_dir=data_dir)
+    seeds = replication_seeds(study.protocol, n_seeds)
+
+    def log(msg: str) -> None:
+        sys.stderr.write(msg + "\n")
+
+    cache = out / CACHE_NAME
+    if storage is not None and shares_queue(storage):
+        outcomes = run_queued(jobs, cache, storage, study.identity, workers=workers, log=log)
+    else:
+        outcomes = run_jobs(jobs, cache, workers=workers, log=log)
+    n_div = sum(o.diverged for o in outcomes)
+    sys.stdout.write(
+        f"kfaclab replicate: {len(outcomes)} reruns ({n_div} diverged) on seeds "
+        f"{seeds[0]}-{seeds[-1]} in {cache}\n"
+    )
+
+
+def plan_replication(
+    study: Any,
+    *,
+    top: int,
+    n_seeds: int,
+    cells: list[str] | None = None,
+    data_dir: str | None = None,
+) -> list[Job]:
+    """The reruns of ``study`` that ``replicate`` runs (pool.plan_jobs), ``--cells`` checked."""
+    from kfaclab.analysis.replication.pool import plan_jobs, replication_seeds
     from kfaclab.analysis.summary.cells import summarize_cell
     from kfaclab.analysis.summary.summaries import trials_by_cell
 
@@ -83,15 +136,5 @@ def replicate(
         if bad:
             raise UsageError(f"--cells: unknown cell {bad[0]!r}; known: {', '.join(sorted(known))}")
     seeds = replication_seeds(study.protocol, n_seeds)
-    jobs = plan_jobs(study, summaries, top=top, seeds=seeds, cells=cells, data_dir=data_dir)
-    del by_cell, summaries  # the records are no longer needed here: keep the parent small
-
-    def log(msg: str) -> None:
-        sys.stderr.write(msg + "\n")
-
-    outcomes = run_jobs(jobs, out / CACHE_NAME, workers=workers, log=log)
-    n_div = sum(o.diverged for o in outcomes)
-    sys.stdout.write(
-        f"kfaclab replicate: {len(outcomes)} reruns ({n_div} diverged) on seeds "
-        f"{seeds[0]}-{seeds[-1]} in {out / CACHE_NAME}\n"
-    )
+    # the summaries and records are dropped on return: the parent stays small
+    return plan_jobs(study, summaries, top=top, seeds=seeds, cells=cells, data_dir=data_dir)

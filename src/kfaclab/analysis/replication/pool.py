@@ -135,10 +135,29 @@ def load_cache(path: Path) -> tuple[dict[tuple[str, int], RerunOutcome], int]:
     return out, damaged
 
 
-def _run_one(job: Job) -> dict[str, Any]:
-    from kfaclab.train import run_trial
+_stream_seed: dict[str, int] = {}  # the seed whose input streams this process holds
 
-    result = run_trial(job.config)
+
+def train_rerun(config: TrialConfig) -> Any:
+    """``run_trial`` for a rerun, holding only the current seed's K-FAC input streams.
+
+    The process-wide stream cache (optim/input_stream.py, up to 1 GiB) lets trials on one batch
+    order share layer 1's factor work. A stream is a batch order, i.e. a seed; paired reruns run
+    seed-major, so a stream of an earlier seed never matches again, and the report's reruns cycle
+    through their seeds per cell, so the cache only thrashed. Kept, the dead streams made each
+    rerun worker ~1.7 GB (a 2-worker report of `paper-seed2` peaked at 4.1 GB for the process
+    tree, measured); cleared when the seed changes, a worker holds one stream at most."""
+    from kfaclab.train import run_trial
+    from kfaclab.train.build import INPUT_STREAMS
+
+    if _stream_seed.get("seed") != config.seed:
+        INPUT_STREAMS.clear()
+        _stream_seed["seed"] = config.seed
+    return run_trial(config)
+
+
+def run_one(job: Job) -> dict[str, Any]:
+    result = train_rerun(job.config)
     n_steps = job.config.steps or 0
     if not n_steps:
         n_steps = len(result.step_losses) if result.diverged_at is None else 0
@@ -155,14 +174,7 @@ def _run_one(job: Job) -> dict[str, Any]:
     return o.to_json()
 
 
-def _run_config(config: TrialConfig) -> Any:
-    """One trial in a worker process (the report's three-seed reruns)."""
-    from kfaclab.train import run_trial
-
-    return run_trial(config)
-
-
-def _init_worker() -> None:
+def init_worker() -> None:
     import torch
 
     torch.set_num_threads(1)  # two 1-thread workers beat one 2-thread process here
@@ -201,13 +213,13 @@ def _execute(
     last_log = 0.0
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
     fd = os.open(cache, flags, 0o644)
-    with os.fdopen(fd, "a", encoding="utf-8") as out, _pool(workers) as pool:
+    with os.fdopen(fd, "a", encoding="utf-8") as out, worker_pool(workers) as pool:
         pending: dict[Future[dict[str, Any]], Job] = {}
         queue = list(todo)
         while queue or pending:
             while queue and len(pending) < 2 * workers:
                 job = queue.pop(0)
-                pending[pool.submit(_run_one, job)] = job
+                pending[pool.submit(run_one, job)] = job
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
                 pending.pop(fut)
@@ -222,15 +234,15 @@ def _execute(
                 last_log = now
                 rate = (now - start) / done
                 eta = rate * (len(todo) - done)
-                log(f"reruns: {done}/{len(todo)} done, {rate:.1f} s each, ETA {_clock(eta)}")
+                log(f"reruns: {done}/{len(todo)} done, {rate:.1f} s each, ETA {clock(eta)}")
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
     m, s = divmod(round(seconds), 60)
     h, m = divmod(m, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def _pool(workers: int) -> ProcessPoolExecutor:
+def worker_pool(workers: int) -> ProcessPoolExecutor:
     # spawn: a forked child would inherit the parent's torch thread pool and open storages
-    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker)
+    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=init_worker)

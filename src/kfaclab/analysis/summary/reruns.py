@@ -183,23 +183,27 @@ def _run_all(
     start = time.monotonic()
     if workers <= 1 or runner is not None:
         if runner is None:
-            from kfaclab.train import run_trial  # summaries alone need no torch training
+            from kfaclab.analysis.replication.pool import train_rerun
 
-            runner = run_trial
-        with _one_thread():
-            for i, cfg in enumerate(configs):
-                yield runner(cfg)
-                _progress(log, i + 1, len(configs), start)
+            runner = train_rerun
+        try:
+            with _one_thread():
+                for i, cfg in enumerate(configs):
+                    yield runner(cfg)
+                    _progress(log, i + 1, len(configs), start)
+        finally:
+            if "kfaclab.train.build" in sys.modules:  # this process trained: drop its streams
+                sys.modules["kfaclab.train.build"].INPUT_STREAMS.clear()
         return
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    from kfaclab.analysis.replication.pool import _init_worker, _run_config
+    from kfaclab.analysis.replication.pool import init_worker, train_rerun
 
     ctx = get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker) as pool:
         # map keeps the order and bounds nothing but the futures list (configs are small)
-        for i, result in enumerate(pool.map(_run_config, configs)):
+        for i, result in enumerate(pool.map(train_rerun, configs)):
             yield result
             _progress(log, i + 1, len(configs), start)
 
