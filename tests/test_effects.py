@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from kfaclab.analysis.effects.halfnormal import draw_half_normal, half_normal
-from kfaclab.analysis.effects.model import Observation, fit_effects
+from kfaclab.analysis.effects.model import Observation, fit_effects, lenth_pse
 from kfaclab.analysis.effects.responses import (
     RunData,
     log10_best_lambda,
@@ -127,9 +127,53 @@ def test_no_replicates_no_intervals_and_says_so() -> None:
     assert table.df_resid == 0 and table.effects[0].estimate == pytest.approx(0.5)
     assert all(math.isnan(e.ci_low) for e in table.effects)
     assert "no residual degrees of freedom (no replicates): no intervals" in table.notes
-    one_seed = screen([0])  # 16 runs, 15 parameters: the 3FI class is the only df
-    table = fit_effects(one_seed, synthetic(one_seed, 0.05, np.random.default_rng(2)), "y")
-    assert table.df_resid == 1 and table.effects[0].ci_high > table.effects[0].estimate
+    assert table.interval == "none"
+
+
+def test_lenth_pseudo_standard_error_by_hand() -> None:
+    # |c| = 0.1…1.2 and one real 10: s0 = 1.5 × 0.6 = 0.9; |c| < 2.25 keeps the twelve small
+    # ones, whose median is 0.65; PSE = 1.5 × 0.65 = 0.975.
+    c = [10.0, -0.1, 0.2, -0.3, 0.4, -0.5, 0.6, -0.7, 0.8, -0.9, 1.0, -1.1, 1.2]
+    assert lenth_pse(c) == pytest.approx(0.975)
+    assert lenth_pse([0.0] * 8) == 0.0
+
+
+def test_one_seed_gets_lenth_intervals_that_find_the_real_effects() -> None:
+    one_seed = screen([0])  # 16 runs, 15 parameters: OLS would have 1 df (the 3FI class)
+    hits = false = 0
+    for rep in range(20):
+        table = fit_effects(one_seed, synthetic(one_seed, 0.05, np.random.default_rng(rep)), "y")
+        assert table.interval == "lenth" and table.df_resid == 1
+        est = [e.estimate for e in table.effects]
+        pse = lenth_pse(est)
+        half = stats.t.ppf(0.975, 14 / 3) * pse
+        for e in table.effects:
+            assert e.ci_high - e.estimate == pytest.approx(half, rel=1e-9)
+        real = {e.term for e in table.effects if e.clear_of_zero}
+        assert {"A", "D"} <= real  # 0.8 and -0.5 against σ_effect = 0.025
+        hits += "AB=CE=FG" in real
+        false += len(real - set(TRUE))
+    assert hits >= 18
+    assert false / (20 * 11) <= 0.10  # Lenth's test is near its 5% level on the 11 null effects
+
+
+def test_a_seed_with_no_finished_run_changes_nothing() -> None:
+    # A two-seed design whose second seed has not run yet: its runs are NaN and its block must not
+    # enter the model (an all-zero column made every effect "not estimable").
+    two = screen([0, 1])
+    obs = synthetic(two, 0.05, np.random.default_rng(4))
+    half = [o if o.seed == 0 else Observation(o.levels, o.seed, math.nan) for o in obs]
+    table = fit_effects(two, half, "y")
+    alone = fit_effects(screen([0]), [o for o in obs if o.seed == 0], "y")
+    assert len(table.effects) == 14 and table.interval == "lenth"
+    assert [e.estimate for e in table.effects] == pytest.approx([e.estimate for e in alone.effects])
+    assert table.notes[0] == "16 of 32 runs have no value"
+    # Two of seed 1's runs finished: 2 residual df, fewer than Lenth's 14/3, so still Lenth's.
+    first_two = [o for o in obs if o.seed == 1][:2]
+    partial = fit_effects(two, [*[o for o in obs if o.seed == 0], *first_two], "y")
+    assert partial.df_resid == 2 and partial.interval == "lenth"
+    full = fit_effects(two, obs, "y")
+    assert full.df_resid == 16 and full.interval == "replicates"
 
 
 def test_missing_runs_fall_back_to_main_effects() -> None:
@@ -181,8 +225,13 @@ def test_half_normal_data_and_figure(tmp_path: Any) -> None:
     assert data.abs_effects == sorted(data.abs_effects)
     assert data.labels[-1] == "a" and data.labels[-2] == "d"  # |0.8| > |−0.5| > 0.3
     assert sum(data.clear_of_zero) == 3 and all(data.clear_of_zero[-3:])
+    assert data.interval == "replicates"
     png, svg = draw_half_normal(data, tmp_path, "hn")
     assert png.stat().st_size > 1000 and svg.exists()
+    one = screen([0])
+    lenth = half_normal(fit_effects(one, synthetic(one, 0.05, np.random.default_rng(0)), "y"))
+    assert lenth.interval == "lenth" and all(lenth.clear_of_zero[-2:])
+    draw_half_normal(lenth, tmp_path, "hn-lenth")  # its title names Lenth's interval
 
 
 def _run(values: dict[float, list[float]]) -> RunData:

@@ -2,8 +2,9 @@
 
 With m effects sorted by |estimate|, the i-th (1-based) is plotted against the half-normal
 quantile Φ⁻¹(0.5 + 0.5 (i − 0.5) / m). Effects that are noise fall on a line through the origin;
-the ones that matter stand off it to the right. Each point also says whether its interval across
-seeds excludes 0, so the plot and the table never disagree.
+the ones that matter stand off it to the right. Each point also says whether its interval (across
+seeds, or Lenth's when there are no replicates: ``EffectsTable.interval``) excludes 0, so the plot
+and the table never disagree; the title says which interval it is.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class HalfNormalData:
     abs_effects: list[float]
     quantiles: list[float]
     clear_of_zero: list[bool]
+    interval: str = "replicates"  # EffectsTable.interval
 
 
 def half_normal(table: EffectsTable) -> HalfNormalData:
@@ -34,7 +36,15 @@ def half_normal(table: EffectsTable) -> HalfNormalData:
         abs_effects=[abs(e.estimate) for e in ranked],
         quantiles=[normal.inv_cdf(0.5 + 0.5 * (i - 0.5) / m) for i in range(1, m + 1)],
         clear_of_zero=[e.clear_of_zero for e in ranked],
+        interval=table.interval,
     )
+
+
+INTERVAL_WORDS = {
+    "replicates": "95% interval across seeds excludes 0",
+    "lenth": "95% interval (Lenth, no replicates) excludes 0",
+    "none": "no intervals (no replicates)",
+}
 
 
 def draw_half_normal(data: HalfNormalData, out_dir: Path, name: str) -> tuple[Path, Path]:
@@ -59,5 +69,6 @@ def draw_half_normal(data: HalfNormalData, out_dir: Path, name: str) -> tuple[Pa
                 )
         ax.set_xlabel("half-normal quantile")
         ax.set_ylabel(f"|effect| on {data.response}")
-        ax.set_title(f"{data.response}: orange = interval across seeds excludes 0")
+        words = INTERVAL_WORDS[data.interval]
+        ax.set_title(f"{data.response}\norange: {words}" if data.interval != "none" else words)
         return save(fig, out_dir, name)

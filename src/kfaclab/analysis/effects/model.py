@@ -13,6 +13,13 @@ residual degrees of freedom, 15 are the seeds' disagreement and 1 the one alias 
 three-factor interactions left out (assumed small), so the intervals are t-intervals across
 replicates. A full factorial with a factor of 3 or
 more levels gets main effects only: level j minus level 0.
+
+Without replicates (one seed, or only one seed's runs finished yet) the residual is at most the
+left-out alias classes (1 df in a 2^(7−3)); while the residual has fewer than m/3 df (the
+second seed's first runs add one each), the intervals come instead from Lenth's (1989)
+pseudo standard error of the m estimated effects, assuming few of them are real (effect
+sparsity): s0 = 1.5·median|c|, PSE = 1.5·median{|c| : |c| < 2.5·s0}, t with m/3 df. It needs
+``LENTH_MIN`` effects or more; fewer get no intervals.
 """
 
 from __future__ import annotations
@@ -61,6 +68,18 @@ class EffectsTable:
     grand_mean: float
     level: float
     notes: list[str] = field(default_factory=list)
+    interval: str = "replicates"  # "replicates" (OLS t), "lenth" (pseudo standard error), "none"
+
+
+LENTH_MIN = 7  # effects needed for Lenth's pseudo standard error (df = m/3 ≥ 2.3)
+
+
+def lenth_pse(effects: Sequence[float]) -> float:
+    """Lenth's pseudo standard error of unreplicated two-level effects."""
+    c = np.abs(np.asarray(effects, dtype=np.float64))
+    s0 = 1.5 * float(np.median(c))
+    small = c[c < 2.5 * s0]
+    return 1.5 * float(np.median(small)) if small.size else 0.0
 
 
 def _columns(design: Design) -> tuple[list[tuple[str, str]], list[Sequence[int]]]:
@@ -94,6 +113,9 @@ def design_matrix(
     """Intercept, the first ``terms`` effect columns, then one block column per extra seed."""
     _, specs = _columns(design)
     specs = specs[:terms] if terms is not None else specs
+    # A block per seed present beyond the first: a seed none of whose runs has a value (not run
+    # yet) must not add an all-zero column.
+    present = sorted({o.seed for o in observations})
     rows = []
     for obs in observations:
         if design.two_level is None:
@@ -101,7 +123,7 @@ def design_matrix(
         else:
             coded = [1.0 if level else -1.0 for level in obs.levels]
             cols = [float(np.prod([coded[i] for i in word])) for word in specs]
-        blocks = [1.0 if obs.seed == s else 0.0 for s in design.seeds[1:]]
+        blocks = [1.0 if obs.seed == s else 0.0 for s in present[1:]]
         rows.append([1.0, *cols, *blocks])
     return np.array(rows, dtype=np.float64).reshape(len(observations), -1)
 
@@ -145,6 +167,17 @@ def fit_effects(
         ci = np.full((X.shape[1], 2), math.nan)
         pvalues = np.full(X.shape[1], math.nan)
     params = np.asarray(fit.params)
+    interval = "replicates" if df > 0 and np.ptp(y) > 0 else "none"
+    # Replicates decide once they give as many residual df as Lenth's m/3; before that (one seed,
+    # or the second seed's first runs) their interval is wider than it is informative.
+    if design.two_level is not None and n_terms >= LENTH_MIN and df < n_terms / 3:
+        ci, pvalues, note = _lenth(scale * params[1 : 1 + n_terms], level)
+        ci, pvalues = ci / scale, np.asarray(pvalues)  # rescaled with the coefficients below
+        ci = np.vstack([np.full((1, 2), math.nan), ci])
+        pvalues = np.concatenate([[math.nan], pvalues])
+        notes = [n for n in notes if not n.startswith("no residual degrees of freedom")]
+        notes.append(note)
+        interval = "lenth"
     effects = [
         Effect(
             term,
@@ -156,7 +189,25 @@ def fit_effects(
         )
         for k, (term, names) in enumerate(labels[:n_terms])
     ]
-    return EffectsTable(response, effects, len(obs), df, float(y.mean()), level, notes)
+    return EffectsTable(response, effects, len(obs), df, float(y.mean()), level, notes, interval)
+
+
+def _lenth(estimates: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray, str]:
+    """Intervals (rows of [low, high], in effect units) and p-values from Lenth's PSE."""
+    from scipy import stats
+
+    m = len(estimates)
+    pse, df = lenth_pse(estimates), m / 3.0
+    note = (
+        f"too few replicates: intervals from Lenth's pseudo standard error of the {m} effects "
+        f"(PSE {pse:.3g}, t with {df:.3g} df; assumes few effects are real)"
+    )
+    if pse <= 0:
+        return np.full((m, 2), math.nan), np.full(m, math.nan), note
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * pse
+    ci = np.stack([estimates - half, estimates + half], axis=1)
+    p = 2.0 * stats.t.sf(np.abs(estimates) / pse, df)
+    return ci, p, note
 
 
 def word_order_of(term: str) -> int:
