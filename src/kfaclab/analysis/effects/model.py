@@ -74,7 +74,7 @@ class EffectsTable:
 LENTH_MIN = 7  # effects needed for Lenth's pseudo standard error (df = m/3 ≥ 2.3)
 
 
-def lenth_pse(effects: Sequence[float]) -> float:
+def lenth_pse(effects: Sequence[float] | np.ndarray) -> float:
     """Lenth's pseudo standard error of unreplicated two-level effects."""
     c = np.abs(np.asarray(effects, dtype=np.float64))
     s0 = 1.5 * float(np.median(c))

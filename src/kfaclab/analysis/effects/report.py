@@ -7,6 +7,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kfaclab import atomic
 from kfaclab.analysis.effects.halfnormal import draw_half_normal, half_normal
@@ -91,6 +92,7 @@ def write_effects(
             )
     data = {
         "design": design.describe(),
+        "scale": design_scale(folder),
         "factors": [
             {"letter": f.letter, "name": f.name, "labels": f.labels} for f in design.factors
         ],
@@ -101,6 +103,20 @@ def write_effects(
     written.insert(0, atomic.write_text(out / "effects.json", text + "\n"))
     written.insert(0, atomic.write_text(out / "effects.md", markdown(design, runs, tables)))
     return written
+
+
+def design_scale(folder: Path) -> dict[str, Any]:
+    """The base protocol's budget and length (what every run shares unless a level sets it)."""
+    from kfaclab.study.design_sweep import read_manifest
+
+    raw = read_manifest(folder)["design_file"]
+    search, training = raw.get("search", {}), raw.get("training", {})
+    return {
+        "n_trials": search.get("n_trials"),
+        "top_k": search.get("top_k"),
+        "epochs": training.get("epochs"),
+        "steps": training.get("steps"),
+    }
 
 
 def plain_words(table: EffectsTable) -> str:

@@ -17,6 +17,7 @@ from kfaclab.analysis.claims.paper import ClaimSet
 from kfaclab.analysis.claims.types import NOT_REPRODUCED, REPRODUCED
 from kfaclab.analysis.findings import tables as ft
 from kfaclab.analysis.findings.adaptive import adaptive_lines
+from kfaclab.analysis.findings.design import design_section
 from kfaclab.analysis.findings.side_by_side import bindings, claims_for_run, run_section
 from kfaclab.analysis.report.blocks import md_escape
 
@@ -347,11 +348,12 @@ def opening(results: Path) -> list[str]:
         ]
     a = json.loads(path.read_text(encoding="utf-8"))
     runs = [r for r in BASE_RUNS if r in a["replications"]] or a["replications"]
+    screen = design_section(results)
     return [
         *head,
         "## The answer",
         "",
-        *top.five_lines(a, runs, BASE_READING),
+        *top.five_lines(a, runs, BASE_READING, screened=bool(screen)),
         "",
         f"Details, figures and every cell: [verdicts/verdicts.md]({VERDICTS}/verdicts.md) (the "
         "paper's Fig. 2 as an overlay of every λ on new seeds, the gradient medians per layer "
@@ -369,6 +371,7 @@ def opening(results: Path) -> list[str]:
         "",
         *top.would_change(a),
         "",
+        *(["## Which unstated choice decides each claim", "", *screen] if screen else []),
     ]
 
 

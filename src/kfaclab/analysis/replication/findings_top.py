@@ -29,7 +29,9 @@ def _lam(label: str) -> str:
     return label.removeprefix("λ=")
 
 
-def five_lines(a: Mapping[str, Any], runs: Sequence[str], reading: str) -> list[str]:
+def five_lines(
+    a: Mapping[str, Any], runs: Sequence[str], reading: str, screened: bool = False
+) -> list[str]:
     """The answer first, in plain words: one line per claim, then how sure and for what."""
     n, reps = a["n_units"], len(a["replications"])
     c1, c2, c3 = _claim(a, "C1"), _claim(a, "C2"), _claim(a, "C3")
@@ -90,7 +92,12 @@ def five_lines(a: Mapping[str, Any], runs: Sequence[str], reading: str) -> list[
         + f") of one reading — {reading}. A difference counts only if its 95% interval over "
         "seeds excludes 0 and every replication agrees in sign. Which of the paper's unstated "
         "choices decides each claim is the question of the factorial screen "
-        "(configs/screen-design.toml, docs/designs.md), which has not been run yet."
+        "(configs/screen-design.toml, docs/designs.md)"
+        + (
+            ": its answer so far is the section below."
+            if screened
+            else ", which has not been run yet."
+        )
     )
     return [line1, line2, line3, line4, line5]
 

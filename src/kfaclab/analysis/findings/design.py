@@ -1,0 +1,182 @@
+"""FINDINGS.md's "Which unstated choice decides each claim": a factorial design's effects.json
+(written by `kfaclab effects`, kept under docs/results/<design>/) read back and put in words.
+
+Each claim is tied to the continuous responses that carry it (analysis/effects/responses.py);
+a factor "decides" a response when its effect's 95% interval excludes 0. The words never go
+past the data: they name the design's scale, how many of its runs have finished, and whose
+interval it is (across seeds, or Lenth's while the replicates are too few).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# response → (claim, what it measures, unit of its effect)
+CLAIM_RESPONSES: dict[str, tuple[str, str, str]] = {
+    "log10_best_lambda": ("C1", "where the best λ lies", "decades of λ"),
+    "loss_gap_at_one": ("C1", "how far λ = 1 ends above the best λ", "nats"),
+    "smallest_lambda_divergence": ("C2", "how often the smallest λ diverges", "share of runs"),
+    "crossing": ("C4/C5", "the crossing (late − early gradient slope on log10 λ)", "per decade"),
+    "escape_slope": ("C4", "plateau escape per decade of λ", "iterations"),
+}
+INTERVAL_WORDS = {
+    "replicates": "95% intervals across seeds",
+    "lenth": "95% intervals from Lenth's pseudo standard error (too few replicates yet)",
+    "none": "no intervals",
+}
+
+
+@dataclass(frozen=True)
+class FactorEffect:
+    names: str  # "refresh", or an alias chain "activation×init = …"
+    change: str  # "batch-1-10 → identity-10-100" for a main effect, "" for a chain
+    estimate: float
+    ci_low: float
+    ci_high: float
+
+    @property
+    def clear(self) -> bool:
+        return self.ci_low > 0 or self.ci_high < 0
+
+    def words(self) -> str:
+        what = f"{self.names} ({self.change})" if self.change else self.names
+        return f"{what} {self.estimate:+.3g} [{self.ci_low:+.3g}, {self.ci_high:+.3g}]"
+
+
+@dataclass(frozen=True)
+class ResponseFinding:
+    response: str
+    claim: str
+    meaning: str
+    unit: str
+    interval: str
+    n_obs: int
+    effects: list[FactorEffect]  # largest |estimate| first
+
+    @property
+    def deciding(self) -> list[FactorEffect]:
+        return [e for e in self.effects if e.clear]
+
+
+@dataclass(frozen=True)
+class DesignFinding:
+    folder: str
+    describe: str
+    runs_done: int
+    runs_total: int
+    seeds_done: list[int]
+    responses: list[ResponseFinding]
+    scale: Mapping[str, Any]  # the base protocol's n_trials, top_k, epochs, steps
+
+    def scale_words(self) -> str:
+        n, epochs, steps = (self.scale.get(k) for k in ("n_trials", "epochs", "steps"))
+        length = (
+            f"{steps} steps"
+            if steps
+            else f"{epochs or 1} epoch" + ("s" if epochs and epochs > 1 else "")
+        )
+        return f"{n} TPE trials a cell, {length}" if n else length
+
+
+def read_design(folder: Path) -> DesignFinding:
+    """One design's findings from its effects.json."""
+    data = json.loads((folder / "effects.json").read_text(encoding="utf-8"))
+    labels = {f["name"]: f["labels"] for f in data["factors"]}
+    runs = data["runs"]
+    done = [r for r in runs if all(_finite(v) for v in r["values"].values())]
+    responses = []
+    for table in data["effects"]:
+        name = table["response"]
+        if name not in CLAIM_RESPONSES or not table["effects"]:
+            continue
+        claim, meaning, unit = CLAIM_RESPONSES[name]
+        effects = [
+            FactorEffect(
+                e["names"],
+                " → ".join(labels[e["names"]][:2]) if e["names"] in labels else "",
+                float(e["estimate"]),
+                float(e["ci_low"]),
+                float(e["ci_high"]),
+            )
+            for e in table["effects"]
+        ]
+        effects.sort(key=lambda e: -abs(e.estimate))
+        responses.append(
+            ResponseFinding(
+                name, claim, meaning, unit, table["interval"], int(table["n_obs"]), effects
+            )
+        )
+    return DesignFinding(
+        folder.name,
+        data["design"],
+        len(done),
+        len(runs),
+        sorted({int(r["seed"]) for r in done}),
+        responses,
+        data.get("scale", {}),
+    )
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and math.isfinite(v)
+
+
+def design_folders(results: Path) -> list[Path]:
+    return sorted(p.parent for p in results.glob("*/effects.json"))
+
+
+def by_claim(design: DesignFinding) -> Mapping[str, list[ResponseFinding]]:
+    out: dict[str, list[ResponseFinding]] = {}
+    for r in design.responses:
+        out.setdefault(r.claim, []).append(r)
+    return out
+
+
+def claim_sentence(claim: str, responses: Sequence[ResponseFinding]) -> str:
+    """One line per claim: the factors that decide its responses, or that none does."""
+    parts = []
+    for r in responses:
+        if r.deciding:
+            parts.append(
+                f"{r.meaning} ({r.unit}) moves with " + "; ".join(e.words() for e in r.deciding)
+            )
+        else:
+            top = r.effects[0]
+            parts.append(f"{r.meaning}: no factor is clear of 0 (largest {top.words()}, {r.unit})")
+    return f"- **{claim}**: " + "; ".join(parts) + "."
+
+
+def design_section(results: Path) -> list[str]:
+    """The section's lines for every design kept under ``results`` (none: no section)."""
+    out: list[str] = []
+    for folder in design_folders(results):
+        d = read_design(folder)
+        kinds = sorted({r.interval for r in d.responses})
+        out += [
+            f"From [{d.folder}]({d.folder}/README.md): {d.describe}, {d.scale_words()} in every "
+            f"run. {d.runs_done} of {d.runs_total} runs finished "
+            f"(seeds {', '.join(map(str, d.seeds_done)) or 'none'}); "
+            + "; ".join(INTERVAL_WORDS[k] for k in kinds)
+            + ". An effect is the mean response at a factor's second level minus at its first; "
+            "two-factor interactions are estimable only as alias chains. A screen says which "
+            "choice to test at full scale, not a verdict.",
+            "",
+        ]
+        out += [claim_sentence(c, rs) for c, rs in by_claim(d).items()]
+        out += [
+            "",
+            "| claim | response | decided by (95% interval excludes 0) | largest effect |",
+            "| --- | --- | --- | --- |",
+        ]
+        for r in d.responses:
+            deciding = "; ".join(e.words() for e in r.deciding) or "none"
+            out.append(
+                f"| {r.claim} | {r.meaning} ({r.unit}) | {deciding} | {r.effects[0].words()} |"
+            )
+        out += ["", f"Every run and effect: [{d.folder}/effects.md]({d.folder}/effects.md).", ""]
+    return out
