@@ -90,19 +90,26 @@ def write_effects(
             written.append(
                 draw_half_normal(half_normal(table), out, f"halfnormal-{table.response}")[0]
             )
-    data = {
+    data = effects_data(design, runs, tables, design_scale(folder))
+    text = json.dumps(data, indent=1, default=str, allow_nan=True)
+    written.insert(0, atomic.write_text(out / "effects.json", text + "\n"))
+    written.insert(0, atomic.write_text(out / "effects.md", markdown(design, runs, tables)))
+    return written
+
+
+def effects_data(
+    design: Design, runs: list[RunValues], tables: list[EffectsTable], scale: dict[str, Any]
+) -> dict[str, Any]:
+    """effects.json's content (read back by analysis/findings/design.py)."""
+    return {
         "design": design.describe(),
-        "scale": design_scale(folder),
+        "scale": scale,
         "factors": [
             {"letter": f.letter, "name": f.name, "labels": f.labels} for f in design.factors
         ],
         "runs": [asdict(r) for r in runs],
         "effects": [asdict(t) for t in tables],
     }
-    text = json.dumps(data, indent=1, default=str, allow_nan=True)
-    written.insert(0, atomic.write_text(out / "effects.json", text + "\n"))
-    written.insert(0, atomic.write_text(out / "effects.md", markdown(design, runs, tables)))
-    return written
 
 
 def design_scale(folder: Path) -> dict[str, Any]:

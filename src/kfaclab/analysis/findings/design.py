@@ -168,6 +168,14 @@ def design_section(results: Path) -> list[str]:
             "",
         ]
         out += [claim_sentence(c, rs) for c, rs in by_claim(d).items()]
+        n_tests = sum(len(r.effects) for r in d.responses)
+        n_clear = sum(len(r.deciding) for r in d.responses)
+        out += [
+            "",
+            f"{n_clear} of {n_tests} intervals exclude 0; with no real effect at all about "
+            f"{0.05 * n_tests:.1f} would by chance (95% intervals, not adjusted for their number): "
+            "read one that is alone in its response as a lead to rerun, not a finding.",
+        ]
         out += [
             "",
             "| claim | response | decided by (95% interval excludes 0) | largest effect |",

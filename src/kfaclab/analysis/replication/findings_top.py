@@ -213,9 +213,9 @@ def would_change(a: Mapping[str, Any]) -> list[str]:
         out.append(
             f'- C1 flips to "holds" if λ = 1\'s deficit ({row["estimate"]:+.3g}) shrank into the '
             f"tie margin ±{margin:.2g} with its whole interval: a reading in which λ = 1 trains "
-            "about as well as the best λ (candidates: a KL clip, identity-started factors, MC "
-            "Fisher — the factorial screen; absolute lr ranges were screened and do not: "
-            "[screen-absolute-lr](screen-absolute-lr/README.md))."
+            "about as well as the best λ (candidates: the choices the factorial screen finds "
+            "moving λ = 1's deficit, in the section on unstated choices; absolute lr ranges were "
+            "screened and do not: [screen-absolute-lr](screen-absolute-lr/README.md))."
         )
     ev = _claim(a, "C4")["evidence"]
     if ev:
