@@ -72,6 +72,14 @@ def test_popular_presets_are_the_popular_implementation_defaults() -> None:
     assert pop["kl_clip"] == 1e-3 and "kl_clip" not in noclip
     assert {k: v for k, v in pop.items() if k != "kl_clip"} == noclip
     assert raw("paper-popular")["cells"]["lambda_convention"] == "ours"
+    # The clip searched instead of fixed: training is noclip's, the clip a per-trial range that
+    # holds the class default (1e-3) and the training script's 1e-2, lr tied to λ under it.
+    clipsearch = raw("paper-popular-clipsearch")
+    assert clipsearch["training"] == noclip
+    search = clipsearch["search"]
+    assert search["kl_clip"]["low"] <= 1e-3 and search["kl_clip"]["high"] >= 1e-2
+    assert (search["lr_scale"], search["kl_clip_lr"]) == ("lambda", 1.0)
+    assert load("paper-popular-clipsearch").search.n_trials == 300
 
 
 # Measured in the screening runs (docs/results/screening, every non-popular reading): each λ cell's

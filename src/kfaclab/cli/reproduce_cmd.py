@@ -35,6 +35,7 @@ PRESETS = (
     "paper-b2",
     "paper-popular",
     "paper-popular-noclip",
+    "paper-popular-clipsearch",
     "readings-quick-paper",
     "readings-quick-paper-linear",
     "readings-quick-paper-b2",
@@ -42,6 +43,8 @@ PRESETS = (
     "readings-quick-paper-popular-noclip",
     "adaptive",
     "adaptive-quick",
+    "adaptive-fair",
+    "adaptive-fair-seed1",
     "cnn-fashion-quick",
     "cnn-fashion",
     "smoke",  # seconds: a test of the machinery (CI runs it from an installed wheel)
