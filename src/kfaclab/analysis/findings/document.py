@@ -18,6 +18,7 @@ from kfaclab.analysis.claims.types import NOT_REPRODUCED, REPRODUCED
 from kfaclab.analysis.findings import tables as ft
 from kfaclab.analysis.findings.adaptive import adaptive_lines
 from kfaclab.analysis.findings.design import design_section
+from kfaclab.analysis.findings.readings import readings_section
 from kfaclab.analysis.findings.side_by_side import bindings, claims_for_run, run_section
 from kfaclab.analysis.report.blocks import md_escape
 
@@ -349,6 +350,7 @@ def opening(results: Path) -> list[str]:
     a = json.loads(path.read_text(encoding="utf-8"))
     runs = [r for r in BASE_RUNS if r in a["replications"]] or a["replications"]
     screen = design_section(results)
+    others = readings_section(results)
     return [
         *head,
         "## The answer",
@@ -363,6 +365,7 @@ def opening(results: Path) -> list[str]:
         "",
         *top.effects_table(a),
         "",
+        *(["## The same tests in other readings", "", *others, ""] if others else []),
         "## The noise floor: how much a rerun of the whole protocol moves a cell",
         "",
         *top.noise_table(a),

@@ -1,0 +1,83 @@
+"""FINDINGS.md's "The same tests in other readings": every replication-level assessment kept
+under docs/results (``verdicts/`` for the base reading, ``verdicts-<reading>/`` for the others,
+each written by `kfaclab verdicts`) side by side, one row per claim.
+
+Each cell is the assessment's own verdict and the first clause of its finding (the number that
+decides it); nothing is recomputed here, so the table and the verdict pages cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+WORD = {"reproduced": "holds", "not reproduced": "does not hold", "inconclusive": "inconclusive"}
+CLAIMS = ("C1", "C2", "C3", "C4", "C5")
+
+
+@dataclass(frozen=True)
+class ReadingVerdicts:
+    folder: str  # "verdicts" or "verdicts-<reading>"
+    replications: list[str]
+    seeds: int
+    verdicts: dict[str, tuple[str, str]]  # claim → (verdict, finding)
+    crossing: str
+
+
+def read_verdicts(folder: Path) -> ReadingVerdicts:
+    a: dict[str, Any] = json.loads((folder / "verdicts.json").read_text(encoding="utf-8"))
+    return ReadingVerdicts(
+        folder.name,
+        list(a["replications"]),
+        int(a["n_units"]),
+        {c["key"]: (c["verdict"], c["finding"]) for c in a["claims"]},
+        str(a.get("crossing", "")),
+    )
+
+
+def verdict_folders(results: Path) -> list[Path]:
+    """The base reading's first, then the others by name."""
+    found = [p.parent for p in results.glob("verdicts*/verdicts.json")]
+    return sorted(found, key=lambda p: (p.name != "verdicts", p.name))
+
+
+def _first_clause(finding: str, limit: int = 160) -> str:
+    head = finding.split("; ")[0]
+    return head if len(head) <= limit else head[: limit - 1] + "…"
+
+
+def readings_section(results: Path) -> list[str]:
+    """The table, when at least one reading besides the base has an assessment; else nothing."""
+    readings = [read_verdicts(p) for p in verdict_folders(results)]
+    if len(readings) < 2:
+        return []
+    header = " | ".join(
+        f"[{', '.join(f'`{r}`' for r in rv.replications)}]({rv.folder}/verdicts.md) "
+        f"({len(rv.replications)} replication{'s' if len(rv.replications) > 1 else ''}, "
+        f"{rv.seeds} seeds)"
+        for rv in readings
+    )
+    lines = [
+        "Every reading's claims tested the same way (paired reruns of each cell's top-5 "
+        "configurations on new seeds; the verdict pages have every number). A reading with one "
+        "replication has no between-replication check: its verdicts rest on its seeds alone.",
+        "",
+        f"| claim | {header} |",
+        "| --- |" + " --- |" * len(readings),
+    ]
+    for claim in CLAIMS:
+        cells = []
+        for rv in readings:
+            verdict, finding = rv.verdicts.get(claim, ("", ""))
+            cells.append(
+                f"**{WORD.get(verdict, verdict)}**: {_first_clause(finding)}" if verdict else "–"
+            )
+        lines.append(f"| {claim} | " + " | ".join(cells) + " |")
+    lines.append(
+        "| crossing (C4/C5 as one claim) | "
+        + " | ".join(f"**{WORD.get(rv.crossing, rv.crossing)}**" for rv in readings)
+        + " |"
+    )
+    return lines
