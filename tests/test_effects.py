@@ -5,6 +5,7 @@ t-intervals computed independently; the half-normal plot's data; the λ-response
 from __future__ import annotations
 
 import math
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -13,12 +14,15 @@ from scipy import stats
 
 from kfaclab.analysis.effects.halfnormal import draw_half_normal, half_normal
 from kfaclab.analysis.effects.model import Observation, fit_effects, lenth_pse
+from kfaclab.analysis.effects.report import RunValues, cost_line
 from kfaclab.analysis.effects.responses import (
     RunData,
+    kfac_trial_seconds,
     log10_best_lambda,
     loss_gap_at_one,
     parabola_vertex,
     smallest_lambda_divergence,
+    wall_minutes,
 )
 from kfaclab.study.cells import CellInfo
 from kfaclab.study.design_schema import Design, parse_design
@@ -260,3 +264,47 @@ def test_lambda_responses_on_known_curves() -> None:
     assert log10_best_lambda(edge) == pytest.approx(-2.0)
     assert loss_gap_at_one(edge) == pytest.approx(0.25)
     assert "clamped to the grid's smallest λ" in edge.notes[0]
+
+
+def test_cost_responses_from_the_trials_start_and_end_times() -> None:
+    # Two K-FAC trials of 2 s and 4 s and an SGD trial of 1 s, then a 20-minute pause (a sweep
+    # stopped between sessions) and one more 4-s K-FAC trial: the pause is not wall time.
+    t0 = datetime(2026, 12, 7, 0, 0, 0)
+    spans = [
+        ("kfac-lam=1e-01", 0, 2),
+        ("kfac-lam=1e+00", 0, 4),
+        ("sgd", 4, 5),
+        ("kfac-lam=1e+00", 1205, 1209),
+    ]
+    cells = [
+        CellInfo("kfac-lam=1e-01", "kfac", 0.1, "1e-01", 1, 1),
+        CellInfo("kfac-lam=1e+00", "kfac", 1.0, "1e+00", 2, 1),
+        CellInfo("sgd", "sgd", None, "SGD", 1, 1),
+    ]
+    trials = [
+        StoredTrial(
+            cell,
+            k,
+            "COMPLETE",
+            "ok",
+            0.1,
+            {},
+            float(end - start),
+            started=t0 + timedelta(seconds=start),
+            completed=t0 + timedelta(seconds=end),
+        )
+        for k, (cell, start, end) in enumerate(spans)
+    ]
+    run = RunData("run01-seed0", 0, (0,), StudySet({}, cells, trials))
+    assert kfac_trial_seconds(run) == pytest.approx((2 + 4 + 4) / 3)
+    assert wall_minutes(run) == pytest.approx((5 + 4) / 60)  # 5 s, the pause, then 4 s
+    runs = [
+        RunValues("a", 0, (0,), {"wall_minutes": 30.0, "kfac_trial_seconds": 2.5}),
+        RunValues("b", 0, (1,), {"wall_minutes": 60.0, "kfac_trial_seconds": 1.5}),
+        RunValues("c", 1, (0,), {"wall_minutes": math.nan, "kfac_trial_seconds": math.nan}),
+    ]
+    assert cost_line(runs) == (
+        "Cost: 2 finished runs took 1.5 h of active wall time (30–60 min a run); a K-FAC trial "
+        "1.50–2.50 s (mean over each run's trials). The effects on `wall_minutes` and "
+        "`kfac_trial_seconds` say which choices cost."
+    )

@@ -126,6 +126,24 @@ def design_scale(folder: Path) -> dict[str, Any]:
     }
 
 
+def cost_line(runs: list[RunValues]) -> str | None:
+    """The design's wall time so far and its K-FAC trials' cost, from the per-run responses
+    ``wall_minutes`` and ``kfac_trial_seconds`` (None when they were not computed)."""
+    walls = [r.values.get("wall_minutes", math.nan) for r in runs]
+    done = [w for w in walls if math.isfinite(w)]
+    if not done:
+        return None
+    secs = [r.values.get("kfac_trial_seconds", math.nan) for r in runs]
+    secs = [x for x in secs if math.isfinite(x)]
+    line = (
+        f"Cost: {len(done)} finished runs took {sum(done) / 60:.1f} h of active wall time "
+        f"({min(done):.0f}–{max(done):.0f} min a run)"
+    )
+    if secs:
+        line += f"; a K-FAC trial {min(secs):.2f}–{max(secs):.2f} s (mean over each run's trials)"
+    return line + ". The effects on `wall_minutes` and `kfac_trial_seconds` say which choices cost."
+
+
 def plain_words(table: EffectsTable) -> str:
     """One sentence: which effects' intervals exclude 0, largest first."""
     if not table.effects:
@@ -148,6 +166,8 @@ def markdown(design: Design, runs: list[RunValues], tables: list[EffectsTable]) 
         "",
     ]
     lines += [f"- {plain_words(t)}" for t in tables]
+    cost = cost_line(runs)
+    lines += ["", cost] if cost else []
     lines += ["", "Factors (level 0 → −, level 1 → +):", ""]
     lines += [f"- {f.letter} = {f.name}: {' / '.join(f.labels)}" for f in design.factors]
     for t in tables:

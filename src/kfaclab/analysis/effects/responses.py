@@ -100,12 +100,36 @@ def smallest_lambda_divergence(run: RunData) -> float:
     return float(rate)
 
 
+def kfac_trial_seconds(run: RunData) -> float:
+    """Mean wall seconds of a finished fixed-λ K-FAC trial (Optuna's start and end times): what
+    the run's choices cost per trial, as measured where it ran (under that machine's load)."""
+    from kfaclab.analysis.summary.cost import training_cost
+
+    names = {c.name for c in run.fixed}
+    cells = [c for c in run.study.cells if c.name in names]
+    cost = training_cost(cells, [t for t in run.study.trials if t.cell in names])
+    if not cost.timed:
+        run.notes.append("kfac_trial_seconds: no timed K-FAC trial")
+    return float(cost.mean_seconds)
+
+
+def wall_minutes(run: RunData) -> float:
+    """The run's active wall time in minutes: first trial start to last end, idle gaps over
+    ``IDLE_GAP_SECONDS`` removed (a sweep stopped between sessions does not count its pause)."""
+    from kfaclab.analysis.summary.cost import training_cost
+
+    cost = training_cost(run.study.cells, run.study.trials)
+    return cost.active_seconds / 60.0 if cost.timed else math.nan
+
+
 RESPONSES: dict[str, Response] = {
     "log10_best_lambda": log10_best_lambda,
     "loss_gap_at_one": loss_gap_at_one,
     "smallest_lambda_divergence": smallest_lambda_divergence,
     "crossing": responses_grad.crossing,
     "escape_slope": responses_grad.escape_slope,
+    "kfac_trial_seconds": kfac_trial_seconds,
+    "wall_minutes": wall_minutes,
 }
 # Whether a response needs the trial records (curves, histograms): only then are they read.
 NEEDS_RECORDS: set[str] = {"crossing", "escape_slope"}
