@@ -37,6 +37,14 @@ def wait_for(condition: Callable[[], bool], proc: subprocess.Popen[str], seconds
         time.sleep(0.1)
 
 
+def catches_sigterm(pid: int) -> bool:
+    """Whether the process has a SIGTERM handler installed (Linux: SigCgt in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    return False
+
+
 def last_line(stderr: str) -> str:
     return stderr.replace("\r", "\n").strip().splitlines()[-1]
 
@@ -44,7 +52,10 @@ def last_line(stderr: str) -> str:
 def test_sigterm_during_train(tmp_path: Path) -> None:
     out = tmp_path / "r.json"
     proc = start("train", "--steps", "100000", "--data-dir", str(MNIST), "--out", str(out))
-    time.sleep(5)  # into the data loading or the training itself; either must end cleanly
+    # Not a fixed sleep: on a loaded machine the interpreter may still be importing torch after
+    # 5 s, before any handler can exist (the signal then kills it outright, -15).
+    wait_for(lambda: catches_sigterm(proc.pid), proc, 120)
+    time.sleep(2)  # into the data loading or the training itself; either must end cleanly
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)

@@ -129,7 +129,7 @@ def test_design_sweep_and_effects_end_to_end(
     data = json.loads((report / "effects.json").read_text())
     assert [t["response"] for t in data["effects"]] == [
         "log10_best_lambda", "loss_gap_at_one", "smallest_lambda_divergence", "crossing",
-        "escape_slope",
+        "escape_slope", "kfac_trial_seconds", "wall_minutes",
     ]  # fmt: skip
     # 3-step trials record no histogram: the crossing is undefined in every run, and said so
     crossing = data["effects"][3]
@@ -138,6 +138,8 @@ def test_design_sweep_and_effects_end_to_end(
         assert [e["term"] for e in table["effects"]] == ["A=BC", "B=AC", "C=AB"]  # resolution III
         assert table["n_obs"] == 8 and table["df_resid"] == 3  # 8 − (1 + 3 + 1 seed block)
     assert all(-2.0 <= r["values"]["log10_best_lambda"] <= 2.0 for r in data["runs"])
+    assert all(r["values"]["kfac_trial_seconds"] > 0 for r in data["runs"])  # timed trials
+    assert "Cost: 8 finished runs took" in text
     assert (report / "halfnormal-log10_best_lambda.png").exists()
     err = one_line(capsys, ["effects", str(out), "--responses", "nope"])
     assert "unknown response 'nope'; known: log10_best_lambda" in err

@@ -15,12 +15,14 @@ see inf as before). While a trial runs its learning curve goes to Optuna as inte
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
+import signal
 import threading
 import warnings
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import optuna
@@ -277,8 +279,12 @@ class Worker:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 # "Heartbeat … supposed to be used with Study.optimize": Heartbeat does it here.
                 warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
-                trial = study.ask(space)  # a WAITING (retried) trial first, with its params
-                self._current = (study, trial, None)
+                with _signals_deferred():
+                    # A SIGTERM or Ctrl-C raised between the trial's creation and this
+                    # assignment would leave it RUNNING with nothing to re-queue it (seen under
+                    # load); deferred, it arrives once the trial is known and run() re-queues it.
+                    trial = study.ask(space)  # a WAITING (retried) trial first, with its params
+                    self._current = (study, trial, None)
             for key, value in worker_attrs().items():
                 self.storage.set_trial_system_attr(trial._trial_id, key, value)
             if records.SEED not in trial.user_attrs:
@@ -317,3 +323,14 @@ class Worker:
             # its retry carries the same parameters, so this result is simply not kept.
             pass
         self._current = None
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGTERM and SIGINT back for this thread while the block runs (delivered after)."""
+    held = {signal.SIGTERM, signal.SIGINT}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import optuna
-import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from kfaclab.analysis.replication.outcomes import RerunOutcome
@@ -56,8 +55,7 @@ from kfaclab.analysis.replication.pool import Job, clock, load_cache, run_one, w
 from kfaclab.errors import UsageError
 from kfaclab.study.liveness import HOST_ATTR, PID_ATTR, START_ATTR, host_id, process_alive
 from kfaclab.study.liveness import worker_attrs as _worker_attrs
-from kfaclab.study.storage import GRACE_SECONDS, HEARTBEAT_SECONDS, Storage, driver_url, redact
-from kfaclab.study.storage.retry import RetryingRDBStorage
+from kfaclab.study.storage import GRACE_SECONDS, HEARTBEAT_SECONDS, Storage
 
 KIND_ATTR = "kfaclab:kind"  # on the queue study: "paired-reruns"
 KEY_ATTR = "kfaclab:key"
@@ -74,7 +72,7 @@ def shares_queue(spec: Storage) -> bool:
     """Whether ``spec`` is a database server (a URL and no folder on this machine): where the
     reruns go through a queue. A journal folder or a SQLite file is one machine's: reruns
     stay local (pool.run_jobs), as before."""
-    return spec.folder is None and spec.database_url() is not None
+    return spec.shared_by_machines
 
 
 def queue_name(identity: str) -> str:
@@ -117,11 +115,11 @@ class RerunQueue:
     """The queue study of one stored study in one database server."""
 
     def __init__(self, spec: Storage, identity: str, *, heartbeat_s: int, grace_s: int) -> None:
-        url = spec.database_url()
-        if url is None:
-            raise ValueError("a rerun queue needs a database storage")
+        storage = spec.open_shared_queue(heartbeat_s, grace_s)
+        if storage is None:
+            raise ValueError(f"{spec.describe()} shares no queue between machines")
         self.spec, self.name = spec, queue_name(identity)
-        self.storage = _open(url, heartbeat_s, grace_s)
+        self.storage = storage
         with self.lock(), _quiet():
             self.study = optuna.create_study(
                 storage=self.storage, study_name=self.name, load_if_exists=True
@@ -425,22 +423,3 @@ def _quiet() -> Iterator[None]:
         yield
     finally:
         optuna.logging.set_verbosity(level)
-
-
-def _open(url: str, heartbeat_s: int, grace_s: int) -> optuna.storages.RDBStorage:
-    """The queue's own RDBStorage: the study's tables, its own heartbeat settings, and no
-    stale-trial callback (re-enqueueing is maintain's, under the lock)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return RetryingRDBStorage(
-                driver_url(url),
-                engine_kwargs={"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}},
-                heartbeat_interval=heartbeat_s,
-                grace_period=grace_s,
-            )
-    except sqlalchemy.exc.SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", exc)).strip().splitlines() or [type(exc).__name__]
-        raise UsageError(
-            f"storage {redact(url)}: cannot open the rerun queue: {redact(reason[0])}"
-        ) from None

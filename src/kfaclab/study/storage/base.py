@@ -73,6 +73,19 @@ class Storage(ABC):
         for a storage of files (its records live in files beside it)."""
         return None
 
+    # Whether machines other than this one reach the storage (a database server): work such as
+    # the paired reruns is then shared through it (open_shared_queue).
+    shared_by_machines = False
+
+    def open_shared_queue(
+        self, heartbeat_s: int, grace_s: int
+    ) -> optuna.storages.RDBStorage | None:
+        """A storage for work that several machines share through this one (the paired-rerun
+        queue, analysis/replication/rerun_queue.py): its own heartbeat settings and no
+        stale-trial callback (the queue re-enqueues under its own lock). None where the storage
+        is one machine's (a journal folder, a SQLite file): the work then stays local."""
+        return None
+
     @abstractmethod
     def own_files(self) -> list[Path]:
         """Files that belong to the study (and must never be overwritten by an export)."""

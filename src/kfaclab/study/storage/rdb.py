@@ -87,6 +87,8 @@ class SQLiteFile(_Database):
 class PostgresServer(_Database):
     """``postgresql://…``: many machines on one database."""
 
+    shared_by_machines = True
+
     @property
     def folder(self) -> None:
         return None
@@ -111,6 +113,21 @@ class PostgresServer(_Database):
 
     def cell_lock(self, study_name: str) -> AbstractContextManager[None]:
         return _advisory_lock(self.url, study_name)
+
+    def open_shared_queue(self, heartbeat_s: int, grace_s: int) -> optuna.storages.RDBStorage:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # heartbeats are "experimental" in Optuna
+                return RetryingRDBStorage(
+                    driver_url(self.url),
+                    engine_kwargs={"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}},
+                    heartbeat_interval=heartbeat_s,
+                    grace_period=grace_s,
+                )
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            raise UsageError(
+                f"storage {redact(self.url)}: cannot open the shared queue: {_reason(exc)}"
+            ) from None
 
 
 _SCHEMA_ATTEMPTS = 6  # 0.2 + 0.4 + … + 3.2 s: far longer than creating the tables takes
