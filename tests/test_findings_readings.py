@@ -7,7 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-from kfaclab.analysis.findings.readings import readings_section
+from kfaclab.analysis.findings.readings import readings_section, readings_sentence
 
 STORED = Path(__file__).resolve().parents[1] / "docs" / "results" / "verdicts" / "verdicts.json"
 
@@ -15,7 +15,7 @@ STORED = Path(__file__).resolve().parents[1] / "docs" / "results" / "verdicts" /
 def test_one_reading_has_no_section_two_are_side_by_side(tmp_path: Path) -> None:
     (tmp_path / "verdicts").mkdir()
     shutil.copy(STORED, tmp_path / "verdicts" / "verdicts.json")
-    assert readings_section(tmp_path) == []
+    assert readings_section(tmp_path) == [] and readings_sentence(tmp_path) == ""
     other = json.loads(STORED.read_text(encoding="utf-8"))
     other["replications"], other["n_units"] = ["paper-popular-noclip"], 10
     c1 = next(c for c in other["claims"] if c["key"] == "C1")
@@ -29,3 +29,10 @@ def test_one_reading_has_no_section_two_are_side_by_side(tmp_path: Path) -> None
     row = next(line for line in lines if line.startswith("| C1 |"))
     assert row.endswith("| **holds**: lowest: λ=1e+00 (0.05) |")  # first clause only
     assert "| **does not hold**: lowest: λ=1e-01 (0.126) |" in row
+    c3 = next(line for line in lines if line.startswith("| C3 |"))
+    assert "(30 of 30 positive; replications +0.178, +0.227, +0.238) |" in c3  # brackets whole
+    sentence = readings_sentence(tmp_path)
+    assert sentence.startswith(" The same tests in other readings: `paper-popular-noclip` (1 ")
+    assert "C1 holds, C2 holds, C3 holds, C4 does not hold, C5 holds; the crossing does not" in (
+        sentence
+    )

@@ -406,3 +406,13 @@ def test_lambda_colours_have_one_home():
     assert [colors[_label(lam)] for lam in LAMS] == [by_lam[lam] for lam in LAMS]
     assert [by_lam[lam] for lam in sorted(LAMS)] == list(LAM_PALETTE[: len(LAMS)])
     assert len(set(by_lam.values())) == len(LAMS)
+
+
+def test_one_replication_says_its_noise_floor_needs_a_second():
+    from kfaclab.analysis.replication.markdown import noise_lines
+
+    one = assess(_reps(lambda lam, rng: 0.1 + 0.01 * abs(math.log10(lam)), n_rep=1))
+    (line,) = noise_lines(one)
+    assert "needs a second replication" in line and "survive the replication-level" not in line
+    three = assess(_reps(lambda lam, rng: 0.1 + 0.01 * abs(math.log10(lam))))
+    assert "survive the replication-level test (t over the 3 replications" in noise_lines(three)[0]

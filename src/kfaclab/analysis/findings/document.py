@@ -18,7 +18,7 @@ from kfaclab.analysis.claims.types import NOT_REPRODUCED, REPRODUCED
 from kfaclab.analysis.findings import tables as ft
 from kfaclab.analysis.findings.adaptive import adaptive_lines
 from kfaclab.analysis.findings.design import design_section
-from kfaclab.analysis.findings.readings import readings_section
+from kfaclab.analysis.findings.readings import readings_section, readings_sentence
 from kfaclab.analysis.findings.side_by_side import bindings, claims_for_run, run_section
 from kfaclab.analysis.report.blocks import md_escape
 
@@ -355,7 +355,9 @@ def opening(results: Path) -> list[str]:
         *head,
         "## The answer",
         "",
-        *top.five_lines(a, runs, BASE_READING, screened=bool(screen)),
+        *top.five_lines(
+            a, runs, BASE_READING, screened=bool(screen), others=readings_sentence(results)
+        ),
         "",
         f"Details, figures and every cell: [verdicts/verdicts.md]({VERDICTS}/verdicts.md) (the "
         "paper's Fig. 2 as an overlay of every λ on new seeds, the gradient medians per layer "

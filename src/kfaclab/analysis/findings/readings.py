@@ -44,7 +44,14 @@ def verdict_folders(results: Path) -> list[Path]:
 
 
 def _first_clause(finding: str, limit: int = 160) -> str:
-    head = finding.split("; ")[0]
+    """Up to the first "; " outside brackets (a clause's own "(…; …)" stays whole)."""
+    depth, end = 0, len(finding)
+    for i, ch in enumerate(finding):
+        depth += (ch in "([") - (ch in ")]")
+        if depth == 0 and finding.startswith("; ", i):
+            end = i
+            break
+    head = finding[:end]
     return head if len(head) <= limit else head[: limit - 1] + "…"
 
 
@@ -81,3 +88,28 @@ def readings_section(results: Path) -> list[str]:
         + " |"
     )
     return lines
+
+
+def readings_sentence(results: Path) -> str:
+    """One sentence for the answer's fifth line: each other reading's verdicts, or ""."""
+    readings = [read_verdicts(p) for p in verdict_folders(results)][1:]
+    parts = []
+    for rv in readings:
+        n = len(rv.replications)
+        said = ", ".join(
+            f"{c} {WORD.get(rv.verdicts[c][0], rv.verdicts[c][0])}"
+            for c in CLAIMS
+            if c in rv.verdicts
+        )
+        parts.append(
+            f"{', '.join(f'`{r}`' for r in rv.replications)} ({n} replication"
+            f"{'s' if n > 1 else ''}, {rv.seeds} seeds): {said}; the crossing "
+            f"{WORD.get(rv.crossing, rv.crossing)}"
+        )
+    if not parts:
+        return ""
+    return (
+        " The same tests in other readings: "
+        + "; ".join(parts)
+        + " (the section on other readings has the numbers)."
+    )

@@ -30,7 +30,11 @@ def _lam(label: str) -> str:
 
 
 def five_lines(
-    a: Mapping[str, Any], runs: Sequence[str], reading: str, screened: bool = False
+    a: Mapping[str, Any],
+    runs: Sequence[str],
+    reading: str,
+    screened: bool = False,
+    others: str = "",
 ) -> list[str]:
     """The answer first, in plain words: one line per claim, then how sure and for what."""
     n, reps = a["n_units"], len(a["replications"])
@@ -98,6 +102,7 @@ def five_lines(
             if screened
             else ", which has not been run yet."
         )
+        + others
     )
     return [line1, line2, line3, line4, line5]
 

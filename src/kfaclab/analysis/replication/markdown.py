@@ -53,6 +53,13 @@ def noise_lines(a: Assessment) -> list[str]:
     sep = [p for p in pairs if p["separate_in_first"]]
     kept = [p for p in sep if p["survives"]]
     first = a.replications[0] if a.replications else "?"
+    if len(a.replications) < 2:
+        return [
+            f"Of the {len(pairs)} pairs of fixed λ, {len(sep)} are separated by the top-k 95% "
+            f"intervals of `{first}` alone. Whether they survive a rerun of the whole protocol "
+            "needs a second replication (another search seed); this reading has one, so its "
+            "verdicts rest on its paired seeds alone."
+        ]
     return [
         f"Of the {len(pairs)} pairs of fixed λ, {len(sep)} are separated by the top-k 95% "
         f'intervals of `{first}` alone (the rule every earlier "intervals separate" rested on); '
