@@ -35,6 +35,7 @@ PRESETS = (
     "paper-b2",
     "paper-popular",
     "paper-popular-noclip",
+    "paper-popular-noclip-seed1",
     "paper-popular-clipsearch",
     "readings-quick-paper",
     "readings-quick-paper-linear",
