@@ -248,6 +248,12 @@ def test_reproduce_smoke_writes_paired_reruns_and_the_report_shows_them_first(
     assert "sgd" in per_cell
     assert all(len(v) == len({k for k, _ in v}) * 2 for v in per_cell.values())
     page = (out / "report.md").read_text()
-    assert page.index("## Verdicts on new seeds (paired reruns)") < page.index("## Results")
+    # the verdicts that decide come first; the search's own top-k answer follows, as descriptive
+    assert (
+        page.index("## Verdicts on new seeds (paired reruns)")
+        < page.index("## What the search itself found (top-k, descriptive)")
+        < page.index("## Results")
+    )
+    assert "## Answer" not in page
     assert "== smoke: verdicts on new seeds (2 seeds, paired reruns) ==" in terminal
     assert terminal.rstrip().splitlines()[-1].startswith("       the crossing")  # the answer, last

@@ -113,21 +113,29 @@ def replication_blocks(a: Assessment, figures_dir: Path, paper: bool) -> list[Bl
 
 
 PAIRED_NOTE = (
-    "The table above reads this search's own top-k trials, one training seed: it describes the "
-    "search. The verdicts that decide are the paired reruns on new seeds, next."
+    "The verdicts above decide: paired reruns on new seeds. The section below reads this "
+    "search's own top-k trials, one training seed: it describes the search."
 )
+TOPK_HEADING = "What the search itself found (top-k, descriptive)"
 
 
 def insert_paired(blocks: list[Block], paired: list[Block], paper: bool = True) -> None:
-    """The paired section after the answer and before the results (in place); the answer's
-    top-k table is then marked descriptive."""
+    """The paired section first, where the answer was (in place): the verdicts that decide come
+    before the search's own top-k answer, which is then headed as descriptive."""
     if not paired:
         return
     at = next(
-        (i for i, x in enumerate(blocks) if isinstance(x, Heading) and x.text == "Results"),
-        len(blocks),
+        (i for i, x in enumerate(blocks) if isinstance(x, Heading) and x.text == "Answer"),
+        None,
     )
-    blocks[at:at] = [Para(PAIRED_NOTE, "note"), *paired] if paper else paired
+    if at is None:  # no answer section: before the results, as before
+        at = next(
+            (i for i, x in enumerate(blocks) if isinstance(x, Heading) and x.text == "Results"),
+            len(blocks),
+        )
+    else:
+        blocks[at] = Heading(TOPK_HEADING)
+    blocks[at:at] = [*paired, Para(PAIRED_NOTE, "note")] if paper else paired
 
 
 def _g(x: float) -> str:
