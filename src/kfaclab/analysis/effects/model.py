@@ -155,37 +155,31 @@ def fit_effects(
     fit = sm.OLS(y, X).fit()
     df = round(float(fit.df_resid))
     scale = 1.0 if design.two_level is None else 2.0  # ±1 coding: effect = 2 × coefficient
-    if df > 0 and np.ptp(y) > 0:
-        ci = np.asarray(fit.conf_int(alpha=1 - level))
-        pvalues = np.asarray(fit.pvalues)
-    else:
-        notes.append(
-            "no residual degrees of freedom (no replicates): no intervals"
-            if df <= 0
-            else "the response is the same in every run: every effect is 0, no intervals"
-        )
-        ci = np.full((X.shape[1], 2), math.nan)
-        pvalues = np.full(X.shape[1], math.nan)
-    params = np.asarray(fit.params)
-    interval = "replicates" if df > 0 and np.ptp(y) > 0 else "none"
+    estimates = scale * np.asarray(fit.params)[1 : 1 + n_terms]
+    varies = bool(np.ptp(y) > 0)
+    same = "the response is the same in every run: every effect is 0, no intervals"
     # Replicates decide once they give as many residual df as Lenth's m/3; before that (one seed,
     # or the second seed's first runs) their interval is wider than it is informative.
     if design.two_level is not None and n_terms >= LENTH_MIN and df < n_terms / 3:
-        ci, pvalues, note = _lenth(scale * params[1 : 1 + n_terms], level)
-        ci, pvalues = ci / scale, np.asarray(pvalues)  # rescaled with the coefficients below
-        ci = np.vstack([np.full((1, 2), math.nan), ci])
-        pvalues = np.concatenate([[math.nan], pvalues])
-        notes = [n for n in notes if not n.startswith("no residual degrees of freedom")]
+        if df > 0 and not varies:
+            notes.append(same)
+        ci, pvalues, note = _lenth(estimates, level)
         notes.append(note)
         interval = "lenth"
+    elif df > 0 and varies:
+        ci = scale * np.asarray(fit.conf_int(alpha=1 - level))[1 : 1 + n_terms]
+        pvalues = np.asarray(fit.pvalues)[1 : 1 + n_terms]
+        interval = "replicates"
+    else:
+        notes.append(
+            "no residual degrees of freedom (no replicates): no intervals" if df <= 0 else same
+        )
+        ci = np.full((n_terms, 2), math.nan)
+        pvalues = np.full(n_terms, math.nan)
+        interval = "none"
     effects = [
         Effect(
-            term,
-            names,
-            scale * float(params[1 + k]),
-            scale * float(ci[1 + k, 0]),
-            scale * float(ci[1 + k, 1]),
-            float(pvalues[1 + k]),
+            term, names, float(estimates[k]), float(ci[k, 0]), float(ci[k, 1]), float(pvalues[k])
         )
         for k, (term, names) in enumerate(labels[:n_terms])
     ]
