@@ -156,6 +156,16 @@ def train_rerun(config: TrialConfig) -> Any:
     return run_trial(config)
 
 
+def release_rerun_streams() -> None:
+    """Drop the input streams ``train_rerun`` left in this process (a report's serial reruns
+    end in the report's own process, which goes on to draw figures)."""
+    if "seed" in _stream_seed:
+        from kfaclab.train.build import INPUT_STREAMS
+
+        INPUT_STREAMS.clear()
+        del _stream_seed["seed"]
+
+
 def run_one(job: Job) -> dict[str, Any]:
     result = train_rerun(job.config)
     n_steps = job.config.steps or 0

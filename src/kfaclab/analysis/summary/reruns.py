@@ -192,8 +192,9 @@ def _run_all(
                     yield runner(cfg)
                     _progress(log, i + 1, len(configs), start)
         finally:
-            if "kfaclab.train.build" in sys.modules:  # this process trained: drop its streams
-                sys.modules["kfaclab.train.build"].INPUT_STREAMS.clear()
+            from kfaclab.analysis.replication.pool import release_rerun_streams
+
+            release_rerun_streams()
         return
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
