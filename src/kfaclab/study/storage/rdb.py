@@ -115,19 +115,14 @@ class PostgresServer(_Database):
         return _advisory_lock(self.url, study_name)
 
     def open_shared_queue(self, heartbeat_s: int, grace_s: int) -> optuna.storages.RDBStorage:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # heartbeats are "experimental" in Optuna
-                return RetryingRDBStorage(
-                    driver_url(self.url),
-                    engine_kwargs={"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}},
-                    heartbeat_interval=heartbeat_s,
-                    grace_period=grace_s,
-                )
-        except sqlalchemy.exc.SQLAlchemyError as exc:
-            raise UsageError(
-                f"storage {redact(self.url)}: cannot open the shared queue: {_reason(exc)}"
-            ) from None
+        return _open_rdb(
+            self.url,
+            {"connect_timeout": 10},
+            lambda: _advisory_lock(self.url, _SCHEMA_LOCK),
+            heartbeat_s=heartbeat_s,
+            grace_s=grace_s,
+            stale_callback=False,
+        )
 
 
 _SCHEMA_ATTEMPTS = 6  # 0.2 + 0.4 + … + 3.2 s: far longer than creating the tables takes
@@ -147,8 +142,17 @@ def _is_sqlite(path: Path) -> bool:
 
 
 def _open_rdb(
-    url: str, connect_args: dict[str, Any], schema_lock: Callable[[], AbstractContextManager[None]]
-) -> optuna.storages.BaseStorage:
+    url: str,
+    connect_args: dict[str, Any],
+    schema_lock: Callable[[], AbstractContextManager[None]],
+    *,
+    heartbeat_s: int = HEARTBEAT_SECONDS,
+    grace_s: int = GRACE_SECONDS,
+    stale_callback: bool = True,
+) -> optuna.storages.RDBStorage:
+    """Optuna's RDBStorage on ``url``, retried while another command creates the schema, every
+    failure a one-line UsageError. ``stale_callback``: re-queue the trials of dead workers (the
+    sweep's storage); off for a shared queue, which re-enqueues under its own lock."""
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True, "connect_args": connect_args}
     shown = redact(url)
     with warnings.catch_warnings():
@@ -159,7 +163,7 @@ def _open_rdb(
         name = "heartbeat_stale_trial_callback"
         if name not in params:
             name = "failed_trial_callback"
-        callback: dict[str, Any] = {name: retry_callback()}
+        callback: dict[str, Any] = {name: retry_callback()} if stale_callback else {}
         try:
             for attempt in range(_SCHEMA_ATTEMPTS):
                 try:
@@ -167,8 +171,8 @@ def _open_rdb(
                         return RetryingRDBStorage(
                             driver_url(url),
                             engine_kwargs=engine_kwargs,
-                            heartbeat_interval=HEARTBEAT_SECONDS,
-                            grace_period=GRACE_SECONDS,
+                            heartbeat_interval=heartbeat_s,
+                            grace_period=grace_s,
                             **callback,
                         )
                 except sqlalchemy.exc.DatabaseError as exc:
