@@ -128,11 +128,12 @@ def test_design_sweep_and_effects_end_to_end(
     assert "# Effects: smoke-design" in text and "| run01-seed0 | relu | torch | mc |" in text
     data = json.loads((report / "effects.json").read_text())
     assert [t["response"] for t in data["effects"]] == [
-        "log10_best_lambda", "loss_gap_at_one", "smallest_lambda_divergence", "crossing",
-        "escape_slope", "kfac_trial_seconds", "wall_minutes",
+        "log10_best_lambda", "loss_gap_at_one", "smallest_lambda_divergence",
+        "smallest_lambda_rerun_divergence", "crossing", "escape_slope", "kfac_trial_seconds",
+        "wall_minutes",
     ]  # fmt: skip
     # 3-step trials record no histogram: the crossing is undefined in every run, and said so
-    crossing = data["effects"][3]
+    crossing = data["effects"][4]
     assert crossing["effects"] == [] and "no run has a value" in " ".join(crossing["notes"])
     for table in data["effects"][:3]:
         assert [e["term"] for e in table["effects"]] == ["A=BC", "B=AC", "C=AB"]  # resolution III
@@ -143,6 +144,37 @@ def test_design_sweep_and_effects_end_to_end(
     assert (report / "halfnormal-log10_best_lambda.png").exists()
     err = one_line(capsys, ["effects", str(out), "--responses", "nope"])
     assert "unknown response 'nope'; known: log10_best_lambda" in err
+
+    # The smallest λ's instability from paired reruns: `replicate` on one run's folder, then on
+    # the design's (every run, each into its own folder; the stored one is not rerun); the
+    # response equals the diverged share of exactly those reruns (counted from the raw file).
+    smallest = "kfac-lam=1e-02"
+    reruns = ["--cells", smallest, "--top", "1", "--seeds", "2"]
+    assert main(["replicate", str(out / "run01-seed0"), *reruns]) == 0
+    assert main(["effects", str(out), "--responses", "smallest_lambda_rerun_divergence"]) == 0
+    runs = {r["name"]: r for r in json.loads((report / "effects.json").read_text())["runs"]}
+    other = runs["run03-seed0"]
+    assert math.isnan(other["values"]["smallest_lambda_rerun_divergence"])
+    assert f"no paired reruns of {smallest} (kfaclab replicate RUN_FOLDER" in other["notes"][0]
+    capsys.readouterr()
+    assert main(["replicate", str(out), *reruns]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("kfaclab replicate: 2 reruns") == 8
+    assert "design run run04-seed1" in captured.err and "skipped" not in captured.err
+    assert main(["effects", str(out), "--responses", "smallest_lambda_rerun_divergence"]) == 0
+    runs = {r["name"]: r for r in json.loads((report / "effects.json").read_text())["runs"]}
+    for name in runs:
+        lines = (out / name / "paired-reruns.jsonl").read_text().splitlines()
+        rows = [json.loads(line) for line in lines]
+        assert len(rows) == 2 and {r["cell"] for r in rows} == {smallest}
+        diverged = sum(not math.isfinite(float(r["value"])) for r in rows)
+        assert runs[name]["values"]["smallest_lambda_rerun_divergence"] == diverged / 2
+    # Runs whose top configurations may still change are skipped, by name.
+    assert main(["replicate", str(partial), *reruns]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 2: run02-seed0 (still sweeping), run03-seed0 (" in err
+    err = one_line(capsys, ["replicate", str(out), "--out", str(tmp_path / "x")])
+    assert "--out does not apply to a design's folder" in err
 
 
 def test_effects_of_a_folder_without_a_design(

@@ -22,8 +22,10 @@ from kfaclab.analysis.effects.responses import (
     loss_gap_at_one,
     parabola_vertex,
     smallest_lambda_divergence,
+    smallest_lambda_rerun_divergence,
     wall_minutes,
 )
+from kfaclab.analysis.replication.outcomes import RerunOutcome
 from kfaclab.study.cells import CellInfo
 from kfaclab.study.design_schema import Design, parse_design
 from kfaclab.study.reader import StoredTrial, StudySet
@@ -264,6 +266,25 @@ def test_lambda_responses_on_known_curves() -> None:
     assert log10_best_lambda(edge) == pytest.approx(-2.0)
     assert loss_gap_at_one(edge) == pytest.approx(0.25)
     assert "clamped to the grid's smallest λ" in edge.notes[0]
+
+
+def _rerun(cell: str, seed: int, value: float) -> RerunOutcome:
+    lam = float(cell.split("=")[1])
+    diverged_at = None if math.isfinite(value) else 7
+    return RerunOutcome(cell, cell, lam, 0, 0, seed, "k", value, diverged_at, 1.0, [2.3])
+
+
+def test_smallest_lambda_rerun_divergence_counts_every_rerun_of_that_cell() -> None:
+    # The search's trials at λ = 1e-3 all diverged (TPE's proposals), but of its top
+    # configurations rerun on new seeds 2 of 5 diverge; the reruns of λ = 1e-2 do not count.
+    run = _run({1e-3: [math.inf] * 4, 1e-2: [0.3, 0.2]})
+    assert smallest_lambda_divergence(run) == 1.0
+    assert math.isnan(smallest_lambda_rerun_divergence(run))
+    assert "no paired reruns of kfac-lam=1e-03" in run.notes[-1]
+    values = [0.4, math.inf, 0.5, math.inf, 0.45]
+    run.reruns = [_rerun("kfac-lam=1e-03", s, v) for s, v in enumerate(values)]
+    run.reruns += [_rerun("kfac-lam=1e-02", s, math.inf) for s in range(3)]
+    assert smallest_lambda_rerun_divergence(run) == pytest.approx(2 / 5)
 
 
 def test_cost_responses_from_the_trials_start_and_end_times() -> None:

@@ -14,12 +14,18 @@ from kfaclab.analysis.effects.report import RunValues, effects_data, effects_tab
 from kfaclab.analysis.findings.design import design_section, read_design
 from test_effects import screen
 
-NAMES = ["log10_best_lambda", "loss_gap_at_one", "smallest_lambda_divergence"]
+NAMES = [
+    "log10_best_lambda",
+    "loss_gap_at_one",
+    "smallest_lambda_divergence",
+    "smallest_lambda_rerun_divergence",
+]
 
 
 def write_synthetic(folder: Path, seeds: list[int], finished_seed1: int = 16) -> None:
     design = screen(seeds)
     rng = np.random.default_rng(30)  # a draw whose noise responses have no false positive
+    reruns = np.random.default_rng(3)  # likewise; only seed 0's runs have reruns
     runs = []
     for i, run in enumerate(design.runs):
         d = 1.0 if run.levels[3] else -1.0  # factor D ("d"): +2 decades of best λ at level 1
@@ -27,6 +33,9 @@ def write_synthetic(folder: Path, seeds: list[int], finished_seed1: int = 16) ->
             "log10_best_lambda": -2.0 + 1.0 * d + 0.1 * rng.standard_normal(),
             "loss_gap_at_one": 0.03 + 0.005 * rng.standard_normal(),
             "smallest_lambda_divergence": 0.2 + 0.05 * rng.standard_normal(),
+            "smallest_lambda_rerun_divergence": (
+                0.4 + 0.1 * reruns.standard_normal() if run.seed == 0 else math.nan
+            ),
         }
         if run.seed == 1 and i - 16 >= finished_seed1:
             values = dict.fromkeys(NAMES, math.nan)
@@ -54,8 +63,13 @@ def test_the_deciding_factor_is_named_with_its_direction_and_the_rest_are_not(
     assert "32 of 32 runs finished (seeds 0, 1)" in text and "40 TPE trials a cell, 1 epoch" in text
     assert "- **C1**: where the best λ lies (decades of λ) moves with d (1 → 10) +2" in text
     assert "how far λ = 1 ends above the best λ: no factor is clear of 0" in text
-    assert "| C2 | how often the smallest λ diverges (share of runs) | none |" in text
-    assert "1 of 42 intervals exclude 0; with no real effect at all about 2.1 would" in text
+    c2 = "| C2 | how often the search's trials at the smallest λ diverge (share of trials) |"
+    assert c2 in text
+    # seed 1's runs have no reruns: they still count as finished, and the reruns' response has
+    # seed 0's 16 runs alone, so Lenth's interval
+    reruns = by_name["smallest_lambda_rerun_divergence"]
+    assert reruns.claim == "C2" and reruns.n_obs == 16 and reruns.interval == "lenth"
+    assert "1 of 56 intervals exclude 0; with no real effect at all about 2.8 would" in text
 
 
 def test_one_seed_reads_as_lenth_and_says_so(tmp_path: Path) -> None:

@@ -2,12 +2,14 @@
 
     kfaclab replicate DIR [--top 5] [--seeds 10] [--cells LABEL ...] [--workers N] [--out DIR]
     kfaclab replicate --storage postgresql://… --out DIR [--no-queue] …   (on many machines)
+    kfaclab replicate DESIGN_DIR [--cells …] …   (every finished run of a factorial design)
 
 Writes (appends to) OUT/paired-reruns.jsonl (OUT defaults to the sweep's folder); resumable: what
 is stored is not rerun. `kfaclab verdicts` reads these files, pooled over replications. On a
 PostgreSQL server the reruns are shared through a queue in that database
 (analysis/replication/rerun_queue.py) by every machine running the command; a journal folder or
-SQLite file runs locally.
+SQLite file runs locally. A design's folder (design.json, `kfaclab sweep DESIGN.toml`) has each
+finished run's reruns written into that run's folder, where `kfaclab effects` reads them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from kfaclab.cli.targets import add_stored_sweep_arguments, stored_sweep
 from kfaclab.errors import UsageError
+from kfaclab.study.design_sweep import MANIFEST
 
 if TYPE_CHECKING:
     from kfaclab.analysis.replication.pool import Job
@@ -61,6 +64,8 @@ def run_replicate(args: argparse.Namespace) -> int:
         raise UsageError(f"--top must be >= 1, got {args.top}")
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    if args.target and (Path(args.target) / MANIFEST).is_file():
+        return _replicate_design(args)
     spec = stored_sweep(args.target, args.storage)
     out = Path(args.out) if args.out else spec.out_folder
     if out is None:
@@ -76,6 +81,51 @@ def run_replicate(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         storage=None if args.no_queue else spec,
     )
+    return 0
+
+
+def _replicate_design(args: argparse.Namespace) -> int:
+    """Every finished run of the design in ``args.target``, its reruns into its own folder; a
+    run still sweeping (or not started) is skipped and named, since its top configurations may
+    still change. Runs kept in a database (``--storage``) are read from there."""
+    from kfaclab.analysis.summary.cells import summarize_cell
+    from kfaclab.analysis.summary.summaries import trials_by_cell
+    from kfaclab.study.design_sweep import load_manifest_design, run_spec
+    from kfaclab.study.reader import read_study_set
+
+    for flag, value in (("--out", args.out), ("--protocol", args.protocol)):
+        if value:
+            raise UsageError(
+                f"{flag} does not apply to a design's folder, got {value!r}: each run's reruns "
+                "go to that run's folder, read from that run's protocol"
+            )
+    folder = Path(args.target)
+    design = load_manifest_design(folder)
+    skipped = []
+    for run in design.runs:
+        spec = run_spec(folder, run, args.storage)
+        try:
+            study = read_study_set(spec, protocol=run.protocol_name)
+        except UsageError:
+            skipped.append(f"{run.name} (not run yet)")
+            continue
+        by_cell = trials_by_cell(study)
+        if not all(summarize_cell(c, by_cell.get(c.name, [])).finished for c in study.cells):
+            skipped.append(f"{run.name} (still sweeping)")
+            continue
+        sys.stderr.write(f"kfaclab replicate: design run {run.name}\n")
+        replicate(
+            study,
+            folder / run.name,
+            top=args.top,
+            n_seeds=args.seeds,
+            workers=args.workers,
+            cells=args.cells,
+            data_dir=args.data_dir,
+            storage=None if args.no_queue else spec,
+        )
+    if skipped:
+        sys.stderr.write(f"kfaclab replicate: skipped {len(skipped)}: {', '.join(skipped)}\n")
     return 0
 
 

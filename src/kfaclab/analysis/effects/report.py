@@ -13,6 +13,7 @@ from kfaclab import atomic
 from kfaclab.analysis.effects.halfnormal import draw_half_normal, half_normal
 from kfaclab.analysis.effects.model import EffectsTable, Observation, fit_effects
 from kfaclab.analysis.effects.responses import NEEDS_RECORDS, RESPONSES, RunData
+from kfaclab.analysis.replication.load import study_reruns
 from kfaclab.errors import UsageError
 from kfaclab.study.design_schema import Design
 
@@ -45,7 +46,11 @@ def read_runs(
             nan = dict.fromkeys(names, math.nan)
             out.append(RunValues(run.name, run.seed, run.levels, nan, [f"not readable: {exc}"]))
             continue
-        data = RunData(run.name, run.seed, run.levels, study)
+        # Paired reruns are read from the run's folder under the design's: beside its journal
+        # (`kfaclab replicate FOLDER/RUN`), or put there by `replicate --storage URL --out
+        # FOLDER/RUN` for a design kept in a database.
+        reruns = study_reruns(folder / run.name, study)
+        data = RunData(run.name, run.seed, run.levels, study, reruns=reruns)
         unfinished = [c.label for c in data.cells if not c.finished]
         if unfinished:
             # A run still sweeping (or stopped) has fewer trials in some cells: its responses

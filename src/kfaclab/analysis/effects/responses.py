@@ -20,6 +20,7 @@ from functools import cached_property
 import numpy as np
 
 from kfaclab.analysis.effects import responses_grad
+from kfaclab.analysis.replication.outcomes import RerunOutcome
 from kfaclab.analysis.summary.cells import CellSummary, summarize_cell
 from kfaclab.study.reader import StudySet
 
@@ -33,6 +34,8 @@ class RunData:
     levels: tuple[int, ...]  # level index per factor
     study: StudySet  # the run's stored studies (records loaded only if the reader asked)
     notes: list[str] = field(default_factory=list)  # why a response is nan, clamped, …
+    # The run's paired reruns (``kfaclab replicate RUN_FOLDER``), this study's only; empty: none.
+    reruns: list[RerunOutcome] = field(default_factory=list)
 
     @cached_property
     def cells(self) -> list[CellSummary]:
@@ -90,7 +93,8 @@ def loss_gap_at_one(run: RunData) -> float:
 
 
 def smallest_lambda_divergence(run: RunData) -> float:
-    """The fraction of the smallest λ's finished trials that diverged."""
+    """The fraction of the smallest λ's finished search trials that diverged: TPE's proposals,
+    so it measures where the sampler went as much as instability (see the rerun response)."""
     if not run.fixed:
         run.notes.append("smallest_lambda_divergence: no fixed-λ cell")
         return math.nan
@@ -98,6 +102,24 @@ def smallest_lambda_divergence(run: RunData) -> float:
     if not math.isfinite(rate):
         run.notes.append("smallest_lambda_divergence: the smallest λ has no finished trial")
     return float(rate)
+
+
+def smallest_lambda_rerun_divergence(run: RunData) -> float:
+    """P(diverge) of the smallest λ's top configurations on new seeds (the run's paired reruns):
+    instability of what the search found, not of what it tried. Every rerun of that cell counts,
+    a diverged one as an outcome; nan (and a note naming the command) without reruns."""
+    if not run.fixed:
+        run.notes.append("smallest_lambda_rerun_divergence: no fixed-λ cell")
+        return math.nan
+    cell = run.fixed[0].name
+    outcomes = [o for o in run.reruns if o.cell == cell]
+    if not outcomes:
+        run.notes.append(
+            f"smallest_lambda_rerun_divergence: no paired reruns of {cell} "
+            f"(kfaclab replicate RUN_FOLDER --cells {cell})"
+        )
+        return math.nan
+    return sum(o.diverged for o in outcomes) / len(outcomes)
 
 
 def kfac_trial_seconds(run: RunData) -> float:
@@ -126,6 +148,7 @@ RESPONSES: dict[str, Response] = {
     "log10_best_lambda": log10_best_lambda,
     "loss_gap_at_one": loss_gap_at_one,
     "smallest_lambda_divergence": smallest_lambda_divergence,
+    "smallest_lambda_rerun_divergence": smallest_lambda_rerun_divergence,
     "crossing": responses_grad.crossing,
     "escape_slope": responses_grad.escape_slope,
     "kfac_trial_seconds": kfac_trial_seconds,

@@ -20,7 +20,16 @@ from typing import Any
 CLAIM_RESPONSES: dict[str, tuple[str, str, str]] = {
     "log10_best_lambda": ("C1", "where the best λ lies", "decades of λ"),
     "loss_gap_at_one": ("C1", "how far λ = 1 ends above the best λ", "nats"),
-    "smallest_lambda_divergence": ("C2", "how often the smallest λ diverges", "share of runs"),
+    "smallest_lambda_divergence": (
+        "C2",
+        "how often the search's trials at the smallest λ diverge",
+        "share of trials",
+    ),
+    "smallest_lambda_rerun_divergence": (
+        "C2",
+        "how often the smallest λ's top configurations diverge on new seeds",
+        "share of reruns",
+    ),
     "crossing": ("C4/C5", "the crossing (late − early gradient slope on log10 λ)", "per decade"),
     "escape_slope": ("C4", "plateau escape per decade of λ", "iterations"),
 }
@@ -88,7 +97,9 @@ def read_design(folder: Path) -> DesignFinding:
     data = json.loads((folder / "effects.json").read_text(encoding="utf-8"))
     labels = {f["name"]: f["labels"] for f in data["factors"]}
     runs = data["runs"]
-    done = [r for r in runs if all(_finite(v) for v in r["values"].values())]
+    # A run counts as finished once it has any response: some stay undefined by design (no
+    # reruns yet, no histogram), and an unfinished run has none (analysis/effects/report.py).
+    done = [r for r in runs if any(_finite(v) for v in r["values"].values())]
     responses = []
     for table in data["effects"]:
         name = table["response"]

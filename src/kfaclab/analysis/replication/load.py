@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from kfaclab.analysis.replication.outcomes import RerunOutcome
 from kfaclab.analysis.replication.pool import CACHE_NAME, load_cache, trial_key
 from kfaclab.analysis.replication.units import Replication, replication_of
 from kfaclab.analysis.statistics.binding import bindings
@@ -12,6 +14,9 @@ from kfaclab.analysis.statistics.search import cell_ranges
 from kfaclab.analysis.summary.cells import summarize_cell
 from kfaclab.analysis.summary.summaries import trials_by_cell
 from kfaclab.errors import UsageError
+
+if TYPE_CHECKING:
+    from kfaclab.study.reader import StudySet
 
 
 def load_replication(
@@ -26,16 +31,25 @@ def load_replication(
     study = load_study_set(str(folder), with_records=False)
     by_cell = trials_by_cell(study)
     cells = [summarize_cell(c, by_cell.get(c.name, [])) for c in study.cells]
-    keys = {
-        trial_key(study.identity, t.cell, t.number) for t in study.trials if t.state == "COMPLETE"
-    }
     found = bindings(cells, by_cell, lambda c: cell_ranges(study.protocol, c))
-    stored, damaged = load_cache(folder / CACHE_NAME)
-    if damaged:
-        log(f"{folder / CACHE_NAME}: {damaged} damaged line(s) skipped")
-    outcomes = [o for (k, _), o in sorted(stored.items()) if k in keys]
+    outcomes = study_reruns(folder, study, log)
     proto = study.protocol.get("protocol", {})
     label = name or (str(proto.get("name")) if isinstance(proto, dict) else folder.name)
     return replication_of(
         label, cells, outcomes, {k: [b.sentence() for b in v] for k, v in found.items()}
     )
+
+
+def study_reruns(
+    folder: Path, study: StudySet, log: Callable[[str], None] = lambda s: None
+) -> list[RerunOutcome]:
+    """The paired reruns in ``folder``'s ``paired-reruns.jsonl`` of ``study``'s completed trials
+    (reruns of another study sharing the file are left out; damaged lines counted in ``log``);
+    [] when the folder has no such file."""
+    stored, damaged = load_cache(folder / CACHE_NAME)
+    if damaged:
+        log(f"{folder / CACHE_NAME}: {damaged} damaged line(s) skipped")
+    keys = {
+        trial_key(study.identity, t.cell, t.number) for t in study.trials if t.state == "COMPLETE"
+    }
+    return [o for (k, _), o in sorted(stored.items()) if k in keys]
