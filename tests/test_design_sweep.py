@@ -117,6 +117,17 @@ def test_design_sweep_and_effects_end_to_end(
     run02 = next(r for r in held["runs"] if r["name"] == "run02-seed0")
     assert all(math.isnan(v) for v in run02["values"].values())
     assert "left out until finished" in " ".join(run02["notes"])
+    # `kfaclab status` on the design's folder: one line per run, its state, the design's total.
+    capsys.readouterr()
+    assert main(["status", str(partial)]) == 0
+    table = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "activation, init, fisher" in table["run"]
+    assert table["run01-seed0"].split()[1:3] == ["6/6", "0"] and "done  " in table["run01-seed0"]
+    assert table["run02-seed0"].split()[1] == "5/6" and "sweeping" in table["run02-seed0"]
+    assert table["run03-seed0"].split()[1] == "0/6" and "not started" in table["run03-seed0"]
+    assert table["all"].split()[1] == "41/48" and "6 of 8 runs done" in table["all"]
+    err = one_line(capsys, ["status", str(partial), "--protocol", "x"])
+    assert "--protocol does not apply to a design's folder" in err
     run03 = next(r for r in held["runs"] if r["name"] == "run03-seed0")
     assert run03["notes"] == ["not run yet"]
     assert held["effects"][0]["n_obs"] == 6

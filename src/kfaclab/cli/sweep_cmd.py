@@ -14,6 +14,7 @@ from typing import Any
 
 from kfaclab.cli.targets import add_stored_sweep_arguments, stored_sweep
 from kfaclab.errors import UsageError
+from kfaclab.study.design_sweep import MANIFEST
 
 
 def register(subparsers: Any) -> None:
@@ -110,6 +111,16 @@ def run_status(args: argparse.Namespace) -> int:
     from kfaclab.study.registry import pick_protocol
     from kfaclab.text import clean
 
+    if args.target and (Path(args.target) / MANIFEST).is_file():  # a factorial design's folder
+        from kfaclab.study.design_progress import design_status
+
+        if args.protocol:
+            raise UsageError(
+                f"--protocol does not apply to a design's folder, got {args.protocol!r}: "
+                "status shows every run"
+            )
+        sys.stdout.write(design_status(Path(args.target), args.storage) + "\n")
+        return 0
     spec = stored_sweep(args.target, args.storage)
     storage = spec.open(create=False)
     stored = pick_protocol(storage, spec.describe(), args.protocol)
