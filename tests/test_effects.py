@@ -232,11 +232,20 @@ def test_half_normal_data_and_figure(tmp_path: Any) -> None:
     assert data.labels[-1] == "a" and data.labels[-2] == "d"  # |0.8| > |−0.5| > 0.3
     assert sum(data.clear_of_zero) == 3 and all(data.clear_of_zero[-3:])
     assert data.interval == "replicates"
+    # the noise line's slope is the effects' standard error: σ √(1/16 + 1/16) for a difference of
+    # two means of 16 runs each at σ = 0.05, estimated from 16 residual df (±18% a draw), so
+    # averaged over 20 draws
+    slopes = [
+        half_normal(fit_effects(design, synthetic(design, 0.05, np.random.default_rng(r)), "y"))
+        for r in range(20)
+    ]
+    assert np.mean([h.noise_slope for h in slopes]) == pytest.approx(0.05 / math.sqrt(8), rel=0.1)
     png, svg = draw_half_normal(data, tmp_path, "hn")
     assert png.stat().st_size > 1000 and svg.exists()
     one = screen([0])
     lenth = half_normal(fit_effects(one, synthetic(one, 0.05, np.random.default_rng(0)), "y"))
     assert lenth.interval == "lenth" and all(lenth.clear_of_zero[-2:])
+    assert lenth.noise_slope == lenth_pse(sorted(lenth.abs_effects))  # |c| is all Lenth reads
     draw_half_normal(lenth, tmp_path, "hn-lenth")  # its title names Lenth's interval
 
 

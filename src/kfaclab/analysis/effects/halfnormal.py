@@ -2,9 +2,11 @@
 
 With m effects sorted by |estimate|, the i-th (1-based) is plotted against the half-normal
 quantile Φ⁻¹(0.5 + 0.5 (i − 0.5) / m). Effects that are noise fall on a line through the origin;
-the ones that matter stand off it to the right. Each point also says whether its interval (across
-seeds, or Lenth's when there are no replicates: ``EffectsTable.interval``) excludes 0, so the plot
-and the table never disagree; the title says which interval it is.
+the ones that matter stand off it to the right. That line is drawn: its slope is the effects'
+standard error, the one their intervals use (across seeds: the OLS standard error; Lenth's pseudo
+standard error without replicates), since |effect| of pure noise at quantile q is about q · SE.
+Each point also says whether its interval (``EffectsTable.interval``) excludes 0, so the plot and
+the table never disagree; the title says which interval it is.
 """
 
 from __future__ import annotations
@@ -13,7 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
 
-from kfaclab.analysis.effects.model import EffectsTable
+import numpy as np
+
+from kfaclab.analysis.effects.model import EffectsTable, lenth_pse
+from kfaclab.analysis.statistics.intervals import t_quantile
+
+LABELLED = 3  # the largest effects are named, and every one whose interval excludes 0
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,7 @@ class HalfNormalData:
     quantiles: list[float]
     clear_of_zero: list[bool]
     interval: str = "replicates"  # EffectsTable.interval
+    noise_slope: float | None = None  # the effects' standard error; None without intervals
 
 
 def half_normal(table: EffectsTable) -> HalfNormalData:
@@ -37,7 +45,21 @@ def half_normal(table: EffectsTable) -> HalfNormalData:
         quantiles=[normal.inv_cdf(0.5 + 0.5 * (i - 0.5) / m) for i in range(1, m + 1)],
         clear_of_zero=[e.clear_of_zero for e in ranked],
         interval=table.interval,
+        noise_slope=standard_error(table),
     )
+
+
+def standard_error(table: EffectsTable) -> float | None:
+    """The standard error behind the table's intervals: Lenth's PSE, or (replicates) the
+    half-width over t(df_resid), the median over effects (equal in a balanced design)."""
+    if table.interval == "lenth":
+        return lenth_pse([e.estimate for e in table.effects])
+    if table.interval != "replicates" or table.df_resid < 1:
+        return None
+    t = t_quantile(0.5 + table.level / 2, table.df_resid)
+    halves = [(e.ci_high - e.ci_low) / (2 * t) for e in table.effects]
+    finite = [h for h in halves if np.isfinite(h)]
+    return float(np.median(finite)) if finite else None
 
 
 INTERVAL_WORDS = {
@@ -56,16 +78,30 @@ def draw_half_normal(data: HalfNormalData, out_dir: Path, name: str) -> tuple[Pa
         ax = fig.add_subplot(1, 1, 1)
         colors = ["#D55E00" if c else "#0072B2" for c in data.clear_of_zero]
         ax.scatter(data.quantiles, data.abs_effects, c=colors, s=18, zorder=3)
-        for q, e, label, clear in zip(
-            data.quantiles, data.abs_effects, data.labels, data.clear_of_zero, strict=True
+        if data.noise_slope is not None and data.quantiles:
+            top = max(data.quantiles) * 1.05
+            ax.plot(
+                [0.0, top],
+                [0.0, data.noise_slope * top],
+                ls="--",
+                lw=0.8,
+                color="#777777",
+                label=f"noise: slope = SE ({data.noise_slope:.3g})",
+            )
+            ax.legend(loc="upper left", fontsize=7, frameon=False)
+        m = len(data.labels)
+        for i, (q, e, label, clear) in enumerate(
+            zip(data.quantiles, data.abs_effects, data.labels, data.clear_of_zero, strict=True)
         ):
-            if clear or e == max(data.abs_effects, default=0.0):
+            if clear or i >= m - LABELLED:
+                chain = label.split(" = ")
                 ax.annotate(
-                    label.split(" = ")[0],
+                    chain[0] + (" = …" if len(chain) > 1 else ""),
                     (q, e),
                     fontsize=7,
-                    xytext=(3, 2),
+                    xytext=(-3, 3),
                     textcoords="offset points",
+                    ha="right",
                 )
         ax.set_xlabel("half-normal quantile")
         ax.set_ylabel(f"|effect| on {data.response}")
