@@ -14,7 +14,7 @@ from scipy import stats
 
 from kfaclab.analysis.effects.halfnormal import draw_half_normal, half_normal
 from kfaclab.analysis.effects.model import Observation, fit_effects, lenth_pse
-from kfaclab.analysis.effects.report import RunValues, cost_line
+from kfaclab.analysis.effects.report import RunValues, cost_line, level_means, plain_words
 from kfaclab.analysis.effects.responses import (
     RunData,
     kfac_trial_seconds,
@@ -219,6 +219,26 @@ def test_three_level_factor_effects_are_level_differences() -> None:
     assert [e.names for e in table.effects] == ["act[tanh−relu]", "act[identity−relu]"]
     for e, truth in zip(table.effects, (0.5, -0.3), strict=True):
         assert e.ci_low <= truth <= e.ci_high and e.estimate == pytest.approx(truth, abs=0.03)
+
+
+def test_plain_words_give_the_level_means_behind_a_clear_main_effect() -> None:
+    design = screen([0, 1])
+    obs = synthetic(design, 0.05, np.random.default_rng(0))
+    runs = [
+        RunValues(r.name, r.seed, r.levels, {"y": o.value})
+        for r, o in zip(design.runs, obs, strict=True)
+    ]
+    table = fit_effects(design, obs, "y")
+    a = next(e for e in table.effects if e.term == "A")
+    (lo, m_lo, n_lo), (_, m_hi, n_hi) = level_means(design, runs, "y", a.names)
+    assert (n_lo, n_hi) == (16, 16) and m_hi - m_lo == pytest.approx(a.estimate, abs=1e-12)
+    by_hand = np.mean([o.value for o in obs if o.levels[0] == 0])
+    assert m_lo == pytest.approx(by_hand, abs=1e-12)
+    words = plain_words(table, design, runs)
+    assert f"{a.names} {a.estimate:+.3g}" in words and f"({lo} {m_lo:.3g}, 16 runs;" in words
+    assert "a×b" in words and "a×b = c×e = f×g +0." in words  # a chain: no level means
+    runs[0].values["y"] = math.nan  # a missing run leaves its level with 15
+    assert [n for _, _, n in level_means(design, runs, "y", a.names)] == [15, 16]
 
 
 def test_half_normal_data_and_figure(tmp_path: Any) -> None:

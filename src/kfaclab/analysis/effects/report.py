@@ -149,8 +149,11 @@ def cost_line(runs: list[RunValues]) -> str | None:
     return line + ". The effects on `wall_minutes` and `kfac_trial_seconds` say which choices cost."
 
 
-def plain_words(table: EffectsTable) -> str:
-    """One sentence: which effects' intervals exclude 0, largest first."""
+def plain_words(
+    table: EffectsTable, design: Design | None = None, runs: list[RunValues] | None = None
+) -> str:
+    """One sentence: which effects' intervals exclude 0, largest first; with the runs, each such
+    main effect followed by the raw mean response at each of its levels (level_means)."""
     if not table.effects:
         return f"{table.response}: not estimable ({'; '.join(table.notes)})."
     clear = sorted((e for e in table.effects if e.clear_of_zero), key=lambda e: -abs(e.estimate))
@@ -159,8 +162,35 @@ def plain_words(table: EffectsTable) -> str:
         if all(math.isnan(e.ci_low) for e in table.effects):
             return f"{table.response}: no intervals (no replicates); see the half-normal plot."
         return f"{table.response}: no effect's {pct}% interval excludes 0."
-    parts = [f"{e.names} {e.estimate:+.3g} [{e.ci_low:.3g}, {e.ci_high:.3g}]" for e in clear]
+    parts = []
+    for e in clear:
+        part = f"{e.names} {e.estimate:+.3g} [{e.ci_low:.3g}, {e.ci_high:.3g}]"
+        if design is not None and runs is not None and e.names in design_factor_names(design):
+            means = level_means(design, runs, table.response, e.names)
+            part += " (" + "; ".join(f"{lab} {m:.3g}, {n} runs" for lab, m, n in means) + ")"
+        parts.append(part)
     return f"{table.response}: {pct}% intervals exclude 0 for " + "; ".join(parts) + "."
+
+
+def design_factor_names(design: Design) -> set[str]:
+    return {f.name for f in design.factors}
+
+
+def level_means(
+    design: Design, runs: list[RunValues], response: str, factor: str
+) -> list[tuple[str, float, int]]:
+    """(level label, mean response, runs with a value) at each level of ``factor``: the raw
+    means behind a main effect (its estimate is their difference when no run is missing)."""
+    index = next(i for i, f in enumerate(design.factors) if f.name == factor)
+    out = []
+    for level, label in enumerate(design.factors[index].labels):
+        values = [
+            r.values[response]
+            for r in runs
+            if r.levels[index] == level and math.isfinite(r.values.get(response, math.nan))
+        ]
+        out.append((label, sum(values) / len(values) if values else math.nan, len(values)))
+    return out
 
 
 def markdown(design: Design, runs: list[RunValues], tables: list[EffectsTable]) -> str:
@@ -170,7 +200,7 @@ def markdown(design: Design, runs: list[RunValues], tables: list[EffectsTable]) 
         f"Design: {design.describe()}; seeds {list(design.seeds)} are the replicates.",
         "",
     ]
-    lines += [f"- {plain_words(t)}" for t in tables]
+    lines += [f"- {plain_words(t, design, runs)}" for t in tables]
     cost = cost_line(runs)
     lines += ["", cost] if cost else []
     lines += ["", "Factors (level 0 → −, level 1 → +):", ""]
