@@ -67,6 +67,11 @@ class LayerCapture:
     pairs: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     sampled: bool = False  # the pairs hold the MC Fisher's per-example (sum) gradients
 
+    def loss_rows(self) -> torch.Tensor | None:
+        """O = ∂L/∂s of the training loss: ``loss_grads`` where the capture keeps it apart from
+        the factors' rows (the MC Fisher's sampled gradients), else ``output_grads``."""
+        return self.loss_grads if self.loss_grads is not None else self.output_grads
+
     def clear(self) -> None:
         self.discard()
         self.outputs = None

@@ -1,4 +1,8 @@
-"""Deferred input-side rotation for a layer that follows an input stream (opt-in, see KFAC).
+"""Deferred input-side rotation of a data-input layer (opt-in for KFAC, see ``Speedups``).
+
+KFAC defers a layer that follows an input stream, on the stream's shared projections. The fused
+MLP step (``grads_from_batches``) defers on every step and uses its own batch's projection where
+the stream has none (``InputFactorStreams.batch_projection``).
 
 For layer 1 of the reference MLP the most expensive product of an exact K-FAC step is rotating
 the direction back out of A's eigenbasis: d = Q_G M Q_Aᵀ with M = (Q_Gᵀ∇Q_A) ⊘ (g aᵀ + λ), an
@@ -92,10 +96,11 @@ class DeferredLayers:
             known = (basis, columns, has_bias_column)
             self._inactive[layer.name] = known
         _, columns, has_bias_column = known
-        inputs, output_grads = batch.inputs, batch.output_grads
+        # The training loss's rows (the MC Fisher keeps its sampled ones apart for the factors).
+        inputs, rows = batch.inputs, batch.loss_rows()
         if layer.weight.grad is None and not has_bias_column:
-            assert inputs is not None and output_grads is not None
-            grads = batch_weight_grad(output_grads, inputs.index_select(1, columns))
+            assert inputs is not None and rows is not None
+            grads = batch_weight_grad(rows, inputs.index_select(1, columns))
         else:
             grads = block().index_select(1, columns)
         return InactivePart(columns, grads / damping)

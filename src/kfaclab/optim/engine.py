@@ -63,7 +63,9 @@ class KFACEngine:
         self.layers = layers
         self.options = options
         self.damping = damping
-        self.in_effect = resolve_speedups(options, speedups, weight_decay)
+        self.in_effect = resolve_speedups(
+            options, speedups, weight_decay, grads_from_batches=grads_from_batches
+        )
         if self.in_effect.not_applied:
             reasons = "; ".join(f"{k}: {v}" for k, v in self.in_effect.not_applied.items())
             warnings.warn(f"K-FAC speed-ups not in effect ({reasons})", stacklevel=3)
@@ -116,7 +118,12 @@ class KFACEngine:
         any_decay = bool(weight_decay) if per_item is None else any(per_item.weight_decays)
         # The shared batch projections exist for the stream's updates, i.e. the factor steps.
         from_batch = self.in_effect.from_batch and not any_decay and factor_step
-        defer = self.in_effect.deferred_rotation and from_batch and not wants_reduction
+        # A backend that computes its gradients from the batch defers on every step, projecting
+        # the batch itself where the stream has no projection (non-factor steps, no stream).
+        own_batches = self.directions.grads_from_batches and not any_decay
+        defer = (
+            self.in_effect.deferred_rotation and (from_batch or own_batches) and not wants_reduction
+        )
         if self.in_effect.deferred_rotation and not defer:
             self.counters["standard_form_steps"] += 1
         grads, directions, deferred, stacked = self.directions.directions(

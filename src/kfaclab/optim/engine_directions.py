@@ -120,7 +120,7 @@ class DirectionSide:
         for i, (layer, batch, lam) in enumerate(zip(self.layers, batches, lambdas, strict=True)):
             layer.damping = lam
             if defer:  # without weight decay: the block is the batch's gradient
-                split = self._deferred_direction(layer, batch, lam)
+                split = self._deferred_direction(layer, batch, lam, from_batch)
                 if split is not None:
                     deferred[i] = split
                     grads.append(empty)  # read only by KL clipping and model reduction
@@ -166,9 +166,11 @@ class DirectionSide:
         return grads, directions, deferred, stacked_directions
 
     def _deferred_direction(
-        self, layer: LayerState, batch: LayerCapture, lam: float
+        self, layer: LayerState, batch: LayerCapture, lam: float, from_stream: bool
     ) -> Deferred | None:
-        """(M, d outside the active block) if this layer's step can stay rotated, else None."""
+        """(M, d outside the active block) if this layer's step can stay rotated, else None.
+        ``from_stream``: this step's batch is the stream's update (its projection may be the
+        stream's); a backend with ``grads_from_batches`` otherwise projects the batch itself."""
         inverse = layer.inverse
         if not layer.input_is_data or not layer.is_linear:
             return None  # only a data-input Linear follows a stream's shared projections
@@ -176,15 +178,18 @@ class DirectionSide:
             return None
         if inverse.g.active is not None:
             return None
-        rows = _loss_rows(batch)
+        rows = batch.loss_rows()
         if batch.inputs is None or rows is None:
             return None
         weightless = self.grads_from_batches or layer.name in self.deferred.skipped
         if layer.weight.grad is None and not weightless:
             return None  # no gradient this step: the layer is left alone
-        projected = self.factors.streams.projection(layer, inverse.a)
+        streams = self.factors.streams
+        projected = streams.projection(layer, inverse.a) if from_stream else None
         if projected is None:
-            return None
+            if not self.grads_from_batches:
+                return None  # hooks defer on the stream's projections only
+            projected = streams.batch_projection(layer, batch.inputs, inverse.a)
         rotated = inverse.damped(inverse.rotated_batch_gradient(rows, projected), lam)
 
         def block() -> torch.Tensor:
@@ -212,7 +217,7 @@ class DirectionSide:
             diagonal = ExactInverse(diagonal_eigen(layer.factor_a), diagonal_eigen(layer.factor_g))
             return diagonal.precondition(block, lam)
         if isinstance(inverse, ExactInverse):
-            rows = None if batch is None else _loss_rows(batch)
+            rows = None if batch is None else batch.loss_rows()
             if (
                 layer.is_linear
                 and batch is not None
@@ -379,16 +384,10 @@ def _batch_rows(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(O, [X | 1]) of the captured batch for the gradient block Oᵀ[X | 1] (X alone without
     a bias); O is the training loss's ∂L/∂s."""
-    rows = _loss_rows(batch)
+    rows = batch.loss_rows()
     inputs = batch.inputs
     if inputs is None or not layer.has_bias:
         return rows, inputs
     if batch.inputs_with_ones is not None:
         return rows, batch.inputs_with_ones
     return rows, torch.cat([inputs, inputs.new_ones(inputs.shape[0], 1)], 1)
-
-
-def _loss_rows(batch: LayerCapture) -> torch.Tensor | None:
-    """O = ∂L/∂s of the training loss: ``loss_grads`` where the capture keeps it apart from the
-    factors' rows (the MC Fisher's sampled gradients), else ``output_grads``."""
-    return batch.loss_grads if batch.loss_grads is not None else batch.output_grads

@@ -159,9 +159,19 @@ class SpeedupsInEffect:
 
 
 def resolve_speedups(
-    options: KFACOptions, speedups: Speedups, weight_decay: float
+    options: KFACOptions,
+    speedups: Speedups,
+    weight_decay: float,
+    *,
+    grads_from_batches: bool = False,
 ) -> SpeedupsInEffect:
-    """Which requested speed-ups can apply to these options (the rest, with the reason)."""
+    """Which requested speed-ups can apply to these options (the rest, with the reason).
+
+    ``grads_from_batches``: the backend computes every gradient block from its captured batch
+    and keeps the training loss's rows apart from the MC Fisher's (``kfaclab.train.fused``).
+    Such a backend defers the data-input layer's rotation on its own, with or without a stream:
+    it projects its own batches where no stream shares the projection (any factor start,
+    schedule or Fisher; not under a KL clip, which reads whole directions, nor weight decay)."""
     off: dict[str, str] = {}
     from_batch = speedups.batch_gradients_only and speedups.input_stream_cache is not None
 
@@ -181,6 +191,8 @@ def resolve_speedups(
         from_batch = False
         refuse("batch_gradients_only", "identity-initialised factors are not shared by streams")
     deferred = speedups.deferred_rotation and from_batch and options.kl_clip is None
+    if grads_from_batches and options.kl_clip is None and not weight_decay:
+        deferred = True  # on its own batches' projections where the stream has none
     if speedups.deferred_rotation and not from_batch:
         off["deferred_rotation"] = "it needs batch_gradients_only in effect"
     elif speedups.deferred_rotation and options.kl_clip is not None:

@@ -35,6 +35,10 @@ class InputFactorStreams:
         # layer → (update, inputs, version) the forward hook found equal to that update's record,
         # so the step's update need not compare the same unchanged tensor again.
         self._verified: dict[str, tuple[int, torch.Tensor, int]] = {}
+        # layer → (inputs, version, basis, P): the projection the last training forward used,
+        # for the step on the same batch (batch_projection) instead of projecting it again.
+        self._forward: dict[str, tuple[torch.Tensor, int, FactorEigen, torch.Tensor]] = {}
+        self.own_projections = 0  # batches this optimizer projected itself for a deferred step
 
     def update(self, layer: LayerState, inputs: torch.Tensor) -> None:
         """Update ``layer``'s input factor with one batch of inputs (N, in)."""
@@ -156,7 +160,31 @@ class InputFactorStreams:
                 and stream.matches(update, inputs)
             ):
                 self._verified[layer.name] = (update, inputs, inputs._version)
+                self._forward.pop(layer.name, None)
                 return stored[1]
+        projected = project(inputs, layer.has_bias, basis)
+        self._forward[layer.name] = (inputs, inputs._version, basis, projected)
+        return projected
+
+    def batch_projection(
+        self, layer: LayerState, inputs: torch.Tensor, basis: FactorEigen
+    ) -> torch.Tensor:
+        """P for this step's batch where the stream has none: the one the training forward
+        computed for these very inputs (same storage, layout and version) on ``basis``, else
+        projected now (counted in ``own_projections``) — bitwise the same either way."""
+        entry = self._forward.pop(layer.name, None)
+        if entry is not None:
+            seen, version, seen_basis, projected = entry
+            if (
+                seen_basis is basis
+                and inputs.data_ptr() == seen.data_ptr()
+                and inputs.shape == seen.shape
+                and inputs.stride() == seen.stride()
+                and inputs.dtype == seen.dtype
+                and seen._version == version
+            ):
+                return projected
+        self.own_projections += 1
         return project(inputs, layer.has_bias, basis)
 
     def _already_verified(self, name: str, update: int, inputs: torch.Tensor) -> bool:
