@@ -135,9 +135,10 @@ def test_fused_trial_equals_the_general_optimizer(
     fused = run_trial(config, fused=True)
     _assert_close(run_trial(config, fused=False), fused)
     constant = isinstance(config.damping, float)  # Levenberg–Marquardt steps need d itself
-    if config.kl_clip is None and config.damping_form == "exact" and constant:
+    if config.damping_form == "exact" and constant:
         # The fused step keeps layer 1's update rotated on every step, whatever the factor
-        # start, schedule or Fisher: it projects the batch itself where no stream shares it.
+        # start, schedule, Fisher or KL clip: it projects the batch itself where no stream
+        # shares it, and takes a clip's dᵀ∇ from the rotated step.
         assert fused.counters["standard_form_steps"] == 0
 
 

@@ -61,6 +61,31 @@ class InactivePart(NamedTuple):
     values: torch.Tensor  # (out, m)
 
 
+class DeferredStep(NamedTuple):
+    """One step of a deferred layer: M = R ⊘ (g aᵀ + λ) in the eigenbasis, the direction outside
+    the active block, and R = Q_Gᵀ∇Q_A itself (for dᵀ∇, which a rotation leaves unchanged)."""
+
+    rotated: torch.Tensor  # M: (out, k)
+    inactive: InactivePart  # d on the inactive columns: ∇/λ there, times any scaling since
+    rotated_grad: torch.Tensor  # R: (out, k)
+    gradient_per_value: float  # ∇ = this · inactive.values on the inactive columns (λ at first)
+
+    def inner_with_gradient(self) -> float:
+        """dᵀ∇ of the whole step: ⟨M, R⟩ on the active block (⟨Q_G M Q_Aᵀ, ∇⟩ = ⟨M, Q_Gᵀ∇Q_A⟩)
+        plus ⟨d, ∇⟩ on the inactive columns, ∇ being a multiple of d there."""
+        values = self.inactive.values
+        active = float((self.rotated * self.rotated_grad).sum())
+        return active + self.gradient_per_value * float((values * values).sum())
+
+    def scaled(self, factor: float) -> DeferredStep:
+        """The step with its direction scaled by ``factor`` > 0 (a KL clip's ν); the gradient's
+        parts stay what they were."""
+        inactive = InactivePart(self.inactive.columns, self.inactive.values * factor)
+        return DeferredStep(
+            self.rotated * factor, inactive, self.rotated_grad, self.gradient_per_value / factor
+        )
+
+
 def batch_weight_grad(output_grads: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     """∇W = Oᵀ X of one batch (O = ∂L/∂s, X the layer inputs): what backward would compute."""
     return output_grads.T @ inputs

@@ -131,11 +131,14 @@ class KFACEngine:
         )
         if options.kl_clip is not None:
             lrs = lr if per_item is None else per_item.lrs
-            nu = fn.kl_clip_factor(directions, grads, lrs, options.kl_clip)
+            # A deferred layer's dᵀ∇ comes from its rotated step (its entries here are empty).
+            extra = [(i, one.inner_with_gradient()) for i, one in deferred.items()]
+            nu = fn.kl_clip_factor(directions, grads, lrs, options.kl_clip, extra)
             self.counters["kl_clip_last_factor"] = nu
             if nu < 1.0:
                 self.counters["kl_clip_binds"] += 1
                 directions = [d * nu for d in directions]
+                deferred = {i: one.scaled(nu) for i, one in deferred.items()}
                 stacked = []  # the stacks' tensors hold the unclipped directions
         fold_now = (t + 1) % options.inverse_every == 0  # the next step inverts
         skip = self.in_effect.skip_weight_grads

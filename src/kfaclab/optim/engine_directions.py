@@ -17,12 +17,12 @@ from kfaclab.curvature.eigen import diagonal_eigen
 from kfaclab.curvature.exact import ExactInverse
 from kfaclab.curvature.factored import FactoredInverse
 from kfaclab.optim.capture import LayerCapture
-from kfaclab.optim.deferred import DeferredLayers, InactivePart, batch_weight_grad
+from kfaclab.optim.deferred import DeferredLayers, DeferredStep, batch_weight_grad
 from kfaclab.optim.engine_factors import FactorSide
 from kfaclab.optim.factors import AliasMemo, stack_of, stack_views, stacked_view
 from kfaclab.optim.layer_state import LayerState
 
-Deferred = tuple[torch.Tensor, InactivePart]  # a deferred layer's step: (rotated M, inactive d)
+Deferred = DeferredStep  # a deferred layer's step: rotated M, inactive d, rotated gradient R
 ParamState = MutableMapping[torch.Tensor, dict[str, Any]]
 # A stack's members (layer indices) and their directions as one (k, out, in+1) tensor.
 StackedDirections = tuple[tuple[int, ...], torch.Tensor]
@@ -190,14 +190,16 @@ class DirectionSide:
             if not self.grads_from_batches:
                 return None  # hooks defer on the stream's projections only
             projected = streams.batch_projection(layer, batch.inputs, inverse.a)
-        rotated = inverse.damped(inverse.rotated_batch_gradient(rows, projected), lam)
+        rotated_grad = inverse.rotated_batch_gradient(rows, projected)
+        rotated = inverse.damped(rotated_grad, lam)
 
         def block() -> torch.Tensor:
             full = self.gradient_block(layer, batch)
             assert full is not None
             return full
 
-        return rotated, self.deferred.inactive_part(layer, inverse, batch, lam, block)
+        inactive = self.deferred.inactive_part(layer, inverse, batch, lam, block)
+        return DeferredStep(rotated, inactive, rotated_grad, lam)
 
     def precondition(
         self, layer: LayerState, block: torch.Tensor, lam: float, batch: LayerCapture | None = None
@@ -344,7 +346,7 @@ class DirectionSide:
     ) -> None:
         """The deferred layers' steps, kept in A's eigenbasis (``fold_now``: the next step inverts,
         so fold them into the weights now)."""
-        for i, (rotated, inactive) in deferred.items():
+        for i, (rotated, inactive, _, _) in deferred.items():
             layer = self.layers[i]
             assert isinstance(layer.inverse, ExactInverse)
             state = self.param_state[layer.weight]

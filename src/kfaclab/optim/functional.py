@@ -16,20 +16,25 @@ def kl_clip_factor(
     gradients: Sequence[torch.Tensor],
     lr: float | Sequence[float],
     kl_clip: float,
+    inner_products: Sequence[tuple[int, float]] = (),
 ) -> float:
     """ν = min(1, sqrt(c / (η² Σ dᵀ∇))), the usual K-FAC KL clipping (Ba et al. 2017).
 
     η² dᵀ∇ estimates the KL divergence between the predictive distributions before and after the
     step; ν scales the direction so the estimate stays below ``kl_clip``. A non-positive or
     non-finite estimate (not a descent direction) leaves the step unscaled. ``lr``: one η, or
-    one per direction (parameter groups): then the estimate is Σ ηᵢ² dᵢᵀ∇ᵢ.
+    one per direction (parameter groups): then the estimate is Σ ηᵢ² dᵢᵀ∇ᵢ. ``inner_products``:
+    (item index, dᵀ∇) of items whose direction is not in ``directions`` (a deferred layer's,
+    kept in its eigenbasis), added with that item's η.
     """
     pairs = zip(directions, gradients, strict=True)
     if isinstance(lr, Sequence):
         per_item = zip(lr, pairs, strict=True)
         estimate = sum(eta * eta * float((d * g).sum()) for eta, (d, g) in per_item)
+        estimate += sum(lr[i] * lr[i] * inner for i, inner in inner_products)
     else:
         total = sum(float((d * g).sum()) for d, g in pairs)
+        total += sum(inner for _, inner in inner_products)
         estimate = lr * lr * total
     if not (estimate > 0 and math.isfinite(estimate)):
         return 1.0
