@@ -4,6 +4,7 @@ decades, nothing moves the other responses."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -11,7 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from kfaclab.analysis.effects.report import RunValues, effects_data, effects_tables
-from kfaclab.analysis.findings.design import design_section, read_design
+from kfaclab.analysis.findings.design import (
+    FactorEffect,
+    deciding_words,
+    design_section,
+    read_design,
+)
 from test_effects import screen
 
 NAMES = [
@@ -61,7 +67,7 @@ def test_the_deciding_factor_is_named_with_its_direction_and_the_rest_are_not(
     lines = design_section(tmp_path)
     text = "\n".join(lines)
     assert "32 of 32 runs finished (seeds 0, 1)" in text and "40 TPE trials a cell, 1 epoch" in text
-    assert "- **C1**: where the best λ lies (decades of λ) moves with d (1 → 10) +2" in text
+    assert "- **C1**: where the best λ lies (decades of λ) moves most with d (1 → 10) +2" in text
     assert "how far λ = 1 ends above the best λ: no factor is clear of 0" in text
     c2 = "| C2 | how often the search's trials at the smallest λ diverge (share of trials) |"
     assert c2 in text
@@ -82,3 +88,17 @@ def test_one_seed_reads_as_lenth_and_says_so(tmp_path: Path) -> None:
 
 def test_no_design_no_section(tmp_path: Path) -> None:
     assert design_section(tmp_path) == []
+
+
+def test_many_deciding_effects_are_cut_to_the_largest_three(tmp_path: Path) -> None:
+    write_synthetic(tmp_path / "screen", [0, 1])
+    d = read_design(tmp_path / "screen")
+    best = next(r for r in d.responses if r.response == "log10_best_lambda")
+    effects = [
+        FactorEffect(f"f{i}", "", 1.0 - 0.1 * i, 0.5 - 0.1 * i, 1.5 - 0.1 * i) for i in range(5)
+    ]
+    many = dataclasses.replace(best, effects=effects)
+    words = deciding_words(many)
+    assert words.startswith("f0 +1 [+0.5, +1.5]; f1 +0.9") and "f2 +0.8" in words
+    assert "f3" not in words and words.endswith("(and 2 more, in effects.md)")
+    assert deciding_words(dataclasses.replace(best, effects=effects[:3])).endswith("+1.3]")

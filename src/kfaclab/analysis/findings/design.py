@@ -148,14 +148,22 @@ def by_claim(design: DesignFinding) -> Mapping[str, list[ResponseFinding]]:
     return out
 
 
+NAMED = 3  # deciding effects named per response (largest first); effects.md has every one
+
+
+def deciding_words(r: ResponseFinding) -> str:
+    """The largest ``NAMED`` deciding effects, and how many more there are."""
+    named = "; ".join(e.words() for e in r.deciding[:NAMED])
+    more = len(r.deciding) - NAMED
+    return named + (f" (and {more} more, in effects.md)" if more > 0 else "")
+
+
 def claim_sentence(claim: str, responses: Sequence[ResponseFinding]) -> str:
     """One line per claim: the factors that decide its responses, or that none does."""
     parts = []
     for r in responses:
         if r.deciding:
-            parts.append(
-                f"{r.meaning} ({r.unit}) moves with " + "; ".join(e.words() for e in r.deciding)
-            )
+            parts.append(f"{r.meaning} ({r.unit}) moves most with {deciding_words(r)}")
         else:
             top = r.effects[0]
             parts.append(f"{r.meaning}: no factor is clear of 0 (largest {top.words()}, {r.unit})")
@@ -193,7 +201,7 @@ def design_section(results: Path) -> list[str]:
             "| --- | --- | --- | --- |",
         ]
         for r in d.responses:
-            deciding = "; ".join(e.words() for e in r.deciding) or "none"
+            deciding = deciding_words(r) if r.deciding else "none"
             out.append(
                 f"| {r.claim} | {r.meaning} ({r.unit}) | {deciding} | {r.effects[0].words()} |"
             )
