@@ -250,6 +250,8 @@ def test_half_normal_data_and_figure(tmp_path: Any) -> None:
     assert data.quantiles == pytest.approx(expected, abs=1e-12)
     assert data.abs_effects == sorted(data.abs_effects)
     assert data.labels[-1] == "a" and data.labels[-2] == "d"  # |0.8| > |−0.5| > 0.3
+    assert data.terms[-3:] == ["AB=CE=FG", "D", "A"]  # the plot's short labels, same order
+    assert data.legend == "A = a, B = b, C = c, D = d, E = e, F = f, G = g"
     assert sum(data.clear_of_zero) == 3 and all(data.clear_of_zero[-3:])
     assert data.interval == "replicates"
     # the noise line's slope is the effects' standard error: σ √(1/16 + 1/16) for a difference of

@@ -11,7 +11,7 @@ the table never disagree; the title says which interval it is.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
 
@@ -26,12 +26,14 @@ LABELLED = 3  # the largest effects are named, and every one whose interval excl
 @dataclass(frozen=True)
 class HalfNormalData:
     response: str
-    labels: list[str]  # ascending |effect|
+    labels: list[str]  # ascending |effect|: the effects' factor names ("activation×init = …")
     abs_effects: list[float]
     quantiles: list[float]
     clear_of_zero: list[bool]
     interval: str = "replicates"  # EffectsTable.interval
     noise_slope: float | None = None  # the effects' standard error; None without intervals
+    terms: list[str] = field(default_factory=list)  # the same in letters: "AB=CE=FG"
+    legend: str = ""  # "A = activation, B = init, …": what the letters on the plot mean
 
 
 def half_normal(table: EffectsTable) -> HalfNormalData:
@@ -46,6 +48,8 @@ def half_normal(table: EffectsTable) -> HalfNormalData:
         clear_of_zero=[e.clear_of_zero for e in ranked],
         interval=table.interval,
         noise_slope=standard_error(table),
+        terms=[e.term for e in ranked],
+        legend=", ".join(f"{e.term} = {e.names}" for e in table.effects if e.order == 1),
     )
 
 
@@ -90,19 +94,24 @@ def draw_half_normal(data: HalfNormalData, out_dir: Path, name: str) -> tuple[Pa
             )
             ax.legend(loc="upper left", fontsize=7, frameon=False)
         m = len(data.labels)
+        # Letters keep the labels short enough not to collide (the legend says what they mean);
+        # without terms (older data) the factor names are used.
+        names = data.terms if len(data.terms) == m else data.labels
         for i, (q, e, label, clear) in enumerate(
-            zip(data.quantiles, data.abs_effects, data.labels, data.clear_of_zero, strict=True)
+            zip(data.quantiles, data.abs_effects, names, data.clear_of_zero, strict=True)
         ):
             if clear or i >= m - LABELLED:
-                chain = label.split(" = ")
+                chain = label.replace(" = ", "=").split("=")
                 ax.annotate(
-                    chain[0] + (" = …" if len(chain) > 1 else ""),
+                    chain[0] + ("=…" if len(chain) > 1 else ""),
                     (q, e),
                     fontsize=7,
                     xytext=(-3, 3),
                     textcoords="offset points",
                     ha="right",
                 )
+        if data.legend and names is data.terms:  # below the axis label (saved "tight")
+            ax.text(0.5, -0.2, data.legend, transform=ax.transAxes, fontsize=6, ha="center")
         ax.set_xlabel("half-normal quantile")
         ax.set_ylabel(f"|effect| on {data.response}")
         words = INTERVAL_WORDS[data.interval]
