@@ -195,11 +195,18 @@ def test_deferred_rotation_equals_the_standard_update(
 
     batches = _batches(11, device, dtype=torch.float64)
     cache = InputStreamCache()
-    for damping in (lambda: 1e-2, lambda: ExponentialDecay(start=0.5, end=1e-3, steps=11)):
-        first = _run(batches, cache, **_deferred_options(momentum=momentum, damping=damping()))
-        second = _run(batches, cache, **_deferred_options(momentum=momentum, damping=damping()))
+    cases: list[tuple[Any, dict[str, Any]]] = [
+        (lambda: 1e-2, {}),
+        (lambda: ExponentialDecay(start=0.5, end=1e-3, steps=11), {}),
+        # a KL clip that binds: dᵀ∇ of layer 1 from its rotated step, the clip on that step
+        (lambda: 1e-2, {"kl_clip": 1e-6}),
+    ]
+    for damping, extra in cases:
+        options = dict(momentum=momentum, **extra)
+        first = _run(batches, cache, **_deferred_options(damping=damping(), **options))
+        second = _run(batches, cache, **_deferred_options(damping=damping(), **options))
         _assert_bitwise(first, second)  # recorder and follower
-        standard = _run(batches, None, momentum=momentum, damping=damping())
+        standard = _run(batches, None, damping=damping(), **options)
         for ours, theirs in zip(second, standard, strict=True):
             torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
 

@@ -171,8 +171,8 @@ def resolve_speedups(
     and keeps the training loss's rows apart from the MC Fisher's (``kfaclab.train.fused``).
     Such a backend defers the data-input layer's rotation on its own, with or without a stream:
     it projects its own batches where no stream shares the projection (any factor start,
-    schedule or Fisher; under a KL clip too, whose dᵀ∇ the rotated step gives; not with weight
-    decay, which adds a term the batch does not have)."""
+    schedule or Fisher; not with weight decay, which adds a term the batch does not have). A KL
+    clip defers too: the rotated step gives its dᵀ∇ (``deferred.DeferredStep``)."""
     off: dict[str, str] = {}
     from_batch = speedups.batch_gradients_only and speedups.input_stream_cache is not None
 
@@ -191,13 +191,11 @@ def resolve_speedups(
     elif options.factor_init != "batch":
         from_batch = False
         refuse("batch_gradients_only", "identity-initialised factors are not shared by streams")
-    deferred = speedups.deferred_rotation and from_batch and options.kl_clip is None
+    deferred = speedups.deferred_rotation and from_batch
     if grads_from_batches and not weight_decay:
         deferred = True  # on its own batches' projections where the stream has none
     if speedups.deferred_rotation and not from_batch:
         off["deferred_rotation"] = "it needs batch_gradients_only in effect"
-    elif speedups.deferred_rotation and options.kl_clip is not None:
-        off["deferred_rotation"] = "KL clipping reads every layer's whole direction"
     skip = speedups.skip_weight_grads and deferred
     if skip and options.factor_every != 1:
         skip = False
