@@ -166,19 +166,29 @@ def test_without_the_shared_stream_the_fused_step_projects_its_own_batches(
     assert no_room.nbytes == 0 and no_room.shared_projections == 0  # nothing to defer with
 
 
+POPULAR = {"factor_init": "identity", "factor_every": 3, "inverse_every": 7, "eigen_floor": 1e-10}
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {**POPULAR, "fisher": "mc"}, {**POPULAR, "kl_clip": 1e-3}],
+    ids=["base", "popular-noclip", "popular-clip"],
+)
 def test_fused_trial_is_bitwise_reproducible_recording_or_following(
-    mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+    mnist_dir: Path, monkeypatch: pytest.MonkeyPatch, overrides: dict[str, Any]
 ) -> None:
     """The first trial in a process records layer 1's stream, later ones follow it: the result
-    must not depend on which (nor on the lr of the trial that recorded it)."""
+    must not depend on which (nor on the lr of the trial that recorded it). Identity-started
+    factors have streams of their own, shared as first-batch ones are."""
     # CPU only: the claim is bitwise equality of whole records (histogram counts included),
     # which CUDA does not guarantee without deterministic algorithms.
     cache = InputStreamCache()
     monkeypatch.setattr(loop, "INPUT_STREAMS", cache)
-    config = _config(mnist_dir, dtype="float32", steps=25)
+    config = _config(mnist_dir, dtype="float32", steps=25, **overrides)
     run_trial(dataclasses.replace(config, lr=0.05), fused=True)  # records
     followed = run_trial(config, fused=True)
     assert cache.shared_projections > 0 and cache.followed_updates > 0
+    assert cache.shared_decompositions > 0
     cache.clear()
     recorded = run_trial(config, fused=True)
     for a, b in ((followed, recorded), (recorded, run_trial(config, fused=True))):

@@ -41,9 +41,10 @@ class FactorSide:
     ) -> None:
         self.layers = layers
         self.options = options
-        # Identity-initialised factors never follow a stream (their start is not the stream's).
+        # A stream is kept per factor start: identity-started factors share theirs with others
+        # that start at the identity, first-batch ones with first-batch ones.
         self.streams = InputFactorStreams(
-            cache if options.factor_init == "batch" else None, options.factor_decay
+            cache, options.factor_decay, identity_start=options.factor_init == "identity"
         )
         self.fallbacks = FallbackCounter()
         self.spectra = [LayerSpectrum(layer.name, None) for layer in layers]

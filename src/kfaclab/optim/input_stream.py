@@ -17,10 +17,11 @@ on the same values, so every result is bitwise what a fresh computation gives. T
 that differs ends the following, after which the layer is updated as usual.
 
 A stream is keyed by everything else the factor depends on: the layer's name and input width,
-whether it has a bias, the factor decay, dtype and device. Memory is bounded by ``max_bytes``
-(the default holds one epoch of the reference protocol's layer 1: about 190 MB of inputs and
-230 MB of snapshots and decompositions); a stream that would exceed it stops growing, and
-optimizers that run past its end compute for themselves from there on.
+whether it has a bias, the factor decay, its start (first batch or identity), dtype and device.
+Memory is bounded by ``max_bytes`` (the default holds one epoch of the reference protocol's
+layer 1: about 190 MB of inputs and 230 MB of snapshots and decompositions); a stream that
+would exceed it stops growing, and optimizers that run past its end compute for themselves from
+there on.
 """
 
 from __future__ import annotations
@@ -32,11 +33,15 @@ import torch
 
 from kfaclab.curvature.eigen import FactorEigen
 
-StreamKey = tuple[str, int, bool, float, torch.dtype, torch.device]
+StreamKey = tuple[str, int, bool, float, str, torch.dtype, torch.device]
 
 
-def stream_key(name: str, inputs: torch.Tensor, with_bias: bool, decay: float) -> StreamKey:
-    return (name, inputs.shape[1], with_bias, decay, inputs.dtype, inputs.device)
+def stream_key(
+    name: str, inputs: torch.Tensor, with_bias: bool, decay: float, start: str = "batch"
+) -> StreamKey:
+    """``start``: the factor's value before its first update ("batch": none, the first update
+    sets it; "identity": I), which every later running factor depends on."""
+    return (name, inputs.shape[1], with_bias, decay, start, inputs.dtype, inputs.device)
 
 
 def bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -182,15 +182,12 @@ def resolve_speedups(
 
     if speedups.input_stream_cache is None:
         refuse("batch_gradients_only", "it needs an input_stream_cache (the shared projections)")
-    elif options.fisher != "empirical":
+    elif options.fisher != "empirical" and not grads_from_batches:
         from_batch = False
         refuse("batch_gradients_only", "the MC Fisher's captured gradients are not .grad's")
     elif weight_decay:
         from_batch = False
         refuse("batch_gradients_only", "weight decay adds a term the batch does not have")
-    elif options.factor_init != "batch":
-        from_batch = False
-        refuse("batch_gradients_only", "identity-initialised factors are not shared by streams")
     deferred = speedups.deferred_rotation and from_batch
     if grads_from_batches and not weight_decay:
         deferred = True  # on its own batches' projections where the stream has none
@@ -205,15 +202,23 @@ def resolve_speedups(
     return SpeedupsInEffect(from_batch, deferred, skip, off)
 
 
-def applicable(speedups: Speedups, options: KFACOptions, weight_decay: float) -> Speedups:
+def applicable(
+    speedups: Speedups,
+    options: KFACOptions,
+    weight_decay: float,
+    *,
+    grads_from_batches: bool = False,
+) -> Speedups:
     """``speedups`` less the ones that cannot apply to ``options``: for callers (the sweep's
-    trials) that ask for "whatever applies" and so want no warning about the rest."""
-    in_effect = resolve_speedups(options, speedups, weight_decay)
+    trials) that ask for "whatever applies" and so want no warning about the rest. The deferral
+    a ``grads_from_batches`` backend adds on its own (see ``resolve_speedups``) is the engine's,
+    not a ``Speedups`` flag."""
+    in_effect = resolve_speedups(
+        options, speedups, weight_decay, grads_from_batches=grads_from_batches
+    )
     return Speedups(
-        speedups.input_stream_cache
-        if in_effect.from_batch or options.factor_init == "batch"
-        else None,
+        speedups.input_stream_cache,
         in_effect.from_batch,
-        in_effect.deferred_rotation,
+        in_effect.deferred_rotation and in_effect.from_batch,
         in_effect.skip_weight_grads,
     )

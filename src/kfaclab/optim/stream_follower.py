@@ -27,10 +27,27 @@ def project(inputs: torch.Tensor, with_bias: bool, basis: FactorEigen) -> torch.
     return inputs @ basis.vectors
 
 
+def same_basis(recorded: FactorEigen | None, basis: FactorEigen) -> bool:
+    """Whether ``basis`` projects as ``recorded`` does: the same eigenvector and active-coordinate
+    tensors (a P depends on nothing else; an eigenvalue floor makes a new FactorEigen of the same
+    vectors, ``curvature.eigen.floored``)."""
+    return (
+        recorded is not None
+        and recorded.vectors is basis.vectors
+        and recorded.active is basis.active
+    )
+
+
 class InputFactorStreams:
-    def __init__(self, cache: InputStreamCache | None, decay: float) -> None:
+    def __init__(
+        self, cache: InputStreamCache | None, decay: float, *, identity_start: bool = False
+    ) -> None:
         self.cache = cache
         self.decay = decay
+        # Factors that start at I (factor_init="identity") join a stream of identity starts at
+        # their first update, with A = I then; first-batch factors join while A is still None.
+        self.identity_start = identity_start
+        self._joinable = True  # False after a loaded state: its factors are not a stream's start
         self._cursors: dict[str, StreamCursor | None] = {}  # None: this layer no longer shares
         # layer → (update, inputs, version) the forward hook found equal to that update's record,
         # so the step's update need not compare the same unchanged tensor again.
@@ -132,7 +149,9 @@ class InputFactorStreams:
         if cursor is None or not cursor.synced or cursor.eigen_at is None or self.cache is None:
             return None
         stream = cursor.stream
-        if stream.eigens.get(cursor.eigen_at) is not basis or cursor.updates > stream.updates:
+        if not same_basis(stream.eigens.get(cursor.eigen_at), basis):
+            return None
+        if cursor.updates > stream.updates:
             return None
         stored = stream.projections.get(cursor.updates)
         if stored is not None and stored[0] == cursor.eigen_at:
@@ -156,7 +175,7 @@ class InputFactorStreams:
             if (
                 stored is not None
                 and stored[0] == cursor.eigen_at
-                and stream.eigens.get(cursor.eigen_at) is basis
+                and same_basis(stream.eigens.get(cursor.eigen_at), basis)
                 and stream.matches(update, inputs)
             ):
                 self._verified[layer.name] = (update, inputs, inputs._version)
@@ -176,7 +195,7 @@ class InputFactorStreams:
         if entry is not None:
             seen, version, seen_basis, projected = entry
             if (
-                seen_basis is basis
+                same_basis(seen_basis, basis)
                 and inputs.data_ptr() == seen.data_ptr()
                 and inputs.shape == seen.shape
                 and inputs.stride() == seen.stride()
@@ -213,16 +232,21 @@ class InputFactorStreams:
         self.detach_all()
 
     def detach_all(self) -> None:
-        """Stop sharing for every layer (after ``load_state_dict``: factors are exact and ours)."""
+        """Stop sharing for every layer (after ``load_state_dict``: factors are exact and ours),
+        including layers not updated yet, whose loaded factors need not be a stream's start."""
         for name in list(self._cursors):
             self._cursors[name] = None
+        self._joinable = False
 
     def _cursor(self, layer: LayerState, inputs: torch.Tensor) -> StreamCursor | None:
         if layer.name not in self._cursors:
-            if self.cache is None or not layer.input_is_data or layer.factor_a is not None:
+            # The first update: A is still its start (None, or I for an identity start).
+            started = layer.factor_a is not None and not self.identity_start
+            if self.cache is None or not layer.input_is_data or started or not self._joinable:
                 self._cursors[layer.name] = None
             else:
-                key = stream_key(layer.name, inputs, layer.has_bias, self.decay)
+                start = "identity" if self.identity_start else "batch"
+                key = stream_key(layer.name, inputs, layer.has_bias, self.decay, start)
                 self._cursors[layer.name] = StreamCursor(self.cache.join(key, inputs))
         cursor = self._cursors[layer.name]
         if cursor is not None and not layer.input_is_data:

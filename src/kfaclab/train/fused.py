@@ -59,7 +59,9 @@ class FusedKFAC(FusedMLP):
         options = kfac_options(config)
         # Everything of the sweep's speed-ups that applies to this trial's options (no weight
         # gradients to skip here: there is no autograd).
-        speedups = applicable(Speedups(cache, True, deferred_rotation=True), options, 0.0)
+        speedups = applicable(
+            Speedups(cache, True, deferred_rotation=True), options, 0.0, grads_from_batches=True
+        )
         self.param_state: defaultdict[torch.Tensor, dict[str, Any]] = defaultdict(dict)
         self.engine = KFACEngine(
             [LayerState(n, m) for n, m in named],
