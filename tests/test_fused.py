@@ -189,6 +189,8 @@ def test_fused_trial_is_bitwise_reproducible_recording_or_following(
     followed = run_trial(config, fused=True)
     assert cache.shared_projections > 0 and cache.followed_updates > 0
     assert cache.shared_decompositions > 0
+    if config.factor_every > 1:  # the batches between factor updates are shared too
+        assert cache.shared_batch_projections > 0
     cache.clear()
     recorded = run_trial(config, fused=True)
     for a, b in ((followed, recorded), (recorded, run_trial(config, fused=True))):
@@ -196,6 +198,32 @@ def test_fused_trial_is_bitwise_reproducible_recording_or_following(
         assert a.evals == b.evals
         assert a.histograms == b.histograms
         assert a.curvature == b.curvature
+
+
+def test_a_batch_that_differs_from_the_streams_ends_the_batch_sharing(
+    mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A follower compares each batch between factor updates with the stream's record, bit for
+    bit, before taking its projection: a record that differs (here planted, with a garbage
+    projection beside it) is not used, from there on, and the trial is the one run alone."""
+    cache = InputStreamCache()
+    monkeypatch.setattr(loop, "INPUT_STREAMS", cache)
+    config = _config(mnist_dir, dtype="float32", steps=25, **POPULAR)
+    run_trial(config, fused=True)  # records batches 1..25 and their projections
+    (stream,) = cache._streams.values()
+    assert len(stream.batches) == 25
+    planted = 8  # batch 8 (step 7): not a factor step (every 3), rotation pending
+    eigen_at, projection = stream.batch_projections[planted]
+    stream.batches[planted - 1] = stream.batches[planted - 1].clone().add_(1.0)
+    stream.batch_projections[planted] = (eigen_at, torch.full_like(projection, 1e3))
+    before = cache.shared_batch_projections
+    followed = run_trial(config, fused=True)
+    shared = cache.shared_batch_projections - before
+    # batches 2, 3, 5, 6 (steps 1, 2, 4, 5) shared; from batch 8 on nothing
+    assert 0 < shared <= 5
+    monkeypatch.setattr(loop, "INPUT_STREAMS", InputStreamCache(max_bytes=0))
+    alone = run_trial(config, fused=True)
+    assert followed.step_losses == alone.step_losses and followed.evals == alone.evals
 
 
 @pytest.mark.parametrize(

@@ -127,7 +127,7 @@ class KFACEngine:
         if self.in_effect.deferred_rotation and not defer:
             self.counters["standard_form_steps"] += 1
         grads, directions, deferred, stacked = self.directions.directions(
-            batches, lambdas, decays, from_batch, defer
+            batches, lambdas, decays, from_batch, defer, step=t
         )
         if options.kl_clip is not None:
             lrs = lr if per_item is None else per_item.lrs

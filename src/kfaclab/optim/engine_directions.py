@@ -96,6 +96,7 @@ class DirectionSide:
         weight_decay: float | Sequence[float],
         from_batch: bool,
         defer: bool,
+        step: int | None = None,
     ) -> tuple[
         list[torch.Tensor], list[torch.Tensor], dict[int, Deferred], list[StackedDirections]
     ]:
@@ -120,7 +121,7 @@ class DirectionSide:
         for i, (layer, batch, lam) in enumerate(zip(self.layers, batches, lambdas, strict=True)):
             layer.damping = lam
             if defer:  # without weight decay: the block is the batch's gradient
-                split = self._deferred_direction(layer, batch, lam, from_batch)
+                split = self._deferred_direction(layer, batch, lam, from_batch, step)
                 if split is not None:
                     deferred[i] = split
                     grads.append(empty)  # read only by KL clipping and model reduction
@@ -166,11 +167,17 @@ class DirectionSide:
         return grads, directions, deferred, stacked_directions
 
     def _deferred_direction(
-        self, layer: LayerState, batch: LayerCapture, lam: float, from_stream: bool
+        self,
+        layer: LayerState,
+        batch: LayerCapture,
+        lam: float,
+        from_stream: bool,
+        step: int | None = None,
     ) -> Deferred | None:
         """(M, d outside the active block) if this layer's step can stay rotated, else None.
         ``from_stream``: this step's batch is the stream's update (its projection may be the
-        stream's); a backend with ``grads_from_batches`` otherwise projects the batch itself."""
+        stream's); a backend with ``grads_from_batches`` otherwise takes the stream's record of
+        batch ``step + 1`` or projects the batch itself."""
         inverse = layer.inverse
         if not layer.input_is_data or not layer.is_linear:
             return None  # only a data-input Linear follows a stream's shared projections
@@ -186,10 +193,12 @@ class DirectionSide:
             return None  # no gradient this step: the layer is left alone
         streams = self.factors.streams
         projected = streams.projection(layer, inverse.a) if from_stream else None
+        if projected is not None and self.grads_from_batches and step is not None:
+            streams.note_update_batch(layer, step)
         if projected is None:
             if not self.grads_from_batches:
                 return None  # hooks defer on the stream's projections only
-            projected = streams.batch_projection(layer, batch.inputs, inverse.a)
+            projected = streams.batch_projection(layer, batch.inputs, inverse.a, step)
         rotated_grad = inverse.rotated_batch_gradient(rows, projected)
         rotated = inverse.damped(rotated_grad, lam)
 
@@ -363,16 +372,19 @@ class DirectionSide:
                 self.deferred.materialize(layer, self.param_state[layer.weight])
 
     def forward_correction(
-        self, index: int, inputs: torch.Tensor
+        self, index: int, inputs: torch.Tensor, step: int | None = None
     ) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """For a training batch's forward: what to subtract from layer ``index``'s output while
         its rotated update is pending (``deferred``), as a function of the output's shape; None
-        when nothing is pending. ``inputs``: (N, in)."""
+        when nothing is pending. ``inputs``: (N, in). ``step``: the training step this forward
+        belongs to, from a backend whose every forward here is a training batch (the fused
+        step), so that the stream's batch records may serve it."""
         layer = self.layers[index]
         pending = self.deferred.pending.get(layer.name)
         if pending is None:
             return None
-        projected = self.factors.streams.next_batch_projection(layer, inputs, pending.basis.a)
+        basis = pending.basis.a
+        projected = self.factors.streams.next_batch_projection(layer, inputs, basis, step)
         correction = pending.correction(projected)
         return lambda output: output - correction.reshape(output.shape)
 

@@ -74,6 +74,10 @@ class InputStream:
     # u → (u_s, P): update u's inputs [X | 1] on the active coordinates of eigens[u_s], rotated
     # into its eigenbasis (P = X̄ Q_A), for optimizers that precondition from the batch.
     projections: dict[int, tuple[int, torch.Tensor]] = field(default_factory=dict)
+    # Every training batch b = 1, 2, … (the recorder's step b − 1), for optimizers that update
+    # their factors less often than every step, and b → (u_s, P) its projection on eigens[u_s].
+    batches: list[torch.Tensor] = field(default_factory=list)
+    batch_projections: dict[int, tuple[int, torch.Tensor]] = field(default_factory=dict)
     nbytes: int = 0
     closed: bool = False  # no longer recorded (budget spent or evicted)
 
@@ -104,6 +108,7 @@ class InputStreamCache:
         self.followed_updates = 0  # factor updates skipped by followers
         self.shared_decompositions = 0  # decompositions taken from a record
         self.shared_projections = 0  # batch projections taken from a record
+        self.shared_batch_projections = 0  # … of batches between factor updates
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -142,6 +147,25 @@ class InputStreamCache:
         if stream.closed or self.nbytes + size > self.max_bytes:
             return
         stream.projections[update] = (eigen_at, projection)
+        stream.nbytes += size
+
+    def record_batch(
+        self,
+        stream: InputStream,
+        inputs: torch.Tensor,
+        eigen_at: int,
+        projection: torch.Tensor,
+        *,
+        owned: bool = False,
+    ) -> None:
+        """Append the next training batch and its projection if they fit (a saving, never a
+        necessity: the stream stays open). ``owned``: both are already the stream's (an
+        update's recorded inputs and projection), not to be cloned or counted again."""
+        size = 0 if owned else _nbytes(projection) + _nbytes(inputs)
+        if stream.closed or self.nbytes + size > self.max_bytes:
+            return
+        stream.batches.append(inputs if owned else inputs.clone())
+        stream.batch_projections[len(stream.batches)] = (eigen_at, projection)
         stream.nbytes += size
 
     def _grow(

@@ -14,7 +14,7 @@ import torch
 from kfaclab.curvature.decompose import FallbackCounter
 from kfaclab.curvature.eigen import FactorEigen, eigen_of_factor
 from kfaclab.optim.factors import update_input_factor
-from kfaclab.optim.input_stream import InputStreamCache, StreamCursor, stream_key
+from kfaclab.optim.input_stream import InputStreamCache, StreamCursor, bitwise_equal, stream_key
 from kfaclab.optim.layer_state import LayerState
 
 
@@ -56,6 +56,7 @@ class InputFactorStreams:
         # for the step on the same batch (batch_projection) instead of projecting it again.
         self._forward: dict[str, tuple[torch.Tensor, int, FactorEigen, torch.Tensor]] = {}
         self.own_projections = 0  # batches this optimizer projected itself for a deferred step
+        self._batches_off: set[str] = set()  # layers whose batches left the stream's
 
     def update(self, layer: LayerState, inputs: torch.Tensor) -> None:
         """Update ``layer``'s input factor with one batch of inputs (N, in)."""
@@ -162,11 +163,12 @@ class InputFactorStreams:
         return projected
 
     def next_batch_projection(
-        self, layer: LayerState, inputs: torch.Tensor, basis: FactorEigen
+        self, layer: LayerState, inputs: torch.Tensor, basis: FactorEigen, step: int | None = None
     ) -> torch.Tensor:
         """P for a batch in the forward pass, before its update: the recorded one when the
-        inputs are the stream's next update and were projected on ``basis``, else computed —
-        bitwise the same either way (``project`` on the same values)."""
+        inputs are the stream's next update and were projected on ``basis``, or (``step``: the
+        training step, 0-based, of a backend whose every forward is a training batch) the
+        stream's batch ``step + 1``; else computed — bitwise the same either way."""
         self._verified.pop(layer.name, None)  # a new forward: the last one's check is stale
         cursor = self._cursors.get(layer.name)
         if cursor is not None and cursor.synced and cursor.eigen_at is not None:
@@ -181,16 +183,19 @@ class InputFactorStreams:
                 self._verified[layer.name] = (update, inputs, inputs._version)
                 self._forward.pop(layer.name, None)
                 return stored[1]
-        projected = project(inputs, layer.has_bias, basis)
+        projected = self._shared_batch(layer, inputs, basis, step)
+        if projected is None:
+            projected = project(inputs, layer.has_bias, basis)
         self._forward[layer.name] = (inputs, inputs._version, basis, projected)
         return projected
 
     def batch_projection(
-        self, layer: LayerState, inputs: torch.Tensor, basis: FactorEigen
+        self, layer: LayerState, inputs: torch.Tensor, basis: FactorEigen, step: int | None = None
     ) -> torch.Tensor:
-        """P for this step's batch where the stream has none: the one the training forward
-        computed for these very inputs (same storage, layout and version) on ``basis``, else
-        projected now (counted in ``own_projections``) — bitwise the same either way."""
+        """P for this step's batch where the stream has no update of it: the one the training
+        forward computed for these very inputs (same storage, layout and version) on ``basis``,
+        else the stream's batch ``step + 1`` (``_shared_batch``), else projected now (counted in
+        ``own_projections``) — bitwise the same every way."""
         entry = self._forward.pop(layer.name, None)
         if entry is not None:
             seen, version, seen_basis, projected = entry
@@ -203,8 +208,55 @@ class InputFactorStreams:
                 and seen._version == version
             ):
                 return projected
+        shared = self._shared_batch(layer, inputs, basis, step)
+        if shared is not None:
+            return shared
         self.own_projections += 1
         return project(inputs, layer.has_bias, basis)
+
+    def _shared_batch(
+        self, layer: LayerState, inputs: torch.Tensor, basis: FactorEigen, step: int | None
+    ) -> torch.Tensor | None:
+        """Batch ``step + 1`` of the stream this layer follows: its recorded projection when the
+        inputs are bitwise the recorded batch and ``basis`` the recorded decomposition in force
+        (else projected here and kept for the others), or, at the stream's end, recorded now.
+        None where no stream applies (then the caller projects); a batch that differs ends
+        the batch sharing of this layer."""
+        cursor = self._cursors.get(layer.name)
+        if step is None or cursor is None or layer.name in self._batches_off:
+            return None
+        if not cursor.synced or cursor.eigen_at is None or self.cache is None:
+            return None
+        stream = cursor.stream
+        if not same_basis(stream.eigens.get(cursor.eigen_at), basis):
+            return None
+        b = step + 1
+        if b == len(stream.batches) + 1:  # this optimizer is the stream's front
+            projected = project(inputs, layer.has_bias, basis)
+            self.cache.record_batch(stream, inputs, cursor.eigen_at, projected)
+            return projected
+        if b > len(stream.batches):
+            return None
+        if not bitwise_equal(stream.batches[b - 1], inputs):
+            self._batches_off.add(layer.name)
+            return None
+        stored = stream.batch_projections.get(b)
+        if stored is not None and stored[0] == cursor.eigen_at:
+            self.cache.shared_batch_projections += 1
+            return stored[1]
+        return None
+
+    def note_update_batch(self, layer: LayerState, step: int) -> None:
+        """Step ``step`` used the stream's update projection (a factor step): the stream's front
+        keeps that batch in its batch record too, so the record has no gap."""
+        cursor = self._cursors.get(layer.name)
+        if cursor is None or not cursor.synced or cursor.eigen_at is None or self.cache is None:
+            return
+        stream, u = cursor.stream, cursor.updates
+        stored = stream.projections.get(u)
+        if step + 1 != len(stream.batches) + 1 or stored is None or stored[0] != cursor.eigen_at:
+            return
+        self.cache.record_batch(stream, stream.inputs[u - 1], stored[0], stored[1], owned=True)
 
     def _already_verified(self, name: str, update: int, inputs: torch.Tensor) -> bool:
         """Whether ``inputs`` are the very values the forward hook compared for ``update``: same
@@ -237,6 +289,7 @@ class InputFactorStreams:
         for name in list(self._cursors):
             self._cursors[name] = None
         self._joinable = False
+        self._forward.clear()
 
     def _cursor(self, layer: LayerState, inputs: torch.Tensor) -> StreamCursor | None:
         if layer.name not in self._cursors:

@@ -77,7 +77,7 @@ class FusedKFAC(FusedMLP):
         ]
 
     def _first_layer(self, s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        correct = self.engine.directions.forward_correction(0, x)
+        correct = self.engine.directions.forward_correction(0, x, self.engine.step_count)
         return s if correct is None else correct(s)  # layer 1's update pending in A's eigenbasis
 
     @torch.no_grad()
