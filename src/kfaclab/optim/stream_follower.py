@@ -218,10 +218,10 @@ class InputFactorStreams:
         self, layer: LayerState, inputs: torch.Tensor, basis: FactorEigen, step: int | None
     ) -> torch.Tensor | None:
         """Batch ``step + 1`` of the stream this layer follows: its recorded projection when the
-        inputs are bitwise the recorded batch and ``basis`` the recorded decomposition in force
-        (else projected here and kept for the others), or, at the stream's end, recorded now.
-        None where no stream applies (then the caller projects); a batch that differs ends
-        the batch sharing of this layer."""
+        inputs are bitwise the recorded batch and its projection is on ``basis``, the recorded
+        decomposition in force; at the stream's end, projected here and recorded for the
+        others. None otherwise (the caller projects); a batch that differs ends the batch
+        sharing of this layer."""
         cursor = self._cursors.get(layer.name)
         if step is None or cursor is None or layer.name in self._batches_off:
             return None
