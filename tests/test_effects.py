@@ -306,16 +306,20 @@ def _rerun(cell: str, seed: int, value: float) -> RerunOutcome:
 
 
 def test_smallest_lambda_rerun_divergence_counts_every_rerun_of_that_cell() -> None:
-    # The search's trials at λ = 1e-3 all diverged (TPE's proposals), but of its top
+    # 3 of the search's 4 trials at λ = 1e-3 diverged (TPE's proposals), but of its top
     # configurations rerun on new seeds 2 of 5 diverge; the reruns of λ = 1e-2 do not count.
-    run = _run({1e-3: [math.inf] * 4, 1e-2: [0.3, 0.2]})
-    assert smallest_lambda_divergence(run) == 1.0
+    run = _run({1e-3: [math.inf, math.inf, 0.5, math.inf], 1e-2: [0.3, 0.2]})
+    assert smallest_lambda_divergence(run) == 0.75
     assert math.isnan(smallest_lambda_rerun_divergence(run))
     assert "no paired reruns of kfac-lam=1e-03" in run.notes[-1]
     values = [0.4, math.inf, 0.5, math.inf, 0.45]
     run.reruns = [_rerun("kfac-lam=1e-03", s, v) for s, v in enumerate(values)]
     run.reruns += [_rerun("kfac-lam=1e-02", s, math.inf) for s in range(3)]
     assert smallest_lambda_rerun_divergence(run) == pytest.approx(2 / 5)
+    # A cell whose every trial diverged has nothing to rerun: it counts as diverging.
+    hopeless = _run({1e-3: [math.inf] * 4, 1e-2: [0.3, 0.2]})
+    assert smallest_lambda_rerun_divergence(hopeless) == 1.0
+    assert "every trial of kfac-lam=1e-03 diverged" in hopeless.notes[-1]
 
 
 def test_cost_responses_from_the_trials_start_and_end_times() -> None:

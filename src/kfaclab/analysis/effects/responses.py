@@ -107,12 +107,21 @@ def smallest_lambda_divergence(run: RunData) -> float:
 def smallest_lambda_rerun_divergence(run: RunData) -> float:
     """P(diverge) of the smallest λ's top configurations on new seeds (the run's paired reruns):
     instability of what the search found, not of what it tried. Every rerun of that cell counts,
-    a diverged one as an outcome; nan (and a note naming the command) without reruns."""
+    a diverged one as an outcome; 1 when every trial of the cell diverged (the search found
+    nothing to rerun); nan (and a note naming the command) without reruns."""
     if not run.fixed:
         run.notes.append("smallest_lambda_rerun_divergence: no fixed-λ cell")
         return math.nan
     cell = run.fixed[0].name
     outcomes = [o for o in run.reruns if o.cell == cell]
+    if not outcomes and run.fixed[0].divergence_rate == 1.0:
+        # Every trial the search ran there diverged: it found no configuration to rerun, and
+        # divergence is an outcome, not missing data.
+        run.notes.append(
+            f"smallest_lambda_rerun_divergence: every trial of {cell} diverged (nothing to "
+            "rerun): counted as 1"
+        )
+        return 1.0
     if not outcomes:
         run.notes.append(
             f"smallest_lambda_rerun_divergence: no paired reruns of {cell} "
