@@ -70,10 +70,16 @@ def run_replicate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else spec.out_folder
     if out is None:
         raise UsageError("--out is required with --storage")
-    study = read_study_set(spec, protocol=args.protocol)
+    _replicate_from_args(args, read_study_set(spec, protocol=args.protocol), Path(out), spec)
+    return 0
+
+
+def _replicate_from_args(args: argparse.Namespace, study: Any, out: Path, spec: Storage) -> None:
+    """``replicate`` with the command line's --top, --seeds, --workers, --cells, --data-dir and
+    --no-queue (the queue is ``spec``'s, where it is a database)."""
     replicate(
         study,
-        Path(out),
+        out,
         top=args.top,
         n_seeds=args.seeds,
         workers=args.workers,
@@ -81,15 +87,13 @@ def run_replicate(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         storage=None if args.no_queue else spec,
     )
-    return 0
 
 
 def _replicate_design(args: argparse.Namespace) -> int:
     """Every finished run of the design in ``args.target``, its reruns into its own folder; a
     run still sweeping (or not started) is skipped and named, since its top configurations may
     still change. Runs kept in a database (``--storage``) are read from there."""
-    from kfaclab.analysis.summary.cells import summarize_cell
-    from kfaclab.analysis.summary.summaries import trials_by_cell
+    from kfaclab.analysis.summary.summaries import all_cells_finished
     from kfaclab.study.design_sweep import load_manifest_design, run_spec
     from kfaclab.study.reader import read_study_set
 
@@ -109,21 +113,11 @@ def _replicate_design(args: argparse.Namespace) -> int:
         except UsageError:
             skipped.append(f"{run.name} (not run yet)")
             continue
-        by_cell = trials_by_cell(study)
-        if not all(summarize_cell(c, by_cell.get(c.name, [])).finished for c in study.cells):
+        if not all_cells_finished(study):
             skipped.append(f"{run.name} (still sweeping)")
             continue
         sys.stderr.write(f"kfaclab replicate: design run {run.name}\n")
-        replicate(
-            study,
-            folder / run.name,
-            top=args.top,
-            n_seeds=args.seeds,
-            workers=args.workers,
-            cells=args.cells,
-            data_dir=args.data_dir,
-            storage=None if args.no_queue else spec,
-        )
+        _replicate_from_args(args, study, folder / run.name, spec)
     if skipped:
         sys.stderr.write(f"kfaclab replicate: skipped {len(skipped)}: {', '.join(skipped)}\n")
     return 0

@@ -174,8 +174,6 @@ def check_paired_file(out: Path) -> Path:
 
 def _finished(study: Any) -> bool:
     """Whether every cell has run all its trials (the paired reruns take each cell's top)."""
-    from kfaclab.analysis.summary.cells import summarize_cell
-    from kfaclab.analysis.summary.summaries import trials_by_cell
+    from kfaclab.analysis.summary.summaries import all_cells_finished
 
-    by_cell = trials_by_cell(study)
-    return all(summarize_cell(c, by_cell.get(c.name, [])).finished for c in study.cells)
+    return all_cells_finished(study)

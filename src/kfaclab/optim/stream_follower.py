@@ -38,6 +38,20 @@ def same_basis(recorded: FactorEigen | None, basis: FactorEigen) -> bool:
     )
 
 
+def _unchanged(inputs: torch.Tensor, seen: torch.Tensor, version: int) -> bool:
+    """Whether ``inputs`` is the tensor ``seen`` was, unwritten since: same storage, layout and
+    version counter. The counter (shared by all views of a storage) moves with every in-place
+    write, as autograd's saved-tensor checks rely on; holding ``seen`` keeps its memory from
+    being reused by another tensor."""
+    return (
+        inputs.data_ptr() == seen.data_ptr()
+        and inputs.shape == seen.shape
+        and inputs.stride() == seen.stride()
+        and inputs.dtype == seen.dtype
+        and seen._version == version
+    )
+
+
 class InputFactorStreams:
     def __init__(
         self, cache: InputStreamCache | None, decay: float, *, identity_start: bool = False
@@ -146,20 +160,21 @@ class InputFactorStreams:
         Computed by the first optimizer that asks and kept in the stream for the others; the
         same operation on the same values, so every optimizer gets bitwise the same P.
         """
-        cursor = self._cursors.get(layer.name)
-        if cursor is None or not cursor.synced or cursor.eigen_at is None or self.cache is None:
+        following = self._on_recorded_basis(layer)
+        if following is None:
             return None
+        cursor, eigen_at, cache = following
         stream = cursor.stream
-        if not same_basis(stream.eigens.get(cursor.eigen_at), basis):
+        if not same_basis(stream.eigens.get(eigen_at), basis):
             return None
         if cursor.updates > stream.updates:
             return None
         stored = stream.projections.get(cursor.updates)
-        if stored is not None and stored[0] == cursor.eigen_at:
-            self.cache.shared_projections += 1
+        if stored is not None and stored[0] == eigen_at:
+            cache.shared_projections += 1
             return stored[1]
         projected = project(stream.inputs[cursor.updates - 1], layer.has_bias, basis)
-        self.cache.record_projection(stream, cursor.updates, cursor.eigen_at, projected)
+        cache.record_projection(stream, cursor.updates, eigen_at, projected)
         return projected
 
     def next_batch_projection(
@@ -199,14 +214,7 @@ class InputFactorStreams:
         entry = self._forward.pop(layer.name, None)
         if entry is not None:
             seen, version, seen_basis, projected = entry
-            if (
-                same_basis(seen_basis, basis)
-                and inputs.data_ptr() == seen.data_ptr()
-                and inputs.shape == seen.shape
-                and inputs.stride() == seen.stride()
-                and inputs.dtype == seen.dtype
-                and seen._version == version
-            ):
+            if same_basis(seen_basis, basis) and _unchanged(inputs, seen, version):
                 return projected
         shared = self._shared_batch(layer, inputs, basis, step)
         if shared is not None:
@@ -222,18 +230,17 @@ class InputFactorStreams:
         decomposition in force; at the stream's end, projected here and recorded for the
         others. None otherwise (the caller projects); a batch that differs ends the batch
         sharing of this layer."""
-        cursor = self._cursors.get(layer.name)
-        if step is None or cursor is None or layer.name in self._batches_off:
+        following = self._on_recorded_basis(layer)
+        if step is None or following is None or layer.name in self._batches_off:
             return None
-        if not cursor.synced or cursor.eigen_at is None or self.cache is None:
-            return None
+        cursor, eigen_at, cache = following
         stream = cursor.stream
-        if not same_basis(stream.eigens.get(cursor.eigen_at), basis):
+        if not same_basis(stream.eigens.get(eigen_at), basis):
             return None
         b = step + 1
         if b == len(stream.batches) + 1:  # this optimizer is the stream's front
             projected = project(inputs, layer.has_bias, basis)
-            self.cache.record_batch(stream, inputs, cursor.eigen_at, projected)
+            cache.record_batch(stream, inputs, eigen_at, projected)
             return projected
         if b > len(stream.batches):
             return None
@@ -241,40 +248,43 @@ class InputFactorStreams:
             self._batches_off.add(layer.name)
             return None
         stored = stream.batch_projections.get(b)
-        if stored is not None and stored[0] == cursor.eigen_at:
-            self.cache.shared_batch_projections += 1
+        if stored is not None and stored[0] == eigen_at:
+            cache.shared_batch_projections += 1
             return stored[1]
         return None
 
     def note_update_batch(self, layer: LayerState, step: int) -> None:
         """Step ``step`` used the stream's update projection (a factor step): the stream's front
         keeps that batch in its batch record too, so the record has no gap."""
-        cursor = self._cursors.get(layer.name)
-        if cursor is None or not cursor.synced or cursor.eigen_at is None or self.cache is None:
+        following = self._on_recorded_basis(layer)
+        if following is None:
             return
+        cursor, eigen_at, cache = following
         stream, u = cursor.stream, cursor.updates
         stored = stream.projections.get(u)
-        if step + 1 != len(stream.batches) + 1 or stored is None or stored[0] != cursor.eigen_at:
+        if step + 1 != len(stream.batches) + 1 or stored is None or stored[0] != eigen_at:
             return
-        self.cache.record_batch(stream, stream.inputs[u - 1], stored[0], stored[1], owned=True)
+        cache.record_batch(stream, stream.inputs[u - 1], stored[0], stored[1], owned=True)
+
+    def _on_recorded_basis(
+        self, layer: LayerState
+    ) -> tuple[StreamCursor, int, InputStreamCache] | None:
+        """(cursor, the update of its recorded decomposition, the cache) while the layer follows
+        its stream in step on a recorded decomposition: the only case in which a recorded
+        projection can be its own."""
+        cursor = self._cursors.get(layer.name)
+        if cursor is None or not cursor.synced or cursor.eigen_at is None or self.cache is None:
+            return None
+        return cursor, cursor.eigen_at, self.cache
 
     def _already_verified(self, name: str, update: int, inputs: torch.Tensor) -> bool:
-        """Whether ``inputs`` are the very values the forward hook compared for ``update``: same
-        storage, layout and version counter. The counter (shared by all views of a storage)
-        moves with every in-place write, as autograd's saved-tensor checks rely on; holding the
-        verified tensor keeps its memory from being reused by another."""
+        """Whether ``inputs`` are the very values the forward hook compared for ``update``
+        (``_unchanged``)."""
         entry = self._verified.pop(name, None)
         if entry is None:
             return False
         at, seen, version = entry
-        return (
-            at == update
-            and inputs.data_ptr() == seen.data_ptr()
-            and inputs.shape == seen.shape
-            and inputs.stride() == seen.stride()
-            and inputs.dtype == seen.dtype
-            and seen._version == version
-        )
+        return at == update and _unchanged(inputs, seen, version)
 
     def leave_all(self, layers: list[LayerState]) -> None:
         """Stop sharing, keeping exact private factors: from here on every layer takes the plain

@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial
 
 from kfaclab.errors import UsageError
 from kfaclab.study.design_schema import Design, DesignRun
-from kfaclab.study.progress import _rate, cell_trials, format_duration, summarize
+from kfaclab.study.progress import cell_trials, format_duration, recent_rate, summarize
 from kfaclab.study.registry import pick_protocol
 from kfaclab.text import clean
 
@@ -95,7 +95,7 @@ def design_status(folder: Path, url: str | None = None, now: datetime | None = N
         )
     done = sum(r.done for r in progress)
     total = sum(r.total or planned or 0 for r in progress)
-    rate = _rate(trials, now or datetime.now())
+    rate = recent_rate(trials, now or datetime.now())
     remaining = max(total - done, 0)
     eta = 0.0 if remaining == 0 else (remaining / rate if rate else None)
     runs_done = sum(r.state == "done" for r in progress)

@@ -97,7 +97,7 @@ def summarize(
     dead: dict[str, set[int]] | None = None,
 ) -> list[CellProgress]:
     now = now or datetime.now()  # Optuna's trial times are naive local times
-    rate = _rate([t for ts in trials.values() for t in ts], now)
+    rate = recent_rate([t for ts in trials.values() for t in ts], now)
     rows = []
     open_cells = sum(
         1 for c in cells if _done(trials[c.name]) < c.n_trials
@@ -140,7 +140,7 @@ def _done(ts: list[FrozenTrial]) -> int:
     return sum(t.state == TrialState.COMPLETE for t in ts)
 
 
-def _rate(trials: list[FrozenTrial], now: datetime) -> float | None:
+def recent_rate(trials: list[FrozenTrial], now: datetime) -> float | None:
     """Completed trials per second over the recent window; None with too little to go on."""
     recent = [
         t

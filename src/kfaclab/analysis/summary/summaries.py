@@ -75,6 +75,12 @@ class StudySummary:
         return all(c.finished for c in self.cells)
 
 
+def all_cells_finished(study: StudySetLike) -> bool:
+    """Whether every cell of a stored sweep has run all its trials (its top-k is final)."""
+    by_cell = trials_by_cell(study)
+    return all(summarize_cell(c, by_cell.get(c.name, [])).finished for c in study.cells)
+
+
 def trials_by_cell(study: StudySetLike) -> dict[str, list[TrialLike]]:
     out: dict[str, list[TrialLike]] = {c.name: [] for c in study.cells}
     for t in study.trials:
