@@ -125,3 +125,31 @@ def test_replication_is_paper_with_another_seed() -> None:
         del d["protocol"], d["search"]["seed"]
     assert again == full
     assert load("paper-seed1").search.n_trials == 300
+
+
+def test_closest_preset_is_the_screen_point_closest_to_c1_at_full_scale() -> None:
+    """paper-closest is screen-design's run10 (chosen from effects.json: best λ nearest 1) with
+    the full protocol's budget; its replication differs in the search seed alone."""
+    import json
+
+    from kfaclab.study.design_schema import parse_design
+
+    design = parse_design(raw("screen-design"))
+    effects = json.loads(
+        (Path(__file__).parents[1] / "docs/results/screen-design/effects.json").read_text()
+    )
+    by_point: dict[tuple[int, ...], list[float]] = {}
+    for r in effects["runs"]:
+        by_point.setdefault(tuple(r["levels"]), []).append(r["values"]["log10_best_lambda"])
+    nearest = min(by_point, key=lambda p: abs(sum(by_point[p]) / len(by_point[p])))
+    run = next(r for r in design.runs if r.levels == nearest and r.seed == 0)
+    closest = raw("paper-closest")
+    for table in ("model", "training", "cells"):
+        assert closest[table] == run.raw[table], table
+    budget = {"n_trials": 300, "top_k": 100, "seed": 0}
+    assert closest["search"] == {**run.raw["search"], **budget}
+    seed1 = raw("paper-closest-seed1")
+    assert seed1["search"] == {**closest["search"], "seed": 1}
+    assert {k: v for k, v in seed1.items() if k not in ("search", "protocol")} == {
+        k: v for k, v in closest.items() if k not in ("search", "protocol")
+    }

@@ -83,3 +83,32 @@ def test_findings_has_the_section_or_says_the_run_is_awaited(
     assert "| worse |" in findings_markdown(results)
     empty = tmp_path_factory.mktemp("empty")
     assert "has not landed yet" in findings_markdown(empty)
+
+
+def test_fair_comparison_replaces_the_top_k_one_once_it_lands(results: Path) -> None:
+    from kfaclab.analysis.replication.rules import RuleComparison, RuleRow
+
+    row = RuleRow(
+        "lm same",
+        "rule",
+        {"estimate": 0.09, "lo": 0.08, "hi": 0.1, "n": 20},
+        [0, 150, 0.0, 0.02],
+        "tied",
+    )
+    ref = RuleRow(
+        "λ=1e-01",
+        "fixed",
+        {"estimate": 0.09, "lo": 0.08, "hi": 0.1, "n": 20},
+        [0, 150, 0.0, 0.02],
+        "reference",
+    )
+    fair = RuleComparison(["adaptive-fair", "adaptive-fair-seed1"], 20, "λ=1e-01", [ref, row], 0.1)
+    folder = results / "verdicts-adaptive-fair"
+    folder.mkdir()
+    import json
+
+    (folder / "verdicts.json").write_text(json.dumps({"rules": fair.to_dict()}))
+    body = "\n".join(adaptive_lines(results))
+    assert "tied with it: lm same" in body and "20 paired seeds over 2 search seed(s)" in body
+    assert "better (top-k only)" not in body  # the old comparison's verdicts are gone
+    assert "adaptive/README.md" in body

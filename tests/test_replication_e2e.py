@@ -142,3 +142,31 @@ def test_bad_arguments_are_one_line(sweep: Path, capsys: pytest.CaptureFixture[s
     assert main(["replicate", str(sweep), "--cells", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("kfaclab: error: --cells: unknown cell 'nope'")
+
+
+def test_adaptive_rules_against_the_best_fixed_lambda_without_paper_claims(
+    tmp_path: Path, mnist_dir: Path
+) -> None:
+    text = SMOKE.format(data=mnist_dir).replace('name = "tiny"', 'name = "rules"')
+    text = text.replace(
+        "lambdas = [1e-2, 1.0]\n",
+        'lambdas = [1e-2, 1.0]\n[[cells.strategies]]\nname = "lm"\n'
+        'kind = "levenberg_marquardt"\nsource = "same_batch"\ninitial = 1e-2\n',
+    )
+    text += "[claims]\npaper = false\n"
+    (tmp_path / "rules.toml").write_text(text)
+    run = tmp_path / "run"
+    assert main(["sweep", str(tmp_path / "rules.toml"), "--out", str(run)]) == 0
+    assert main(["replicate", str(run), "--top", "1", "--seeds", "3"]) == 0
+    out = tmp_path / "v"
+    assert main(["verdicts", str(run), "--out", str(out)]) == 0
+    page = (out / "verdicts.md").read_text()
+    assert "## Adaptive rules against the best fixed λ" in page
+    assert "| C1 |" not in page and "Sensitivity" not in page
+    data = json.loads((out / "verdicts.json").read_text())
+    assert data["paper_claims"] is False
+    rows = {r["label"]: r for r in data["rules"]["rows"]}
+    assert rows["lm"]["kind"] == "rule" and rows["SGD"]["kind"] == "sgd"
+    assert data["rules"]["reference"] in ("λ=1e-02", "λ=1e+00")
+    assert rows[data["rules"]["reference"]]["verdict"] == "reference"
+    assert sum(rows["lm"]["diverged"][1:2]) == 3  # one configuration × three seeds

@@ -37,6 +37,8 @@ PRESETS = (
     "paper-popular-noclip",
     "paper-popular-noclip-seed1",
     "paper-popular-clipsearch",
+    "paper-closest",
+    "paper-closest-seed1",
     "readings-quick-paper",
     "readings-quick-paper-linear",
     "readings-quick-paper-b2",

@@ -46,8 +46,43 @@ def _mean(m: MeanCI | None) -> str:
     return f"{num(m.mean)} [{num(m.lo)}, {num(m.hi)}]"
 
 
+FAIR_VERDICTS = "verdicts-adaptive-fair"
+"""The folder of `kfaclab verdicts` over the adaptive-fair runs (configs/adaptive-fair*.toml):
+every cell searching lr / λ, paired reruns of each cell's top 5 on new seeds, two search seeds."""
+
+
+def fair_lines(results: Path, folder: str = FAIR_VERDICTS) -> list[str] | None:
+    """The fair comparison (replication/rules.py) from ``folder``/verdicts.json, or None when it
+    has not landed."""
+    import json
+
+    from kfaclab.analysis.replication.rules import RuleComparison, rules_lines
+
+    path = results / folder / "verdicts.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if "rules" not in data:
+        return None
+    return [
+        *rules_lines(RuleComparison.from_dict(data["rules"])),
+        "",
+        f"Every page: [{folder}/verdicts.md]({folder}/verdicts.md).",
+    ]
+
+
 def adaptive_lines(results: Path, folder: str = "adaptive") -> list[str]:
-    """The section's body: a summary sentence and the table (or why there is none)."""
+    """The section's body: the fair comparison on new seeds where it has landed, else the
+    first run's top-k comparison (a summary sentence and the table), or why there is none."""
+    fair = fair_lines(results) if folder == "adaptive" else None
+    if fair is not None:
+        return [
+            *fair,
+            "",
+            "This replaces the first `adaptive` run's comparison (one absolute lr range for every "
+            "cell, the fixed λ re-searched over it, one search seed, three rerun seeds of the "
+            "single best configuration): [adaptive/README.md](adaptive/README.md).",
+        ]
     path = results / folder / "adaptive.json"
     if not path.is_file():
         return [f"The full-scale `{folder}` run (configs/{folder}.toml) has not landed yet."]

@@ -271,8 +271,9 @@ def findings_markdown(results: Path) -> str:
         "## Adaptive damping without a grid",
         "",
         "The paper's open question: can a damping rule, tuned with the budget of one λ cell, "
-        "match the best λ of a grid (configs/adaptive.toml: each rule of kfaclab.damping as a "
-        "cell beside the `paper` run's best fixed λ and SGD, same search and budget per cell)?",
+        "match the best λ of a grid (configs/adaptive-fair.toml: each rule of kfaclab.damping "
+        "as a cell beside the best fixed λ band and SGD, every K-FAC cell searching lr / λ, "
+        "the same budget per cell, two search seeds)?",
         "",
         *adaptive_lines(results),
         "",

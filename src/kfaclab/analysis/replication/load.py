@@ -36,7 +36,11 @@ def load_replication(
     proto = study.protocol.get("protocol", {})
     label = name or (str(proto.get("name")) if isinstance(proto, dict) else folder.name)
     return replication_of(
-        label, cells, outcomes, {k: [b.sentence() for b in v] for k, v in found.items()}
+        label,
+        cells,
+        outcomes,
+        {k: [b.sentence() for b in v] for k, v in found.items()},
+        study.protocol,
     )
 
 

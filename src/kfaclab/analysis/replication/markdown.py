@@ -71,8 +71,18 @@ def noise_lines(a: Assessment) -> list[str]:
 
 
 def render(
-    a: Assessment, title: str, figures: Sequence[DrawnFigure] = (), lead: Sequence[str] = ()
+    a: Assessment,
+    title: str,
+    figures: Sequence[DrawnFigure] = (),
+    lead: Sequence[str] = (),
+    *,
+    paper: bool = True,
+    sections: Sequence[tuple[str, Sequence[str]]] = (),
 ) -> str:
+    """The page. ``paper``: the protocol's [claims] paper; without it the paper's claims, their
+    thresholds and sensitivity are left out (a study of one's own is not judged by them).
+    ``sections``: (heading, lines) placed right after the units paragraph, e.g. the adaptive
+    rules' comparison (rules.py)."""
     lines = [f"# {title}", ""]
     lines += list(lead)
     lines += [
@@ -83,8 +93,18 @@ def render(
         "95% interval over seeds excludes 0 and every replication's mean difference has the "
         "same sign.",
         "",
-        *claims_table(a),
-        "",
+    ]
+    if paper:
+        lines += [*claims_table(a), ""]
+    else:
+        lines += [
+            "This protocol is not a reproduction of the paper ([claims] paper = false): the "
+            "paper's five claims are not tested on it.",
+            "",
+        ]
+    for heading, body in sections:
+        lines += [f"## {heading}", "", *body, ""]
+    lines += [
         "## Cells",
         "",
         *cells_table(a),
@@ -93,12 +113,15 @@ def render(
         "",
         *noise_lines(a),
         "",
-        f"Thresholds: α = {a.thresholds.alpha}; C2 is not reproduced when the smallest λ's "
-        f"divergence share is at most {a.thresholds.divergence_margin:.0%} above the best λ's "
-        "at its Wilson upper bound.",
-        "",
     ]
-    lines += sensitivity_lines(a)
+    if paper:
+        lines += [
+            f"Thresholds: α = {a.thresholds.alpha}; C2 is not reproduced when the smallest λ's "
+            f"divergence share is at most {a.thresholds.divergence_margin:.0%} above the best "
+            "λ's at its Wilson upper bound.",
+            "",
+            *sensitivity_lines(a),
+        ]
     for f in figures:
         lines += [f"![{f.title}](figures/{f.png.name})", ""]
     return "\n".join(lines)

@@ -60,7 +60,7 @@ def paired_replication(study: Any, cells: Sequence[Any], folders: Sequence[Path]
     if outcomes:  # (no reruns: no verdicts to qualify)
         found = bindings(cells, trials_by_cell(study), lambda c: cell_ranges(study.protocol, c))
         bound = {label: [b.sentence() for b in found[label]] for label in found}
-    return replication_of(name, cells, outcomes, bound)
+    return replication_of(name, cells, outcomes, bound, study.protocol)
 
 
 def replication_blocks(a: Assessment, figures_dir: Path, paper: bool) -> list[Block]:

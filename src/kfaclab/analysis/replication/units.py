@@ -31,6 +31,8 @@ class Replication:
     outcomes: list[RerunOutcome] = field(default_factory=list)
     # cell label -> sentences of the search ranges that bind its optimum (analysis.binding)
     bindings: dict[str, list[str]] = field(default_factory=dict)
+    # the stored protocol (its [claims] thresholds, [search] budget, [report] grid size)
+    protocol: dict[str, Any] = field(default_factory=dict)
 
 
 def replication_of(
@@ -38,6 +40,7 @@ def replication_of(
     cells: Sequence[Any],
     outcomes: list[RerunOutcome],
     bindings: dict[str, list[str]] | None = None,
+    protocol: dict[str, Any] | None = None,
 ) -> Replication:
     """A replication from its cells' summaries (analysis.cells.CellSummary) and its reruns.
 
@@ -58,6 +61,7 @@ def replication_of(
         lam={c.label: c.lam for c in cells},
         outcomes=outcomes,
         bindings=bindings or {},
+        protocol=dict(protocol or {}),
     )
 
 
