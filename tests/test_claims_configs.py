@@ -132,6 +132,7 @@ def test_closest_preset_is_the_screen_point_closest_to_c1_at_full_scale() -> Non
     the full protocol's budget; its replication differs in the search seed alone."""
     import json
 
+    from kfaclab.analysis.findings.design import closest_to_c1
     from kfaclab.study.design_schema import parse_design
 
     design = parse_design(raw("screen-design"))
@@ -142,6 +143,9 @@ def test_closest_preset_is_the_screen_point_closest_to_c1_at_full_scale() -> Non
     for r in effects["runs"]:
         by_point.setdefault(tuple(r["levels"]), []).append(r["values"]["log10_best_lambda"])
     nearest = min(by_point, key=lambda p: abs(sum(by_point[p]) / len(by_point[p])))
+    point = closest_to_c1(Path(__file__).parents[1] / "docs/results/screen-design")
+    assert point is not None and point.levels == nearest and point.n_seeds == 2
+    assert "activation=tanh" in point.words and "refresh=identity-10-100" in point.words
     run = next(r for r in design.runs if r.levels == nearest and r.seed == 0)
     closest = raw("paper-closest")
     for table in ("model", "training", "cells"):

@@ -137,6 +137,60 @@ def _finite(v: Any) -> bool:
     return isinstance(v, int | float) and math.isfinite(v)
 
 
+@dataclass(frozen=True)
+class DesignPoint:
+    levels: tuple[int, ...]
+    words: str  # "activation=tanh, init=torch, ..."
+    means: Mapping[str, float]  # each response's mean over the point's finished seeds
+    n_seeds: int
+
+
+def closest_to_c1(folder: Path) -> DesignPoint | None:
+    """The design point whose best λ, averaged over its seeds, lies closest to the paper's
+    λ = 1 (|log10|): the combination the screen points to for C1, the claim no full-scale
+    reading reproduces (configs/paper-closest.toml runs it at full scale). None when no run
+    has a best λ."""
+    data = json.loads((folder / "effects.json").read_text(encoding="utf-8"))
+    points: dict[tuple[int, ...], list[Mapping[str, Any]]] = {}
+    for r in data["runs"]:
+        if _finite(r["values"].get("log10_best_lambda")):
+            points.setdefault(tuple(r["levels"]), []).append(r["values"])
+    if not points:
+        return None
+
+    def mean(values: list[Mapping[str, Any]], key: str) -> float:
+        xs = [float(v[key]) for v in values if _finite(v.get(key))]
+        return sum(xs) / len(xs) if xs else math.nan
+
+    best = min(points, key=lambda p: abs(mean(points[p], "log10_best_lambda")))
+    names = [f["name"] for f in data["factors"]]
+    labels = [f["labels"] for f in data["factors"]]
+    words = ", ".join(f"{n}={lab[i]}" for n, lab, i in zip(names, labels, best, strict=True))
+    keys = {k for v in points[best] for k in v}
+    return DesignPoint(best, words, {k: mean(points[best], k) for k in keys}, len(points[best]))
+
+
+def closest_words(folder: Path) -> list[str]:
+    p = closest_to_c1(folder)
+    if p is None:
+        return []
+
+    def m(key: str, fmt: str) -> str:
+        v = p.means.get(key, math.nan)
+        return format(v, fmt) if math.isfinite(v) else "–"
+
+    return [
+        f"The design point closest to C1 (best λ nearest 1, mean of {p.n_seeds} seeds): "
+        f"{p.words}. There the best λ is 10^{m('log10_best_lambda', '+.2f')} and λ = 1 ends "
+        f"{m('loss_gap_at_one', '.3f')} nats above it; its smallest λ's trials diverge in "
+        f"{m('smallest_lambda_divergence', '.0%')} and its crossing statistic is "
+        f"{m('crossing', '+.3f')} (the paper's C2 needs a high share, C4/C5 a value > 0). "
+        "`paper-closest` (and its replication `paper-closest-seed1`) runs this point at full "
+        "scale.",
+        "",
+    ]
+
+
 def design_folders(results: Path) -> list[Path]:
     return sorted(p.parent for p in results.glob("*/effects.json"))
 
@@ -205,5 +259,6 @@ def design_section(results: Path) -> list[str]:
             out.append(
                 f"| {r.claim} | {r.meaning} ({r.unit}) | {deciding} | {r.effects[0].words()} |"
             )
-        out += ["", f"Every run and effect: [{d.folder}/effects.md]({d.folder}/effects.md).", ""]
+        out += ["", *closest_words(folder)]
+        out += [f"Every run and effect: [{d.folder}/effects.md]({d.folder}/effects.md).", ""]
     return out
