@@ -170,3 +170,8 @@ def test_adaptive_rules_against_the_best_fixed_lambda_without_paper_claims(
     assert data["rules"]["reference"] in ("λ=1e-02", "λ=1e+00")
     assert rows[data["rules"]["reference"]]["verdict"] == "reference"
     assert sum(rows["lm"]["diverged"][1:2]) == 3  # one configuration × three seeds
+    # the run's own report answers the same question from the same reruns
+    assert main(["report", str(run), "--no-reruns"]) == 0
+    report = (run / "report.md").read_text()
+    assert "Adaptive rules against the best fixed λ (new seeds)" in report
+    assert "| C1 |" not in report

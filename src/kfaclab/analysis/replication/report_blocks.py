@@ -16,6 +16,14 @@ from kfaclab.analysis.replication.assess import Assessment, assess
 from kfaclab.analysis.replication.figures import draw_all
 from kfaclab.analysis.replication.markdown import SYMBOL, noise_lines
 from kfaclab.analysis.replication.pool import CACHE_NAME, load_cache, trial_key
+from kfaclab.analysis.replication.rules import (
+    TABLE_HEADER,
+    caption,
+    compare_rules,
+    has_rules,
+    rules_answer,
+    table_rows,
+)
 from kfaclab.analysis.replication.units import Replication, replication_of
 from kfaclab.analysis.replication.verdicts import Thresholds
 from kfaclab.analysis.report.blocks import Block, Heading, Image, Para, Table
@@ -149,5 +157,18 @@ def section(
     holds no reruns."""
     if not rep.outcomes:
         return [], None
-    a = assess([rep], thresholds_of(study.protocol))
-    return replication_blocks(a, out_dir / "figures", paper), a
+    th = thresholds_of(study.protocol)
+    a = assess([rep], th)
+    return [*replication_blocks(a, out_dir / "figures", paper), *rule_blocks([rep], th)], a
+
+
+def rule_blocks(reps: Sequence[Replication], th: Thresholds) -> list[Block]:
+    """Each adaptive rule against the best fixed λ on the reruns (rules.py); [] without rules."""
+    if not has_rules(reps):
+        return []
+    c = compare_rules(reps, th)
+    return [
+        Heading("Adaptive rules against the best fixed λ (new seeds)"),
+        Para(rules_answer(c)),
+        Table(TABLE_HEADER, table_rows(c), caption(c)),
+    ]

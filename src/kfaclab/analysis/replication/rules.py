@@ -231,31 +231,55 @@ def _diff(d: dict[str, Any] | None) -> str:
     )
 
 
-def rules_lines(c: RuleComparison) -> list[str]:
-    """The answer sentence and the table, as Markdown lines."""
-    lines = [
-        rules_answer(c),
-        "",
-        "| cell | final loss on new seeds (geometric mean, 95% CI) | − reference (paired) | "
-        "learning-curve area − reference | diverged (Wilson 95%) | verdict | tuning trials |",
-        "|---|---|---|---|---|---|---|",
-    ]
+TABLE_HEADER = [
+    "cell",
+    "final loss on new seeds (geometric mean, 95% CI)",
+    "− reference (paired)",
+    "learning-curve area − reference",
+    "diverged (Wilson 95%)",
+    "verdict",
+    "tuning trials",
+]
+
+
+def table_rows(c: RuleComparison) -> list[list[str]]:
+    rows = []
     for r in c.rows:
         k, n, lo, hi = r.diverged
         cl = r.capped_loss
         verdict = r.verdict + (f" ({'; '.join(r.binding)})" if r.binding else "")
-        lines.append(
-            f"| {r.label} ({r.kind}) | {_g(cl['estimate'])} [{_g(cl['lo'])}, {_g(cl['hi'])}] | "
-            f"{_diff(r.minus_reference)} | {_diff(r.area_minus_reference)} | "
-            f"{int(k)}/{int(n)} [{lo:.0%}, {hi:.0%}] | {verdict} | {r.tuning_trials} |"
+        rows.append(
+            [
+                f"{r.label} ({r.kind})",
+                f"{_g(cl['estimate'])} [{_g(cl['lo'])}, {_g(cl['hi'])}]",
+                _diff(r.minus_reference),
+                _diff(r.area_minus_reference),
+                f"{int(k)}/{int(n)} [{lo:.0%}, {hi:.0%}]",
+                verdict,
+                str(r.tuning_trials),
+            ]
         )
-    lines += [
-        "",
+    return rows
+
+
+def caption(c: RuleComparison) -> str:
+    return (
         "Better or worse: the paired difference's 95% interval over seeds excludes 0 and every "
         f"search seed agrees in sign; tied: the whole interval within ±{c.tie_margin:g} × the "
         "reference's loss; otherwise not separable. The reference is the fixed λ with the lowest "
         "mean on these same reruns, which favours it. A diverged rerun counts as chance level "
         "(ln 10). Tuning trials: what one search seed paid for the row (a fixed λ: its whole "
-        "grid).",
+        "grid)."
+    )
+
+
+def rules_lines(c: RuleComparison) -> list[str]:
+    """The answer sentence and the table, as Markdown lines."""
+    lines = [
+        rules_answer(c),
+        "",
+        "| " + " | ".join(TABLE_HEADER) + " |",
+        "|" + "---|" * len(TABLE_HEADER),
     ]
-    return lines
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(c)]
+    return [*lines, "", caption(c)]
