@@ -77,12 +77,27 @@ def adaptive_lines(results: Path, folder: str = "adaptive") -> list[str]:
     fair = fair_lines(results) if folder == "adaptive" else None
     if fair is not None:
         return [
+            "configs/adaptive-fair.toml: each rule of kfaclab.damping as a cell beside the best "
+            "fixed λ band (1e-3 … 1e-1) and SGD, every K-FAC cell searching lr / λ (a rule's lr "
+            "scales with its current λ), the same budget per cell, two search seeds.",
+            "",
             *fair,
             "",
             "This replaces the first `adaptive` run's comparison (one absolute lr range for every "
             "cell, the fixed λ re-searched over it, one search seed, three rerun seeds of the "
             "single best configuration): [adaptive/README.md](adaptive/README.md).",
         ]
+    intro = (
+        [
+            "configs/adaptive.toml: each rule of kfaclab.damping as a cell beside the `paper` "
+            "run's best fixed λ and SGD, one absolute lr range for every cell, one search seed. "
+            "Its fair successor (configs/adaptive-fair.toml: lr / λ searched everywhere, two "
+            f"search seeds, paired reruns) has not landed in {FAIR_VERDICTS}/ yet.",
+            "",
+        ]
+        if folder == "adaptive"
+        else []
+    )
     path = results / folder / "adaptive.json"
     if not path.is_file():
         return [f"The full-scale `{folder}` run (configs/{folder}.toml) has not landed yet."]
@@ -90,7 +105,7 @@ def adaptive_lines(results: Path, folder: str = "adaptive") -> list[str]:
     fixed = next((c for c in cells if c.kind == "fixed"), None)
     if fixed is None:
         return [f"{folder}/adaptive.json has no fixed-λ cell to compare the rules with."]
-    return [*_summary(cells, fixed), "", *_table(cells, fixed)]
+    return [*intro, *_summary(cells, fixed), "", *_table(cells, fixed)]
 
 
 def _outcomes(cells: Sequence[RankedCell], fixed: RankedCell) -> list[tuple[RankedCell, str]]:
