@@ -51,9 +51,11 @@ class StackedExactInverse:
 
     def precondition(self, grads: torch.Tensor, dampings: Sequence[float]) -> torch.Tensor:
         """(G_j⊗A_j + λ_j I)⁻¹ vec(grads[j]) for every j; grads (k, out, in), λ_j = dampings[j]."""
-        rotated = self.g_vectors_t @ grads @ self.a_vectors
-        rotated = rotated / self._denominator(tuple(dampings))
-        return self.g_vectors @ rotated @ self.a_vectors_t
+        # bmm itself rather than ``@`` (matmul's batched case reaches the same bmm on the same
+        # operands, after its shape logic), and the division in place on the temporary.
+        rotated = torch.bmm(torch.bmm(self.g_vectors_t, grads), self.a_vectors)
+        rotated.div_(self._denominator(tuple(dampings)))
+        return torch.bmm(torch.bmm(self.g_vectors, rotated), self.a_vectors_t)
 
     def _denominator(self, dampings: tuple[float, ...]) -> torch.Tensor:
         """g_j a_jᵀ + λ_j, computed once per damping vector (a constant λ: once per inversion)."""

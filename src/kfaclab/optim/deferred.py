@@ -31,14 +31,14 @@ reads weights other than through the model's forward must call it first (``run_t
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
 
 from kfaclab.curvature.exact import ExactInverse
 from kfaclab.optim.capture import LayerCapture
-from kfaclab.optim.layer_state import LayerState
+from kfaclab.optim.layer_state import LayerState, SplitViews
 
 
 @dataclass
@@ -48,10 +48,18 @@ class DeferredRotation:
     basis: ExactInverse
     weight: torch.Tensor  # C: (out, k), sum of η·V over the window's steps
     velocity: torch.Tensor  # V: (out, k), the rotated part of the momentum buffer
+    # Cᵀ and Q_Gᵀ as views made once: C changes in place only, Q_G not at all until the next
+    # basis (which makes a new rotation), so the forward's correction needs no view op per step.
+    weight_t: torch.Tensor = field(init=False)
+    g_vectors_t: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.weight_t = self.weight.T
+        self.g_vectors_t = self.basis.g.vectors.T
 
     def correction(self, projected: torch.Tensor) -> torch.Tensor:
         """(X̄_active Q_A) Cᵀ Q_Gᵀ: what the layer's output lacks while C is pending."""
-        return (projected @ self.weight.T) @ self.basis.g.vectors.T
+        return torch.mm(torch.mm(projected, self.weight_t), self.g_vectors_t)
 
 
 class InactivePart(NamedTuple):
@@ -100,6 +108,7 @@ class DeferredLayers:
         # layer → (basis, its inactive input columns, whether the bias column is among them)
         self._inactive: dict[str, tuple[ExactInverse, torch.Tensor, bool]] = {}
         self.skipped: dict[str, LayerState] = {}  # weights switched to requires_grad=False
+        self._split = SplitViews()  # per layer: the weight and bias views of its momentum buffer
 
     def inactive_part(
         self,
@@ -113,8 +122,8 @@ class DeferredLayers:
         whose weight gradient was skipped they come from the batch, Oᵀ X[:, cols], without ever
         forming the whole gradient; the columns are found once per basis."""
         known = self._inactive.get(layer.name)
-        n_in = layer.size_a - (1 if layer.has_bias else 0)
         if known is None or known[0] is not basis:
+            n_in = layer.size_a - (1 if layer.has_bias else 0)
             n_cols = n_in + 1 if layer.has_bias else n_in
             columns = basis.a.inactive(n_cols)
             has_bias_column = layer.has_bias and bool((columns == n_in).any())
@@ -128,7 +137,7 @@ class DeferredLayers:
             grads = batch_weight_grad(rows, inputs.index_select(1, columns))
         else:
             grads = block().index_select(1, columns)
-        return InactivePart(columns, grads / damping)
+        return InactivePart(columns, grads.div_(damping))  # grads: a temporary of its own
 
     def skip_weight_grad(self, layer: LayerState) -> None:
         """Stop backward from computing this deferred layer's weight gradient (see KFAC's
@@ -175,20 +184,23 @@ class DeferredLayers:
             pending = DeferredRotation(basis, torch.zeros_like(rotated), torch.zeros_like(rotated))
             self.pending[layer.name] = pending
         if momentum != 0.0:
-            pending.velocity.mul_(momentum).add_(rotated)
             buffer = state.get("momentum_buffer")
             if buffer is None:  # the first step sets v = d (here: its inactive part)
+                pending.velocity.mul_(momentum)
                 buffer = state["momentum_buffer"] = _dense(inactive, layer)
-            else:
-                buffer.mul_(momentum).index_add_(1, inactive.columns, inactive.values)
+            else:  # μ on both parts of the momentum in one multi-tensor operation
+                torch._foreach_mul_([pending.velocity, buffer], momentum)
+                buffer.index_add_(1, inactive.columns, inactive.values)
+            pending.velocity.add_(rotated)
         else:
             pending.velocity.copy_(rotated)
             buffer = _dense(inactive, layer)
         pending.weight.add_(pending.velocity, alpha=lr)
-        weight_part, bias_part = layer.split_block(buffer)
-        layer.weight.add_(weight_part, alpha=-lr)
-        if bias_part is not None and layer.bias is not None:
-            layer.bias.add_(bias_part, alpha=-lr)
+        weight_part, bias_part = self._split(layer.name, layer, buffer)
+        if bias_part is not None and layer.bias is not None:  # W and b in one operation
+            torch._foreach_add_([layer.weight, layer.bias], [weight_part, bias_part], alpha=-lr)
+        else:
+            layer.weight.add_(weight_part, alpha=-lr)
 
     def materialize(self, layer: LayerState, state: dict[str, Any]) -> None:
         """Fold the pending rotation into the weights (W = W' − Q_G C Q_Aᵀ) and the momentum

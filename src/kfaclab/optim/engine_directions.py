@@ -14,13 +14,19 @@ from typing import Any
 import torch
 
 from kfaclab.curvature.eigen import diagonal_eigen
-from kfaclab.curvature.exact import ExactInverse
+from kfaclab.curvature.exact import DenominatorMemo, ExactInverse
 from kfaclab.curvature.factored import FactoredInverse
 from kfaclab.optim.capture import LayerCapture
 from kfaclab.optim.deferred import DeferredLayers, DeferredStep, batch_weight_grad
 from kfaclab.optim.engine_factors import FactorSide
-from kfaclab.optim.factors import AliasMemo, stack_of, stack_views, stacked_view
-from kfaclab.optim.layer_state import LayerState
+from kfaclab.optim.factors import (
+    AliasMemo,
+    TransposeMemo,
+    stack_of,
+    stack_views,
+    stacked_view,
+)
+from kfaclab.optim.layer_state import LayerState, SplitViews
 
 Deferred = DeferredStep  # a deferred layer's step: rotated M, inactive d, rotated gradient R
 ParamState = MutableMapping[torch.Tensor, dict[str, Any]]
@@ -48,12 +54,14 @@ class DirectionSide:
         self.deferred = DeferredLayers()
         self.diagonal_fallbacks = 0
         # Per stack (by its members): where its rows and inputs were found (see AliasMemo).
-        self._stack_memos: dict[tuple[int, ...], tuple[AliasMemo, AliasMemo]] = {}
+        self._stack_memos: dict[tuple[int, ...], tuple[AliasMemo, AliasMemo, TransposeMemo]] = {}
         self._empty = torch.zeros(0)  # the placeholder of a layer without a direction (read-only)
-        # Per layer: (momentum buffer, its weight view, its bias view), see ``_split``.
         # Per stack (by its members): the stacked momentum buffer its members' buffers slice.
         self._momentum_memos: dict[tuple[int, ...], AliasMemo] = {}
-        self._split_views: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+        # Per layer: the weight and bias views of its momentum buffer.
+        self._split = SplitViews()
+        # Per layer: g aᵀ + λ of its exact inverse in force (constant between inversions).
+        self._denominators = DenominatorMemo()
 
     def gradient_block(self, layer: LayerState, batch: LayerCapture) -> torch.Tensor | None:
         """[∇W | ∇b], from the captured batch when no ``.grad`` holds it."""
@@ -82,11 +90,15 @@ class DirectionSide:
             key = tuple(members)
             memos = self._stack_memos.get(key)
             if memos is None:
-                memos = self._stack_memos[key] = (AliasMemo(stacked_view), AliasMemo(stacked_view))
+                memos = self._stack_memos[key] = (
+                    AliasMemo(stacked_view),
+                    AliasMemo(stacked_view),
+                    TransposeMemo(),
+                )
             rows_view, inputs_view = memos[0](rows), memos[1](inputs)
             stacked_rows = torch.stack(rows) if rows_view is None else rows_view
             stacked_inputs = torch.stack(inputs) if inputs_view is None else inputs_view
-            blocks[key] = torch.bmm(stacked_rows.transpose(1, 2), stacked_inputs)
+            blocks[key] = torch.bmm(memos[2](stacked_rows), stacked_inputs)
         return blocks
 
     def directions(
@@ -200,7 +212,7 @@ class DirectionSide:
                 return None  # hooks defer on the stream's projections only
             projected = streams.batch_projection(layer, batch.inputs, inverse.a, step)
         rotated_grad = inverse.rotated_batch_gradient(rows, projected)
-        rotated = inverse.damped(rotated_grad, lam)
+        rotated = inverse.damped(rotated_grad, lam, self._denominators(layer.name, inverse, lam))
 
         def block() -> torch.Tensor:
             full = self.gradient_block(layer, batch)
@@ -228,6 +240,7 @@ class DirectionSide:
             diagonal = ExactInverse(diagonal_eigen(layer.factor_a), diagonal_eigen(layer.factor_g))
             return diagonal.precondition(block, lam)
         if isinstance(inverse, ExactInverse):
+            denominator = self._denominators(layer.name, inverse, lam)
             rows = None if batch is None else batch.loss_rows()
             if (
                 layer.is_linear
@@ -237,8 +250,8 @@ class DirectionSide:
             ):
                 projected = self.factors.streams.projection(layer, inverse.a)
                 if projected is not None:
-                    return inverse.precondition_from_batch(block, lam, rows, projected)
-            return inverse.precondition(block, lam)
+                    return inverse.precondition_from_batch(block, lam, rows, projected, denominator)
+            return inverse.precondition(block, lam, denominator)
         assert isinstance(inverse, FactoredInverse)
         return inverse.precondition(block)
 
@@ -302,20 +315,6 @@ class DirectionSide:
         for i, velocity in zip(positions, velocities, strict=True):
             steps[i] = velocity * (-lr)
         return steps
-
-    def _split(
-        self, i: int, layer: LayerState, velocity: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``layer.split_block(velocity)``, kept while the velocity is the same tensor (a momentum
-        buffer, updated in place from step to step): its weight and bias views stay valid, and
-        making them anew costs two view operations per layer and step."""
-        held = self._split_views.get(i)
-        if held is not None and held[0] is velocity:
-            return held[1], held[2]
-        weight_part, bias_part = layer.split_block(velocity)
-        if not layer.casts:  # views of the buffer only when no dtype conversion copies them
-            self._split_views[i] = (velocity, weight_part, bias_part)
-        return weight_part, bias_part
 
     def _stacked_momentum(self, stacked: Sequence[StackedDirections], momentum: float) -> set[int]:
         """v ← μv + d for each stack at once, on one (k, out, in+1) buffer whose slices are the
@@ -386,7 +385,12 @@ class DirectionSide:
         basis = pending.basis.a
         projected = self.factors.streams.next_batch_projection(layer, inputs, basis, step)
         correction = pending.correction(projected)
-        return lambda output: output - correction.reshape(output.shape)
+
+        def subtract(output: torch.Tensor) -> torch.Tensor:
+            same = correction.shape == output.shape  # (N, out) already: no reshape op a step
+            return output - (correction if same else correction.reshape(output.shape))
+
+        return subtract
 
 
 def _per_item(value: float | Sequence[float], n: int) -> Sequence[float]:

@@ -122,7 +122,8 @@ def update_stacked(
     in_place = running is not None
     if running is None:
         running = torch.stack(runnings)
-    running.mul_(decay).baddbmm_(stacked.transpose(1, 2), stacked, alpha=alpha)
+    stacked_t = stacked.transpose(1, 2) if memo is None else memo.rows_t(stacked)
+    running.mul_(decay).baddbmm_(stacked_t, stacked, alpha=alpha)
     return runnings if in_place else list(running.unbind(0))
 
 
@@ -205,11 +206,31 @@ class AliasMemo:
         return alias
 
 
-class GroupMemo:
-    """The two ``AliasMemo`` of one group of stacked factor updates: its rows and its factors."""
+class TransposeMemo:
+    """``tensor.transpose(-2, -1)`` of the last tensor asked about: the same view again while a
+    backend passes the same tensor object step after step (a stack of rows that is a fixed view
+    of its block), instead of a view operation per step. Valid on the terms of ``AliasMemo``:
+    a view shares its tensor's memory, so it holds the current values."""
 
-    __slots__ = ("factors", "rows")
+    __slots__ = ("_tensor", "_view")
+
+    def __init__(self) -> None:
+        self._tensor: torch.Tensor | None = None
+        self._view: torch.Tensor | None = None
+
+    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self._tensor is not tensor or self._view is None:
+            self._tensor, self._view = tensor, tensor.transpose(-2, -1)
+        return self._view
+
+
+class GroupMemo:
+    """What one group of stacked factor updates remembers (``AliasMemo``, ``TransposeMemo``):
+    its rows' stack, that stack transposed, and its factors' stack."""
+
+    __slots__ = ("factors", "rows", "rows_t")
 
     def __init__(self) -> None:
         self.rows = AliasMemo(stacked_view)
+        self.rows_t = TransposeMemo()
         self.factors = AliasMemo(stack_of)

@@ -207,6 +207,29 @@ class LayerState:
             )
 
 
+class SplitViews:
+    """``layer.split_block(block)`` per key, kept while ``block`` is the same tensor (a momentum
+    buffer, updated in place from step to step): its weight and bias views stay valid, and
+    making them anew costs two view operations per layer and step. A layer whose split converts
+    dtypes (a copy, not a view) is split anew every time."""
+
+    __slots__ = ("_held",)
+
+    def __init__(self) -> None:
+        self._held: dict[object, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+
+    def __call__(
+        self, key: object, layer: LayerState, block: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        held = self._held.get(key)
+        if held is not None and held[0] is block:
+            return held[1], held[2]
+        weight_part, bias_part = layer.split_block(block)
+        if not layer.casts:
+            self._held[key] = (block, weight_part, bias_part)
+        return weight_part, bias_part
+
+
 # What wrappers put in front of a model's module names: torch.compile's OptimizedModule and
 # DistributedDataParallel / DataParallel. A state saved under one wrapper loads under another.
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")

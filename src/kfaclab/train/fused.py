@@ -92,7 +92,7 @@ class FusedKFAC(FusedMLP):
         assert self._logits is not None
         sampled = sample_targets(self._logits, "categorical")  # KFAC.sample_fisher's draw
         grad = log_p.exp()
-        grad.scatter_add_(1, sampled.unsqueeze(1), grad.new_full((len(sampled), 1), -1.0))
+        grad.scatter_add_(1, sampled.unsqueeze(1), self._minus_ones(grad))
         assert self._o is not None
         o = list(torch.empty_like(self._o).unbind(0))
         self._back_propagate(grad, o)

@@ -82,6 +82,9 @@ class FusedMLP:
         # parameters are updated in place, so the references stay valid.
         self._weights = [m.weight for m in self.layers]
         self._biases: list[torch.Tensor] = [m.bias for m in self.layers if m.bias is not None]
+        # W_jᵀ as views made once (the forward's operands; a view op each, six a step otherwise).
+        with torch.no_grad():
+            self._weights_t = [w.T for w in self._weights]
         self.width = width
         self.activation = config.activation
         self._x: torch.Tensor | None = None
@@ -95,6 +98,7 @@ class FusedMLP:
         self._hidden: list[torch.Tensor] = []  # h_j = h̄_j[:, :w]
         self._hidden_ones: list[torch.Tensor] = []  # h̄_j
         self._o_views: list[torch.Tensor] = []  # O_j
+        self._minus_one: torch.Tensor | None = None  # (B, 1) of −1: onehot's scatter source
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -111,12 +115,12 @@ class FusedMLP:
             self._hidden = [h[j, :, :w] for j in range(depth - 1)]
             self._hidden_ones = list(h.unbind(0)) if self.ones_column else []
             self._o_views = list(o.unbind(0))
-        weights, biases = self._weights, self._biases
-        s = self._first_layer(torch.addmm(biases[0], x, weights[0].T), x)
+        weights_t, biases = self._weights_t, self._biases
+        s = self._first_layer(torch.addmm(biases[0], x, weights_t[0]), x)
         for j in range(1, depth):
             hidden = self._hidden[j - 1]
             self._activate(s, hidden)
-            s = torch.addmm(biases[j], hidden, weights[j].T)
+            s = torch.addmm(biases[j], hidden, weights_t[j])
         self._x, self._y = x, y
         self._logits = s
         self._log_p = torch.log_softmax(s, dim=1)
@@ -147,7 +151,20 @@ class FusedMLP:
         y = self._y
         assert y is not None
         grad = log_p.exp()
-        return grad.scatter_add_(1, y.unsqueeze(1), grad.new_full((len(y), 1), -1.0)).div_(len(y))
+        return grad.scatter_add_(1, y.unsqueeze(1), self._minus_ones(grad)).div_(len(y))
+
+    def _minus_ones(self, like: torch.Tensor) -> torch.Tensor:
+        """A (B, 1) column of −1 in ``like``'s dtype, made once per batch size (read only)."""
+        held = self._minus_one
+        n = like.shape[0]
+        if (
+            held is None
+            or held.shape[0] != n
+            or held.dtype != like.dtype
+            or held.device != like.device
+        ):
+            held = self._minus_one = like.new_full((n, 1), -1.0)
+        return held
 
     def _back_propagate(self, grad: torch.Tensor, o: list[torch.Tensor]) -> None:
         """O_{j-1} = (O_j W_j) ⊙ act'(s_{j-1}) into ``o`` (L-1 tensors (B, w)), from O_L =
