@@ -112,3 +112,5 @@ def test_fair_comparison_replaces_the_top_k_one_once_it_lands(results: Path) -> 
     assert "tied with it: lm same" in body and "20 paired seeds over 2 search seed(s)" in body
     assert "better (top-k only)" not in body  # the old comparison's verdicts are gone
     assert "adaptive/README.md" in body
+    assert "2 search seed(s): `adaptive-fair`, `adaptive-fair-seed1`" in body
+    assert "has not landed yet" not in body
