@@ -267,7 +267,8 @@ def caption(c: RuleComparison) -> str:
         "Better or worse: the paired difference's 95% interval over seeds excludes 0 and every "
         f"search seed agrees in sign; tied: the whole interval within ±{c.tie_margin:g} × the "
         "reference's loss; otherwise not separable. The reference is the fixed λ with the lowest "
-        "mean on these same reruns, which favours it. A diverged rerun counts as chance level "
+        "mean on these same reruns, which favours it. Each row is its own 95% test, not adjusted "
+        "for the number of rows. A diverged rerun counts as chance level "
         "(ln 10). Tuning trials: what one search seed paid for the row (a fixed λ: its whole "
         "grid)."
     )
