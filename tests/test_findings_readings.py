@@ -36,3 +36,14 @@ def test_one_reading_has_no_section_two_are_side_by_side(tmp_path: Path) -> None
     assert "C1 holds, C2 holds, C3 holds, C4 does not hold, C5 holds; the crossing does not" in (
         sentence
     )
+
+
+def test_a_page_of_ones_own_protocol_is_not_a_reading(tmp_path: Path) -> None:
+    """The adaptive rules' page (`[claims] paper = false`) holds no paper claims and is left out."""
+    (tmp_path / "verdicts").mkdir()
+    shutil.copy(STORED, tmp_path / "verdicts" / "verdicts.json")
+    own = json.loads(STORED.read_text(encoding="utf-8"))
+    own["replications"], own["paper_claims"], own["claims"] = ["adaptive-fair"], False, []
+    (tmp_path / "verdicts-adaptive-fair").mkdir()
+    (tmp_path / "verdicts-adaptive-fair" / "verdicts.json").write_text(json.dumps(own))
+    assert readings_section(tmp_path) == [] and readings_sentence(tmp_path) == ""

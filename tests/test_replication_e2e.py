@@ -165,6 +165,7 @@ def test_adaptive_rules_against_the_best_fixed_lambda_without_paper_claims(
     assert "| C1 |" not in page and "Sensitivity" not in page
     data = json.loads((out / "verdicts.json").read_text())
     assert data["paper_claims"] is False
+    assert data["claims"] == [] and data["crossing"] == "not tested"  # not stored as answers
     rows = {r["label"]: r for r in data["rules"]["rows"]}
     assert rows["lm"]["kind"] == "rule" and rows["SGD"]["kind"] == "sgd"
     assert data["rules"]["reference"] in ("λ=1e-02", "λ=1e+00")

@@ -74,6 +74,8 @@ def run_verdicts(args: argparse.Namespace) -> int:
         sections.append(("Adaptive rules against the best fixed λ", rules_lines(rules)))
         data["rules"] = rules.to_dict()
     data["paper_claims"] = paper
+    if not paper:  # computed by assess, but not this protocol's question: not stored as answers
+        data["claims"], data["crossing"], data["sensitivity"] = [], "not tested", []
     figs = draw_all(a, out / "figures", paper)
     page = render(a, args.title, figs, paper=paper, sections=sections)
     atomic.write_text(out / "verdicts.md", page)

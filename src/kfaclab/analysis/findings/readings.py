@@ -38,8 +38,13 @@ def read_verdicts(folder: Path) -> ReadingVerdicts:
 
 
 def verdict_folders(results: Path) -> list[Path]:
-    """The base reading's first, then the others by name."""
-    found = [p.parent for p in results.glob("verdicts*/verdicts.json")]
+    """The base reading's first, then the others by name; pages of protocols that do not test
+    the paper's claims ([claims] paper = false, e.g. the adaptive rules') are not readings."""
+    found = [
+        p.parent
+        for p in results.glob("verdicts*/verdicts.json")
+        if json.loads(p.read_text(encoding="utf-8")).get("paper_claims", True)
+    ]
     return sorted(found, key=lambda p: (p.name != "verdicts", p.name))
 
 
