@@ -142,9 +142,10 @@ paper_stage() {  # for each PER_CELL:TRIALS of PAPER_RUNS, a timed population sw
         per_cell=${run%%:*} trials=${run##*:}
         dir="$OUT/paper-$per_cell" toml="$OUT/paper-$per_cell.toml"
         rm -rf "$dir"
-        # The protocol with n_trials (and top_k) cut to `trials` per cell.
+        # The protocol with n_trials (and top_k) cut to `trials` per cell; a sweep times the
+        # training only, so the report's paired reruns (whose top must fit top_k) go too.
         sed -e "s/^n_trials = .*/n_trials = $trials/" -e "s/^top_k = .*/top_k = 1/" \
-            -e 's/^data_dir = .*//' "$PROTOCOL" >"$toml"
+            -e 's/^data_dir = .*//' -e 's/^paired_reruns = .*//' "$PROTOCOL" >"$toml"
         start=$(date +%s.%N)
         "$PYTHON" -m kfaclab sweep "$toml" --out "$dir" --device "$DEVICE" --population \
             --per-cell "$per_cell" --data-dir "$MNIST" || return $?
