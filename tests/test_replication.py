@@ -347,6 +347,23 @@ def test_binding_is_directional():
     assert v.evidence["verdict_if_range_did_not_bind"] == NOT_REPRODUCED
 
 
+def test_binding_of_a_lambda_shown_worse_undoes_c1_reproduced():
+    # λ = 1 best: the verdict rests on every other λ being worse, so a worse λ whose range
+    # binds could flip it (paper-popular-clipsearch: momentum at 0.99 for λ <= 1e-2)
+    truth = {1e-4: 0.30, 1e-2: 0.20, 1.0: 0.10, 1e2: 0.25}
+    reps = _reps(lambda lam, rng: truth[lam] + rng.normal(0, 0.02))
+    assert best_band(reps, Thresholds()).verdict == REPRODUCED
+    reps[0].bindings = {_label(1.0): ["lr binds at its high end"]}  # the best's own: no flip
+    assert best_band(reps, Thresholds()).verdict == REPRODUCED
+    reps[0].bindings = {_label(1e-4): ["momentum binds at its high end"]}
+    reps[1].bindings = {_label(1e2): ["kl_clip binds at its high end"]}
+    v = best_band(reps, Thresholds())
+    assert v.verdict == INCONCLUSIVE
+    assert v.evidence["verdict_if_range_did_not_bind"] == REPRODUCED
+    assert "the search ranges of λ=1e-04, λ=1e+02 bind" in v.finding
+    assert len(v.evidence["binding"]) == 2
+
+
 def test_a_diverged_rerun_counts_as_chance_level_to_the_planned_end():
     from kfaclab.analysis.replication.units import replication_of
 

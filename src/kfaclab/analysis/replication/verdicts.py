@@ -80,15 +80,24 @@ def binding_of(reps: Sequence[U.Replication], label: str) -> list[str]:
     return [f"{r.name}: {b}" for r in reps for b in r.bindings.get(label, [])]
 
 
-def _unless_bound(v: Verdict, reps: Sequence[U.Replication], label: str) -> None:
-    """A verdict that rests on ``label`` being worse is undecided if ``label``'s search range
+def _unless_bound(v: Verdict, reps: Sequence[U.Replication], *labels: str) -> None:
+    """A verdict that rests on ``labels`` being worse is undecided if any of their search ranges
     binds (with loss still falling toward the bound): a better optimum may lie outside it."""
-    bound = binding_of(reps, label)
-    if bound and v.verdict in (REPRODUCED, NOT_REPRODUCED):
-        v.evidence["binding"] = bound
-        v.evidence["verdict_if_range_did_not_bind"] = v.verdict
-        v.verdict = INCONCLUSIVE
-        v.finding += f"; but {label}'s search range binds its optimum, which may lie outside it"
+    bound_labels = [x for x in labels if binding_of(reps, x)]
+    if not bound_labels or v.verdict not in (REPRODUCED, NOT_REPRODUCED):
+        return
+    v.evidence["binding"] = [b for x in bound_labels for b in binding_of(reps, x)]
+    v.evidence["verdict_if_range_did_not_bind"] = v.verdict
+    v.verdict = INCONCLUSIVE
+    if len(bound_labels) == 1:
+        v.finding += (
+            f"; but {bound_labels[0]}'s search range binds its optimum, which may lie outside it"
+        )
+    else:
+        v.finding += (
+            f"; but the search ranges of {', '.join(bound_labels)} bind their optima, which may "
+            "lie outside them"
+        )
 
 
 def established(reps: Sequence[U.Replication], p: Paired, per_rep: Sequence[float]) -> int:
@@ -214,12 +223,14 @@ def best_band(reps: Sequence[U.Replication], th: Thresholds) -> Verdict:
         v.finding += f"; the grid has no λ = {PAPER_BEST:g}"
         return v
     if paper == best:
-        # best by its mean; reproduced if every other λ is tied with it or shown worse
+        # best by its mean; reproduced if every other λ is tied with it or shown worse, unless
+        # the search range of a λ shown worse binds: its better optimum could take the lead
         v.verdict = (
             REPRODUCED
             if all(_tied_or_worse(rows[x], means[best], th) for x in rows)
             else INCONCLUSIVE
         )
+        _unless_bound(v, reps, *(x for x in rows if rows[x]["established"] > 0))
         return v
     row = rows[paper]
     v.finding += f"; {paper} − {best}: " + _row_text(row)
