@@ -8,6 +8,7 @@ alone understates the uncertainty; a rule is called better or worse only where b
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,8 +55,6 @@ every cell searching lr / λ, paired reruns of each cell's top 5 on new seeds, t
 def fair_lines(results: Path, folder: str = FAIR_VERDICTS) -> list[str] | None:
     """The fair comparison (replication/rules.py) from ``folder``/verdicts.json, or None when it
     has not landed."""
-    import json
-
     from kfaclab.analysis.replication.rules import RuleComparison, rules_lines
 
     path = results / folder / "verdicts.json"

@@ -24,6 +24,7 @@ class ReadingVerdicts:
     seeds: int
     verdicts: dict[str, tuple[str, str]]  # claim → (verdict, finding)
     crossing: str
+    paper_claims: bool  # the protocol's [claims] paper (pages written before it: true)
 
 
 def read_verdicts(folder: Path) -> ReadingVerdicts:
@@ -34,18 +35,18 @@ def read_verdicts(folder: Path) -> ReadingVerdicts:
         int(a["n_units"]),
         {c["key"]: (c["verdict"], c["finding"]) for c in a["claims"]},
         str(a.get("crossing", "")),
+        bool(a.get("paper_claims", True)),
     )
 
 
-def verdict_folders(results: Path) -> list[Path]:
-    """The base reading's first, then the others by name; pages of protocols that do not test
-    the paper's claims ([claims] paper = false, e.g. the adaptive rules') are not readings."""
-    found = [
-        p.parent
-        for p in results.glob("verdicts*/verdicts.json")
-        if json.loads(p.read_text(encoding="utf-8")).get("paper_claims", True)
-    ]
-    return sorted(found, key=lambda p: (p.name != "verdicts", p.name))
+def readings(results: Path) -> list[ReadingVerdicts]:
+    """Every assessment under ``results`` that tests the paper's claims, the base reading's
+    first, then the others by folder name; pages of protocols that do not ([claims] paper =
+    false, e.g. the adaptive rules') are not readings."""
+    found = [read_verdicts(p.parent) for p in results.glob("verdicts*/verdicts.json")]
+    return sorted(
+        (rv for rv in found if rv.paper_claims), key=lambda rv: (rv.folder != "verdicts", rv.folder)
+    )
 
 
 def _first_clause(finding: str, limit: int = 160) -> str:
@@ -62,14 +63,14 @@ def _first_clause(finding: str, limit: int = 160) -> str:
 
 def readings_section(results: Path) -> list[str]:
     """The table, when at least one reading besides the base has an assessment; else nothing."""
-    readings = [read_verdicts(p) for p in verdict_folders(results)]
-    if len(readings) < 2:
+    found = readings(results)
+    if len(found) < 2:
         return []
     header = " | ".join(
         f"[{', '.join(f'`{r}`' for r in rv.replications)}]({rv.folder}/verdicts.md) "
         f"({len(rv.replications)} replication{'s' if len(rv.replications) > 1 else ''}, "
         f"{rv.seeds} seeds)"
-        for rv in readings
+        for rv in found
     )
     lines = [
         "Every reading's claims tested the same way (paired reruns of each cell's top-5 "
@@ -77,11 +78,11 @@ def readings_section(results: Path) -> list[str]:
         "replication has no between-replication check: its verdicts rest on its seeds alone.",
         "",
         f"| claim | {header} |",
-        "| --- |" + " --- |" * len(readings),
+        "| --- |" + " --- |" * len(found),
     ]
     for claim in CLAIMS:
         cells = []
-        for rv in readings:
+        for rv in found:
             verdict, finding = rv.verdicts.get(claim, ("", ""))
             cells.append(
                 f"**{WORD.get(verdict, verdict)}**: {_first_clause(finding)}" if verdict else "–"
@@ -89,7 +90,7 @@ def readings_section(results: Path) -> list[str]:
         lines.append(f"| {claim} | " + " | ".join(cells) + " |")
     lines.append(
         "| crossing (C4/C5 as one claim) | "
-        + " | ".join(f"**{WORD.get(rv.crossing, rv.crossing)}**" for rv in readings)
+        + " | ".join(f"**{WORD.get(rv.crossing, rv.crossing)}**" for rv in found)
         + " |"
     )
     return lines
@@ -97,9 +98,9 @@ def readings_section(results: Path) -> list[str]:
 
 def readings_sentence(results: Path) -> str:
     """One sentence for the answer's fifth line: each other reading's verdicts, or ""."""
-    readings = [read_verdicts(p) for p in verdict_folders(results)][1:]
+    others = readings(results)[1:]
     parts = []
-    for rv in readings:
+    for rv in others:
         n = len(rv.replications)
         said = ", ".join(
             f"{c} {WORD.get(rv.verdicts[c][0], rv.verdicts[c][0])}"

@@ -42,6 +42,7 @@ from kfaclab.analysis.replication.verdicts import (
     binding_of,
     capped,
     compare,
+    tied_within,
 )
 
 BETTER, WORSE, TIED, UNDECIDED, INCONCLUSIVE = (
@@ -139,10 +140,7 @@ def _verdict(diff: dict[str, Any], ref_loss: float, th: Thresholds) -> str:
         return BETTER
     if diff["established"] > 0:
         return WORSE
-    margin = th.tie_margin * ref_loss
-    if diff["n"] >= 2 and -margin <= diff["lo"] and diff["hi"] <= margin:
-        return TIED
-    return UNDECIDED
+    return TIED if tied_within(diff, ref_loss, th) else UNDECIDED
 
 
 def _unless_bound(row: RuleRow, reps: Sequence[U.Replication], ref: str) -> str:

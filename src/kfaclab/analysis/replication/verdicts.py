@@ -83,10 +83,11 @@ def binding_of(reps: Sequence[U.Replication], label: str) -> list[str]:
 def _unless_bound(v: Verdict, reps: Sequence[U.Replication], *labels: str) -> None:
     """A verdict that rests on ``labels`` being worse is undecided if any of their search ranges
     binds (with loss still falling toward the bound): a better optimum may lie outside it."""
-    bound_labels = [x for x in labels if binding_of(reps, x)]
-    if not bound_labels or v.verdict not in (REPRODUCED, NOT_REPRODUCED):
+    bound = {x: found for x in labels if (found := binding_of(reps, x))}
+    if not bound or v.verdict not in (REPRODUCED, NOT_REPRODUCED):
         return
-    v.evidence["binding"] = [b for x in bound_labels for b in binding_of(reps, x)]
+    bound_labels = list(bound)
+    v.evidence["binding"] = [b for found in bound.values() for b in found]
     v.evidence["verdict_if_range_did_not_bind"] = v.verdict
     v.verdict = INCONCLUSIVE
     if len(bound_labels) == 1:
@@ -239,7 +240,7 @@ def best_band(reps: Sequence[U.Replication], th: Thresholds) -> Verdict:
     if row["established"] > 0:
         v.verdict = NOT_REPRODUCED
         _unless_bound(v, reps, paper)
-    elif row["n"] >= 2 and -margin <= row["lo"] and row["hi"] <= margin:
+    elif tied_within(row, means[best], th):
         v.verdict = REPRODUCED
         v.finding += f": tied within ±{margin:.2g}"
     else:
@@ -257,11 +258,15 @@ def _band_text(band: list[str], fixed: list[str], lam: dict[str, float]) -> str:
     return "λ ∈ {" + ", ".join(f"{lam[x]:g}" for x in band) + "}"
 
 
+def tied_within(diff: dict[str, Any], reference_loss: float, th: Thresholds) -> bool:
+    """The equivalence test: the paired difference's whole interval (over two or more units)
+    lies within ± ``tie_margin`` × the reference's loss (``_pd``'s dict)."""
+    margin = th.tie_margin * reference_loss
+    return bool(diff["n"] >= 2 and -margin <= diff["lo"] and diff["hi"] <= margin)
+
+
 def _tied_or_worse(row: dict[str, Any], best: float, th: Thresholds) -> bool:
-    margin = th.tie_margin * best
-    return bool(
-        row["established"] > 0 or (row["n"] >= 2 and -margin <= row["lo"] and row["hi"] <= margin)
-    )
+    return row["established"] > 0 or tied_within(row, best, th)
 
 
 def _row_text(row: dict[str, Any]) -> str:
