@@ -185,7 +185,9 @@ def test_finished_sweep_prints_the_next_command(
     out = tmp_path / "my out"
     assert main(["sweep", str(tiny_protocol(tmp_path)), "--out", str(out)]) == 0
     err = capsys.readouterr().err
-    assert f"kfaclab: dataset mnist in {MNIST}" in err
+    # the loader names the folder it resolved (data/loader.py): through a symlinked shared/
+    # (a checkout beside a link) that is the link's target
+    assert f"kfaclab: dataset mnist in {MNIST.resolve()}" in err
     assert err.rstrip().endswith(f"next: kfaclab report '{out}' --protocol tiny")
 
 
